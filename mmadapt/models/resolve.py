@@ -1,0 +1,74 @@
+"""Turn a model reference into something ``from_pretrained`` loads, offline-safe.
+
+A reference is one of:
+
+* ``embedded:NAME`` — a bundled default (see :mod:`mmadapt.models.embedded`);
+* a local folder — used as it is;
+* a hub id (``org/name``) — passed to ``from_pretrained``; where no hub answers it must
+  already be in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from mmadapt.errors import ModelError
+from mmadapt.models.embedded import EMBEDDED
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def resolve_model(ref: str) -> str:
+    """A loadable location for ``ref``: a local folder path, or a hub id."""
+    if ref.startswith("embedded:"):
+        alias = ref.split(":", 1)[1]
+        model = EMBEDDED.get(alias)
+        if model is None:
+            raise ModelError(
+                f"unknown embedded model {alias!r}",
+                fix=f"use one of: {', '.join('embedded:' + a for a in EMBEDDED)} (see `mmadapt models list`)",
+            )
+        return str(model.folder())
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError("a model path must be a folder (config + safetensors weights)", path=ref)
+        return str(path.resolve())
+    if HUB_ID.match(ref):
+        return ref
+    raise ModelError(
+        "not a local folder, a hub id (org/name) or embedded:NAME",
+        path=ref,
+        fix="check the path, or use `mmadapt models list` for the embedded models",
+    )
+
+
+def check_safetensors_only(folder: str, *, allow_pickle: bool = False) -> None:
+    """Refuse a local model folder whose weights are pickles (they can run code when loaded)."""
+    path = Path(folder)
+    if not path.is_dir() or allow_pickle:
+        return
+    weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file()]
+    pickles = [p for p in weights if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin"]
+    if pickles and not any(p.suffix == ".safetensors" for p in weights):
+        raise ModelError(
+            f"weights are pickle files ({pickles[0].name}); mmadapt loads safetensors only",
+            path=folder,
+            fix="convert the checkpoint to safetensors, or pass --trust-remote-pickle if you trust its source",
+        )
+
+
+def load_error(ref: str, exc: BaseException) -> ModelError:
+    """A one-line ModelError for a failed ``from_pretrained`` of ``ref``."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if HUB_ID.match(ref) and not Path(ref).exists():
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        return ModelError(
+            f"cannot load hub model{' (HF_HUB_OFFLINE=1)' if offline else ''}: {first[:200]}",
+            path=ref,
+            fix="download it where a hub answers and pass the local folder, or use an embedded:NAME model",
+        )
+    return ModelError(f"cannot load model: {first[:200]}", path=ref, fix="check that the folder holds a complete model")

@@ -1,0 +1,412 @@
+"""Recipes: strict YAML validated against a schema, errors that name the key path.
+
+A recipe is validated in two passes: the shared top level (``name``, ``modality``,
+``base_model``, ``train``, ``eval`` ...) here, then the sections whose shape belongs to
+the modality (``data``, ``strategies.*``, ``inference``) against the models the
+modality registers. Every problem found is reported at once, in one line per recipe:
+
+    recipes/x.yaml: strategies.adapter.rr: unknown key (did you mean 'r'?)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmadapt.core.strategy import EXCLUSIVE, STACK_ORDER, StrictModel, get_modality, ordered
+from mmadapt.errors import RecipeError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_RECIPE_BYTES = 1 << 20
+
+
+class TrainConfig(StrictModel):
+    """How strategies that train (adapter, full) are trained."""
+
+    steps: int = Field(200, ge=1, le=1_000_000, description="optimizer steps")
+    lr: float = Field(2.0e-4, gt=0, le=1.0, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, le=4096, description="global batch size (examples per optimizer step)")
+    micro_batch_size: int | None = Field(None, ge=1, le=4096, description="examples per forward pass; None = batch_size")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(10, ge=0, le=1_000_000)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="steps between resumable checkpoints")
+    max_seq_len: int = Field(512, ge=8, le=131072)
+
+
+class EvalConfig(StrictModel):
+    """How the composed stack is evaluated."""
+
+    metrics: list[str] | None = Field(None, description="metric names; None = the modality's defaults")
+    limit: int | None = Field(None, ge=1, le=1_000_000, description="evaluate on the first N eval examples")
+    latency_samples: int = Field(8, ge=0, le=10_000, description="inputs timed one by one for latency p50/p95")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples for confidence intervals")
+    min: dict[str, float] = Field(default_factory=dict, description="bars a version must meet to be promoted")
+
+
+class RecipeTop(StrictModel):
+    """The shared top level of a recipe (modality sections are checked separately)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    modality: Literal["text", "image", "speech"]
+    base_model: str = Field(min_length=1, max_length=4096)
+    data: dict[str, Any]
+    strategies: dict[str, Any] = Field(min_length=1)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    inference: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str = Field("runs", min_length=1, max_length=4096)
+    trust_remote_code: bool = False
+
+    @field_validator("strategies")
+    @classmethod
+    def _not_null_sections(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: ({} if v is None else v) for k, v in value.items()}
+
+
+class Recipe(BaseModel):
+    """A validated recipe: shared fields plus the modality's parsed sections."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=False)
+
+    name: str
+    description: str = ""
+    modality: str
+    base_model: str
+    data: Any
+    strategies: dict[str, Any]
+    train: TrainConfig
+    eval: EvalConfig
+    inference: Any
+    output_dir: str = "runs"
+    trust_remote_code: bool = False
+    source: str | None = None  # the YAML file it came from
+    data_paths: dict[str, str] = {}  # each data path as written -> the absolute path it was found at
+
+    @property
+    def stack(self) -> list[str]:
+        return ordered(list(self.strategies))
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as plain JSON-able data."""
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "modality": self.modality,
+            "base_model": self.base_model,
+            "data": self.data.model_dump(mode="json"),
+            "strategies": {k: self.strategies[k].model_dump(mode="json") for k in self.stack},
+            "train": self.train.model_dump(mode="json"),
+            "eval": self.eval.model_dump(mode="json"),
+            "inference": self.inference.model_dump(mode="json"),
+            "output_dir": self.output_dir,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        return out
+
+    def hash(self) -> str:
+        """sha256 of the resolved recipe (what changes results, not where it was read from)."""
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+
+    def with_stack(self, names: Sequence[str]) -> Recipe:
+        """A copy of this recipe restricted to (or extended with default) strategies ``names``."""
+        modality = get_modality(self.modality)
+        strategies = {}
+        for name in names:
+            if name in self.strategies:
+                strategies[name] = self.strategies[name]
+            else:
+                strategies[name] = modality.strategies[name].config_model()
+        return self.model_copy(update={"strategies": strategies})
+
+    def path(self, value: str | None) -> Path | None:
+        """A data path of this recipe as an absolute Path (None stays None)."""
+        if value is None:
+            return None
+        return Path(self.data_paths.get(value, value))
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain string, not {type(key).__name__}", key_node.start_mark
+            )
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file strictly; every failure is a one-line RecipeError naming the file."""
+    if not path.exists():
+        raise RecipeError("recipe file not found", path=path, fix="check the path (run from the project root?)")
+    if path.is_dir():
+        raise RecipeError("is a folder, not a recipe file", path=path, fix="pass the .yaml file inside it")
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe is {size} bytes; recipes are at most 1 MiB", path=path)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError("not UTF-8 text", path=path, fix="save the recipe as UTF-8 YAML") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read: {exc.strerror}", path=path) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise RecipeError(f"invalid YAML{where}: {problem}", path=path, fix="fix the YAML syntax") from None
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
+        raise RecipeError(f"invalid YAML: {str(exc).splitlines()[0][:200]}", path=path) from None
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw recipe mapping."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not key.path=value", fix="e.g. --set train.steps=50")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {key}: {part!r} is not a section", fix="override a leaf key")
+            node = child
+        node[parts[-1]] = parsed
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _fmt_loc(prefix: Sequence[Any], loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in (*prefix, *loc)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "(top level)"
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model found by walking ``loc`` through ``model``'s fields."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(choices)})"
+
+
+def _pydantic_messages(exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any]) -> list[str]:
+    messages = []
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        where = _fmt_loc(prefix, loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            messages.append(f"{where}: unknown key{_suggest(str(loc[-1]), allowed) if allowed else ''}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: required key is missing")
+        else:
+            value = err.get("input")
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            messages.append(f"{where}: {err['msg']} (got {shown})")
+    return messages
+
+
+def _validate_section(model: type[BaseModel], value: Any, prefix: Sequence[Any], errors: list[str]) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        errors.append(f"{_fmt_loc(prefix, ())}: must be a mapping of keys, got {type(value).__name__}")
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors.extend(_pydantic_messages(exc, model, prefix))
+        return None
+
+
+def _resolve_data_path(value: str, root_candidates: Sequence[Path]) -> Path | None:
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p if p.exists() else None
+    for root in root_candidates:
+        if (root / p).exists():
+            return (root / p).resolve()
+    return None
+
+
+def _root_candidates(source: Path | None) -> list[Path]:
+    roots = [Path.cwd()]
+    if source is not None:
+        here = source.resolve().parent
+        roots.extend([here, *here.parents])
+    return roots
+
+
+def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
+    """Validate a raw mapping (from YAML) into a :class:`Recipe`, or raise one RecipeError with every problem."""
+    where = source if source is not None else "<recipe>"
+    if raw is None:
+        raise RecipeError("recipe is empty", path=where, fix="start from a recipe in recipes/")
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"a recipe is a mapping of keys, got {type(raw).__name__}", path=where, fix="start from a recipe in recipes/"
+        )
+    errors: list[str] = []
+    try:
+        top = RecipeTop.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_pydantic_messages(exc, RecipeTop, ()))
+        top = None
+    if top is None:
+        raise RecipeError("; ".join(errors), path=where)
+
+    modality = get_modality(top.modality)
+    data = _validate_section(modality.data_model, top.data, ("data",), errors)
+    inference = _validate_section(modality.inference_model, top.inference, ("inference",), errors)
+
+    strategies: dict[str, Any] = {}
+    for name, section in top.strategies.items():
+        name = str(name)
+        if name not in modality.strategies:
+            valid = [s for s in STACK_ORDER if s in modality.strategies]
+            if name in STACK_ORDER:
+                errors.append(f"strategies.{name}: not available for modality {top.modality!r} (available: {', '.join(valid)})")
+            else:
+                errors.append(f"strategies.{name}: unknown strategy{_suggest(name, valid)}")
+            continue
+        parsed = _validate_section(modality.strategies[name].config_model, section, ("strategies", name), errors)
+        if parsed is not None:
+            strategies[name] = parsed
+    for group in EXCLUSIVE:
+        both = sorted(group & set(top.strategies))
+        if len(both) > 1:
+            errors.append(f"strategies: {' and '.join(both)} cannot be in one stack (pick one)")
+
+    metrics = top.eval.metrics or []
+    for i, metric in enumerate(metrics):
+        if metric not in modality.metrics:
+            errors.append(f"eval.metrics[{i}]: unknown metric {metric!r}{_suggest(metric, modality.metrics)}")
+    for metric in top.eval.min:
+        if metric not in modality.metrics:
+            errors.append(f"eval.min.{metric}: unknown metric{_suggest(metric, modality.metrics)}")
+
+    data_paths: dict[str, str] = {}
+    if data is not None:
+        roots = _root_candidates(source)
+        for key, value in data.model_dump().items():
+            if not isinstance(value, str):
+                continue
+            found = _resolve_data_path(value, roots)
+            if found is None:
+                errors.append(
+                    f"data.{key}: {value!r} does not exist (relative paths are read from the current folder"
+                    " or the recipe's folder and its parents)"
+                )
+            else:
+                data_paths[value] = str(found)
+
+    if errors:
+        raise RecipeError("; ".join(errors), path=where)
+    return Recipe(
+        name=top.name,
+        description=top.description,
+        modality=top.modality,
+        base_model=top.base_model,
+        data=data,
+        strategies={k: strategies[k] for k in ordered(list(strategies))},
+        train=top.train,
+        eval=top.eval,
+        inference=inference,
+        output_dir=top.output_dir,
+        trust_remote_code=top.trust_remote_code,
+        source=str(source) if source is not None else None,
+        data_paths=data_paths,
+    )
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe YAML file."""
+    source = Path(path)
+    raw = read_yaml(source)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise RecipeError("a recipe is a mapping of keys", path=source)
+        try:
+            raw = apply_overrides(raw, overrides)
+        except RecipeError as exc:
+            raise RecipeError(str(exc), path=source) from None
+    return validate_recipe(raw, source)
+
+
+def recipe_from_resolved(resolved: dict[str, Any], data_paths: dict[str, str] | None = None) -> Recipe:
+    """Rebuild a Recipe from a manifest's resolved recipe (paths are not re-checked)."""
+    modality = get_modality(resolved["modality"])
+    top = RecipeTop.model_validate(resolved)
+    return Recipe(
+        name=top.name,
+        description=top.description,
+        modality=top.modality,
+        base_model=top.base_model,
+        data=modality.data_model.model_validate(top.data),
+        strategies={k: modality.strategies[k].config_model.model_validate(v or {}) for k, v in top.strategies.items()},
+        train=top.train,
+        eval=top.eval,
+        inference=modality.inference_model.model_validate(top.inference),
+        output_dir=top.output_dir,
+        trust_remote_code=top.trust_remote_code,
+        data_paths=dict(data_paths or {}),
+    )
