@@ -13,6 +13,8 @@ from mmadapt.evaluation.text import METRICS, score_text
 from mmadapt.text.data import fingerprint, read_jsonl_split
 from mmadapt.text.generate import TextInference, TextPredictor
 from mmadapt.text.model import TextStack, load_causal_lm
+from mmadapt.text.adapter import TextAdapterStrategy
+from mmadapt.text.full import TextFullStrategy
 from mmadapt.text.prompt import TextPromptStrategy
 from mmadapt.text.retrieval import TextRetrievalStrategy
 
@@ -25,7 +27,12 @@ class TextData(StrictModel):
 
 class TextModality(Modality):
     name = "text"
-    strategies = {"prompt": TextPromptStrategy, "retrieval": TextRetrievalStrategy}
+    strategies = {
+        "prompt": TextPromptStrategy,
+        "retrieval": TextRetrievalStrategy,
+        "adapter": TextAdapterStrategy,
+        "full": TextFullStrategy,
+    }
     inference_model = TextInference
     data_model = TextData
     metrics = METRICS

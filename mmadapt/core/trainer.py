@@ -1,0 +1,253 @@
+"""The one training loop behind every ``adapter`` and ``full`` strategy, all modalities.
+
+A modality supplies the model, the examples' lengths, a ``collate`` that turns a list
+of example indices into (batch, count of loss items), and a ``loss`` of (model, batch)
+-> the loss *summed* over those items. The loop owns everything else:
+
+* a deterministic batch plan: for each epoch a seeded permutation, grouped by length
+  within windows (less padding), so the batch of any step is known from the step alone;
+* gradient accumulation (``batch_size`` examples per optimizer step in micro-batches of
+  ``micro_batch_size``), the loss normalised over the whole step's tokens;
+* AdamW (fused/foreach where available), warmup then cosine/linear/constant schedule,
+  gradient clipping;
+* resumable checkpoints every ``checkpoint_every`` steps: trainable weights, optimizer
+  moments and RNG state as safetensors (no pickles), written atomically, so a resumed
+  run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mmadapt.core.strategy import FitReport
+
+CHECKPOINT = "checkpoint"
+GROUP_WINDOW = 16  # batches per length-grouping window
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class BatchPlan:
+    """Which examples form the micro-batches of each optimizer step, known from the step alone."""
+
+    lengths: Sequence[int]
+    batch_size: int
+    micro_batch_size: int
+    seed: int = 0
+    _epochs: dict[int, list[int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            raise ValueError("no training examples")
+        self.micro_batch_size = min(self.micro_batch_size, self.batch_size)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.lengths)).tolist()
+            window = self.batch_size * GROUP_WINDOW
+            grouped: list[int] = []
+            for start in range(0, len(order), window):
+                chunk = order[start : start + window]
+                grouped.extend(sorted(chunk, key=lambda i: self.lengths[i]))
+            self._epochs = {epoch: grouped}  # keep one epoch in memory
+        return self._epochs[epoch]
+
+    def step_indices(self, step: int) -> list[int]:
+        """The ``batch_size`` example indices of optimizer step ``step`` (0-based), wrapping epochs."""
+        n = len(self.lengths)
+        start = step * self.batch_size
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), n)
+            order = self._epoch_order(epoch)
+            out.extend(order[offset : offset + self.batch_size - len(out)])
+        return out
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        indices = sorted(self.step_indices(step), key=lambda i: self.lengths[i])
+        return [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if params and params[0].is_cuda:
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(params, **kwargs)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
+    """Atomically replace ``folder/checkpoint`` with the state after ``step`` optimizer steps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    named = _named_trainable(model)
+    save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(tmp / "weights.safetensors"))
+    id_to_name = {id(p): k for k, p in named.items()}
+    moments: dict[str, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            name = id_to_name[id(p)]
+            for key, value in state.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                moments[f"{name}::{key}"] = tensor.detach().contiguous().cpu()
+    save_file(moments or {"__empty__": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "losses": losses, "python_random": repr(random.getstate())})
+    )
+    target = folder / CHECKPOINT
+    old = folder / f".{CHECKPOINT}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]] | None:
+    """Restore the last checkpoint in ``folder``; return (step, losses) or None when there is none."""
+    target = folder / CHECKPOINT
+    if not (target / "state.json").is_file():
+        return None
+    state = json.loads((target / "state.json").read_text())
+    weights = load_file(str(target / "weights.safetensors"))
+    named = _named_trainable(model)
+    missing = set(named) - set(weights)
+    if missing:
+        raise RuntimeError(f"checkpoint in {target} does not match the model (missing {sorted(missing)[:3]})")
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(weights[name].to(param.device, param.dtype))
+    moments = load_file(str(target / "optimizer.safetensors"))
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = next(k for k, v in named.items() if v is p)
+            entries = {key.split("::", 1)[1]: v for key, v in moments.items() if key.split("::", 1)[0] == name}
+            if entries:
+                optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in entries.items()}
+    rng = load_file(str(target / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["step"]), list(state["losses"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+
+def train(
+    model: torch.nn.Module,
+    *,
+    lengths: Sequence[int],
+    collate: Callable[[list[int]], tuple[Any, int]],
+    loss_fn: LossFn,
+    config,
+    checkpoint_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "training",
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitReport:
+    """Train ``model``'s trainable parameters for ``config.steps`` optimizer steps.
+
+    ``config`` is the recipe's ``train`` section. ``collate`` returns a micro-batch and
+    the number of loss items in it (e.g. answer tokens); ``loss_fn`` returns the loss
+    *summed* over them; the loop divides by the step's total, so gradient accumulation
+    equals one big batch.
+    """
+    seed_everything(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("the model has no trainable parameters")
+    optimizer = make_optimizer(params, config.lr, config.weight_decay)
+    plan = BatchPlan(lengths, config.batch_size, config.micro_batch_size or config.batch_size, config.seed)
+    start_step, losses = 0, []
+    if resume:
+        restored = load_checkpoint(checkpoint_dir, model, optimizer)
+        if restored:
+            start_step, losses = restored
+    elif (checkpoint_dir / CHECKPOINT).exists():
+        shutil.rmtree(checkpoint_dir / CHECKPOINT)
+    model.train()
+    began = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start_step, desc=desc, unit="step", disable=not progress, leave=False)
+    for step in range(start_step, config.steps):
+        factor = lr_factor(step, config.steps, config.warmup_steps, config.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * factor
+        micro = [collate(indices) for indices in plan.micro_batches(step)]
+        total_items = sum(count for _batch, count in micro)
+        step_loss = 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for batch, _count in micro:  # one graph alive at a time: memory stays that of one micro-batch
+            loss = loss_fn(model, batch) / max(total_items, 1)
+            loss.backward()
+            step_loss += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        losses.append(round(step_loss, 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if on_step:
+            on_step(step + 1, step_loss)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(checkpoint_dir, model, optimizer, step + 1, losses)
+    bar.close()
+    model.eval()
+    return FitReport(
+        trainable_params=int(sum(p.numel() for p in params)),
+        train_seconds=time.perf_counter() - began,
+        steps=config.steps,
+        final_loss=losses[-1] if losses else None,
+        log=[{"step": i + 1, "loss": v} for i, v in enumerate(losses)],
+    )
