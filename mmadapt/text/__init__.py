@@ -10,11 +10,11 @@ from pydantic import Field
 
 from mmadapt.core.strategy import DataBundle, Example, Modality, Prediction, StrictModel
 from mmadapt.evaluation.text import METRICS, score_text
+from mmadapt.text.adapter import TextAdapterStrategy
 from mmadapt.text.data import fingerprint, read_jsonl_split
+from mmadapt.text.full import TextFullStrategy
 from mmadapt.text.generate import TextInference, TextPredictor
 from mmadapt.text.model import TextStack, load_causal_lm
-from mmadapt.text.adapter import TextAdapterStrategy
-from mmadapt.text.full import TextFullStrategy
 from mmadapt.text.prompt import TextPromptStrategy
 from mmadapt.text.retrieval import TextRetrievalStrategy
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmadapt.core.strategy import DataBundle, FitContext, FitReport, StrictModel, Strategy
+from mmadapt.core.strategy import DataBundle, FitContext, FitReport, Strategy, StrictModel
 from mmadapt.errors import ArtifactError
 from mmadapt.text.tuning import train_text_model
 

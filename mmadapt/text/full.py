@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mmadapt.core.strategy import DataBundle, FitContext, FitReport, StrictModel, Strategy
+from mmadapt.core.strategy import DataBundle, FitContext, FitReport, Strategy, StrictModel
 from mmadapt.errors import ArtifactError
 from mmadapt.text.tuning import train_text_model
 
