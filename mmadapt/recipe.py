@@ -45,6 +45,19 @@ class TrainConfig(StrictModel):
     max_seq_len: int = Field(512, ge=8, le=131072)
 
 
+class TrainOverrides(StrictModel):
+    """Per-strategy changes to the recipe's ``train`` section (e.g. a lower lr for ``full``)."""
+
+    steps: int | None = Field(None, ge=1, le=1_000_000)
+    lr: float | None = Field(None, gt=0, le=1.0)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    micro_batch_size: int | None = Field(None, ge=1, le=4096)
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000)
+
+    def apply(self, train: TrainConfig) -> TrainConfig:
+        return train.model_copy(update={k: v for k, v in self.model_dump().items() if v is not None})
+
+
 class EvalConfig(StrictModel):
     """How the composed stack is evaluated."""
 
@@ -55,6 +68,22 @@ class EvalConfig(StrictModel):
     min: dict[str, float] = Field(default_factory=dict, description="bars a version must meet to be promoted")
 
 
+class CompareConfig(StrictModel):
+    """The stacks ``mmadapt compare`` runs when ``--stacks`` is not given."""
+
+    stacks: list[str] | None = Field(
+        None, description="e.g. [base, prompt, retrieval, adapter, full, prompt+retrieval+adapter]; None = base, each strategy alone, the whole stack"
+    )
+    strategies: dict[str, Any] = Field(
+        default_factory=dict, description="settings of strategies that only compare uses (e.g. full beside the adapter stack)"
+    )
+
+    @field_validator("strategies")
+    @classmethod
+    def _not_null_sections(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: ({} if v is None else v) for k, v in value.items()}
+
+
 class RecipeTop(StrictModel):
     """The shared top level of a recipe (modality sections are checked separately)."""
 
@@ -63,12 +92,13 @@ class RecipeTop(StrictModel):
     modality: Literal["text", "image", "speech"]
     base_model: str = Field(min_length=1, max_length=4096)
     data: dict[str, Any]
-    strategies: dict[str, Any] = Field(min_length=1)
+    strategies: dict[str, Any] = Field(description="the stack; {} evaluates the base model alone (the floor)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     inference: dict[str, Any] = Field(default_factory=dict)
     output_dir: str = Field("runs", min_length=1, max_length=4096)
     trust_remote_code: bool = False
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @field_validator("strategies")
     @classmethod
@@ -92,6 +122,8 @@ class Recipe(BaseModel):
     inference: Any
     output_dir: str = "runs"
     trust_remote_code: bool = False
+    compare: CompareConfig = CompareConfig()
+    compare_strategies: dict[str, Any] = {}  # parsed compare.strategies
     source: str | None = None  # the YAML file it came from
     data_paths: dict[str, str] = {}  # each data path as written -> the absolute path it was found at
 
@@ -113,6 +145,10 @@ class Recipe(BaseModel):
             "inference": self.inference.model_dump(mode="json"),
             "output_dir": self.output_dir,
             "trust_remote_code": self.trust_remote_code,
+            "compare": {
+                "stacks": self.compare.stacks,
+                "strategies": {k: v.model_dump(mode="json") for k, v in self.compare_strategies.items()},
+            },
         }
         return out
 
@@ -127,6 +163,8 @@ class Recipe(BaseModel):
         for name in names:
             if name in self.strategies:
                 strategies[name] = self.strategies[name]
+            elif name in self.compare_strategies:
+                strategies[name] = self.compare_strategies[name]
             else:
                 strategies[name] = modality.strategies[name].config_model()
         return self.model_copy(update={"strategies": strategies})
@@ -136,6 +174,28 @@ class Recipe(BaseModel):
         if value is None:
             return None
         return Path(self.data_paths.get(value, value))
+
+
+def parse_stack(text: str, modality) -> list[str]:
+    """'prompt+retrieval+adapter' -> ['prompt', 'retrieval', 'adapter'] (validated); 'base' -> []."""
+    text = str(text).strip()
+    if text == "base":
+        return []
+    names = [n.strip() for n in text.split("+") if n.strip()]
+    valid = [s for s in STACK_ORDER if s in modality.strategies]
+    for name in names:
+        if name not in modality.strategies:
+            raise RecipeError(f"unknown strategy {name!r} in stack {text!r}{_suggest(name, valid)}")
+    if len(set(names)) != len(names) or not names:
+        raise RecipeError(f"stack {text!r} must name each strategy once, joined by '+', or be 'base'")
+    for group in EXCLUSIVE:
+        if len(group & set(names)) > 1:
+            raise RecipeError(f"stack {text!r}: {' and '.join(sorted(group))} cannot be in one stack")
+    return ordered(names)
+
+
+def stack_label(names: Sequence[str]) -> str:
+    return "+".join(ordered(list(names))) if names else "base"
 
 
 # ---------------------------------------------------------------- YAML loading
@@ -296,6 +356,24 @@ def _root_candidates(source: Path | None) -> list[Path]:
     return roots
 
 
+def _validate_strategies(sections: dict[str, Any], modality, modality_name: str, prefix: tuple, errors: list[str]) -> dict[str, Any]:
+    parsed_all: dict[str, Any] = {}
+    where = ".".join(prefix)
+    for name, section in sections.items():
+        name = str(name)
+        if name not in modality.strategies:
+            valid = [s for s in STACK_ORDER if s in modality.strategies]
+            if name in STACK_ORDER:
+                errors.append(f"{where}.{name}: not available for modality {modality_name!r} (available: {', '.join(valid)})")
+            else:
+                errors.append(f"{where}.{name}: unknown strategy{_suggest(name, valid)}")
+            continue
+        parsed = _validate_section(modality.strategies[name].config_model, section, (*prefix, name), errors)
+        if parsed is not None:
+            parsed_all[name] = parsed
+    return parsed_all
+
+
 def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
     """Validate a raw mapping (from YAML) into a :class:`Recipe`, or raise one RecipeError with every problem."""
     where = source if source is not None else "<recipe>"
@@ -318,23 +396,18 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
     data = _validate_section(modality.data_model, top.data, ("data",), errors)
     inference = _validate_section(modality.inference_model, top.inference, ("inference",), errors)
 
-    strategies: dict[str, Any] = {}
-    for name, section in top.strategies.items():
-        name = str(name)
-        if name not in modality.strategies:
-            valid = [s for s in STACK_ORDER if s in modality.strategies]
-            if name in STACK_ORDER:
-                errors.append(f"strategies.{name}: not available for modality {top.modality!r} (available: {', '.join(valid)})")
-            else:
-                errors.append(f"strategies.{name}: unknown strategy{_suggest(name, valid)}")
-            continue
-        parsed = _validate_section(modality.strategies[name].config_model, section, ("strategies", name), errors)
-        if parsed is not None:
-            strategies[name] = parsed
+    strategies = _validate_strategies(top.strategies, modality, top.modality, ("strategies",), errors)
+    compare_strategies = _validate_strategies(top.compare.strategies, modality, top.modality, ("compare", "strategies"), errors)
     for group in EXCLUSIVE:
         both = sorted(group & set(top.strategies))
         if len(both) > 1:
             errors.append(f"strategies: {' and '.join(both)} cannot be in one stack (pick one)")
+
+    for i, stack in enumerate(top.compare.stacks or []):
+        try:
+            parse_stack(stack, modality)
+        except RecipeError as exc:
+            errors.append(f"compare.stacks[{i}]: {exc}")
 
     metrics = top.eval.metrics or []
     for i, metric in enumerate(metrics):
@@ -373,6 +446,8 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
         inference=inference,
         output_dir=top.output_dir,
         trust_remote_code=top.trust_remote_code,
+        compare=top.compare,
+        compare_strategies=compare_strategies,
         source=str(source) if source is not None else None,
         data_paths=data_paths,
     )
@@ -408,5 +483,9 @@ def recipe_from_resolved(resolved: dict[str, Any], data_paths: dict[str, str] | 
         inference=modality.inference_model.model_validate(top.inference),
         output_dir=top.output_dir,
         trust_remote_code=top.trust_remote_code,
+        compare=top.compare,
+        compare_strategies={
+            k: modality.strategies[k].config_model.model_validate(v or {}) for k, v in top.compare.strategies.items()
+        },
         data_paths=dict(data_paths or {}),
     )

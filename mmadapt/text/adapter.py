@@ -10,6 +10,7 @@ from pydantic import Field
 
 from mmadapt.core.strategy import DataBundle, FitContext, FitReport, Strategy, StrictModel
 from mmadapt.errors import ArtifactError
+from mmadapt.recipe import TrainOverrides
 from mmadapt.text.tuning import train_text_model
 
 ADAPTER_DIR = "adapter"
@@ -23,6 +24,7 @@ class TextAdapterConfig(StrictModel):
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names like [q_proj, v_proj]")
     num_virtual_tokens: int = Field(20, ge=1, le=1024, description="prompt tuning: virtual tokens")
     init_text: str | None = Field(None, max_length=2000, description="prompt tuning: initialise from this text")
+    train: TrainOverrides = Field(default_factory=TrainOverrides, description="overrides of the recipe's train section")
 
 
 def peft_config(config: TextAdapterConfig, tokenizer_path: str):
@@ -58,7 +60,7 @@ class TextAdapterStrategy(Strategy):
 
         seed_everything(self.recipe.train.seed)  # adapter init is part of the run's determinism
         model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
-        report = train_text_model(model, stack, data, ctx, "adapter")
+        report = train_text_model(model, stack, data, ctx, "adapter", self.config.train)
         model.save_pretrained(part_dir / ADAPTER_DIR, safe_serialization=True)
         (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
         # take the adapter back out so compose() applies exactly what was saved

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from mmadapt.core.strategy import DataBundle, FitContext, FitReport, Strategy, StrictModel
 from mmadapt.errors import ArtifactError
+from mmadapt.recipe import TrainOverrides
 from mmadapt.text.tuning import train_text_model
 
 MODEL_DIR = "model"
@@ -15,6 +16,7 @@ MODEL_DIR = "model"
 
 class TextFullConfig(StrictModel):
     freeze_embeddings: bool = Field(False, description="keep the token embeddings (and a tied LM head) fixed")
+    train: TrainOverrides = Field(default_factory=TrainOverrides, description="overrides of the recipe's train section")
 
 
 class TextFullStrategy(Strategy):
@@ -28,7 +30,7 @@ class TextFullStrategy(Strategy):
             param.requires_grad_(True)
         if self.config.freeze_embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)
-        report = train_text_model(model, stack, data, ctx, "full")
+        report = train_text_model(model, stack, data, ctx, "full", self.config.train)
         model.save_pretrained(part_dir / MODEL_DIR, safe_serialization=True)
         stack.tokenizer.save_pretrained(part_dir / MODEL_DIR)
         return report

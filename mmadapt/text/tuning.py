@@ -72,9 +72,9 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
 
 
-def train_text_model(model, stack, data: DataBundle, ctx: FitContext, name: str) -> FitReport:
+def train_text_model(model, stack, data: DataBundle, ctx: FitContext, name: str, overrides=None) -> FitReport:
     """Train ``model`` (peft-wrapped or the full model) on the recipe's train split."""
-    config = stack.recipe.train
+    config = overrides.apply(stack.recipe.train) if overrides is not None else stack.recipe.train
     encoded = encode_examples(stack, data, config.max_seq_len)
     device = next(model.parameters()).device
     return trainer.train(
