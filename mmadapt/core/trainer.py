@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from mmadapt.core.strategy import FitReport
 
 CHECKPOINT = "checkpoint"
-GROUP_WINDOW = 16  # batches per length-grouping window
+GROUP_WINDOW = 4  # batches per length-grouping window: enough to cut padding, small enough to keep batches random
 
 
 def seed_everything(seed: int) -> None:
@@ -61,15 +61,18 @@ class BatchPlan:
         self.micro_batch_size = min(self.micro_batch_size, self.batch_size)
 
     def _epoch_order(self, epoch: int) -> list[int]:
+        """A seeded permutation; within windows of a few batches, examples of similar length are
+        put in the same batch (less padding), then the batches are shuffled again."""
         if epoch not in self._epochs:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.lengths)).tolist()
             window = self.batch_size * GROUP_WINDOW
-            grouped: list[int] = []
+            batches: list[list[int]] = []
             for start in range(0, len(order), window):
-                chunk = order[start : start + window]
-                grouped.extend(sorted(chunk, key=lambda i: self.lengths[i]))
-            self._epochs = {epoch: grouped}  # keep one epoch in memory
+                chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+                batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            shuffled = [batches[i] for i in rng.permutation(len(batches))]
+            self._epochs = {epoch: [i for batch in shuffled for i in batch]}  # keep one epoch in memory
         return self._epochs[epoch]
 
     def step_indices(self, step: int) -> list[int]:
