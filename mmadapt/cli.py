@@ -216,7 +216,7 @@ def _recipe_dir(target: str, output_dir: str | None) -> Path:
 
 @main.group()
 def registry() -> None:
-    """Versions of a recipe's artifacts: list, show, diff, rollback."""
+    """Versions of a recipe's artifacts: list, show, diff, promote, rollback, audit."""
 
 
 _output_opt = click.option("--output-dir", default=None, help="Where the runs are (default: the recipe's output_dir, or runs/).")
@@ -266,17 +266,69 @@ def registry_show(target: str, version: str | None, output_dir: str | None) -> N
 @registry.command("rollback")
 @click.argument("target", metavar="RECIPE_OR_NAME")
 @click.option("--to", "to", default=None, help="The version to make current (default: the one before current).")
+@click.option("--reason", default=None, help="Why, for the audit log.")
 @_output_opt
-def registry_rollback(target: str, to: str | None, output_dir: str | None) -> None:
-    """Make an earlier version current again (no version is deleted).
+def registry_rollback(target: str, to: str | None, reason: str | None, output_dir: str | None) -> None:
+    """Make an earlier version current again (no version is deleted; written to the audit log).
 
     \b
     Example:
-      mmadapt registry rollback recipes/text/zentrix-support.yaml --to v0001
+      mmadapt registry rollback recipes/text/zentrix-support.yaml --to v0001 --reason "v0003 quotes old prices"
     """
     from mmadapt.core.registry import rollback
 
-    click.echo(f"current: {rollback(_recipe_dir(target, output_dir), to)}")
+    click.echo(f"current: {rollback(_recipe_dir(target, output_dir), to, reason=reason)}")
+
+
+@registry.command("promote")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("version")
+@click.option("--reason", default=None, help="Why, for the audit log.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def registry_promote(recipe_path: str, version: str, reason: str | None, overrides: tuple[str, ...]) -> None:
+    """Make VERSION current if its metrics meet every bar in the recipe's eval.min.
+
+    A refusal prints the figures (e.g. fact_accuracy 0.55 < 0.80), exits 2 and is audited.
+
+    \b
+    Example:
+      mmadapt registry promote recipes/text/zentrix-support.yaml v0004 --reason "new price list"
+    """
+    from mmadapt.core.registry import promote, recipe_dir
+
+    parsed = _load(recipe_path, overrides)
+    name = promote(recipe_dir(parsed.output_dir, parsed.name), version, parsed, reason=reason)
+    bars = ", ".join(f"{k} >= {v:.2f}" for k, v in parsed.eval.min.items()) or "no eval.min bars"
+    click.echo(f"current: {name} (meets {bars})")
+
+
+@registry.command("audit")
+@click.argument("target", metavar="RECIPE_OR_NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON lines.")
+@_output_opt
+def registry_audit(target: str, as_json: bool, output_dir: str | None) -> None:
+    """Print the audit log: who ran, promoted, was refused or rolled back which version, when and why.
+
+    \b
+    Example:
+      mmadapt registry audit recipes/text/zentrix-support.yaml
+    """
+    from mmadapt.core.registry import read_audit
+    from mmadapt.core.report import table
+
+    rdir = _recipe_dir(target, output_dir)
+    entries = read_audit(rdir)
+    if not entries:
+        raise MmadaptError("no audit entries yet", path=rdir / "audit.jsonl", fix="run the recipe first: mmadapt run RECIPE")
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry))
+        return
+    rows = []
+    for e in entries:
+        detail = "; ".join(e.get("bars_missed") or []) or (f"from {e['previous']}" if e.get("previous") else "")
+        rows.append({**e, "detail": detail})
+    click.echo(table(rows, ["when", "who", "what", "version", "why", "detail"]))
 
 
 @registry.command("diff")

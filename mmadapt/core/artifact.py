@@ -128,7 +128,7 @@ class ArtifactWriter:
         return path
 
     def commit(self, manifest: dict[str, Any], make_current: bool = True) -> Path:
-        """Write the manifest, rename the folder into the next version, point ``current`` at it."""
+        """Write the manifest, rename the folder into the next version; the registry moves ``current`` and audits."""
         check_safetensors_only(self.tmp)
         existing = versions(self.recipe_dir)
         number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
@@ -144,8 +144,9 @@ class ArtifactWriter:
             _fsync_dir(self.tmp)
             os.rename(self.tmp, target)
             _fsync_dir(self.recipe_dir)
-            if make_current:
-                write_text_atomic(self.recipe_dir / CURRENT, version + "\n")
+            from mmadapt.core.registry import committed  # governance: current-pointer policy + audit log
+
+            committed(self.recipe_dir, version, manifest, make_current)
         except OSError as exc:
             raise ArtifactError(
                 f"cannot write the artifact: {exc.strerror}", path=self.recipe_dir, fix="free disk space or choose another output_dir"
