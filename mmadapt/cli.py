@@ -377,5 +377,160 @@ def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
             click.echo(f"  sources: {', '.join(pred.sources)}")
 
 
+# ---------------------------------------------------------------- decide and govern
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--examples", type=click.IntRange(min=0), default=None, help="Labelled training examples (default: the recipe's train split).")
+@click.option("--privacy", type=click.Choice(["public", "internal", "restricted"]), required=True, help="How sensitive the training data is.")
+@click.option("--latency-ms", type=click.FloatRange(min=0), required=True, help="p95 latency budget per request.")
+@click.option("--gpu-hours", type=click.FloatRange(min=0), required=True, help="GPU hours available per training run (0 = none).")
+@click.option("--release-cadence", type=click.Choice(["weekly", "quarterly"]), required=True, help="How often a new version ships.")
+@click.option("--knowledge-changes", type=click.Choice(["often", "rarely"]), default=None, help="How often the facts behind answers change.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="report.json from mmadapt compare (default: the recipe's newest one, if any).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON.")
+def advise(recipe, examples, privacy, latency_ms, gpu_hours, release_cadence, knowledge_changes, report_path, overrides, as_json) -> None:
+    """Recommend a stack, and the order to try the others, from your constraints and measurements.
+
+    Every reason names its source: a constraint you gave, or a figure of the compare report.
+    The rules are in docs/advise.md.
+
+    \b
+    Examples:
+      mmadapt advise --examples 40 --privacy restricted --latency-ms 2000 --gpu-hours 10 --release-cadence quarterly
+      mmadapt advise recipes/text/zentrix-support.yaml --privacy internal --latency-ms 800 \\
+          --gpu-hours 4 --release-cadence weekly --report runs/zentrix-support/compare/<time>/report.json
+    """
+    from mmadapt.core.advise import advise_recipe
+
+    parsed = _load(recipe, overrides) if recipe else None
+    result = advise_recipe(
+        parsed, examples=examples, privacy=privacy, latency_ms=latency_ms, gpu_hours=gpu_hours,
+        release_cadence=release_cadence, knowledge_changes=knowledge_changes, report_path=report_path,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"recommended: {result.recommended or 'none'}")
+    if result.alternatives:
+        click.echo(f"then try:    {' -> '.join(result.alternatives)}")
+    for stack, rules in result.excluded.items():
+        click.echo(f"not advised: {stack} ({', '.join(rules)})")
+    if result.report:
+        click.echo(f"measured:    {result.report} (primary metric {result.primary_metric})")
+    click.echo("\nreasons")
+    for reason in result.reasons:
+        click.echo(f"  {reason}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--a", "version_a", required=True, help="The baseline version (e.g. v0001, or current).")
+@click.option("--b", "version_b", required=True, help="The challenger version.")
+@click.option("--test", "method", type=click.Choice(["bootstrap", "sign"]), default="bootstrap", show_default=True,
+              help="Paired bootstrap CI or exact sign test decides the verdict.")
+@click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap resamples.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def ab(recipe, version_a, version_b, method, resamples, overrides, as_json, quiet) -> None:
+    """A/B test two versions of a recipe on its eval split, example by example.
+
+    Prints, per metric, B - A with its 95% paired-bootstrap CI, the sign test p-value and a
+    verdict for B: better, worse, or no evidence.
+
+    \b
+    Example:
+      mmadapt ab recipes/text/zentrix-support.yaml --a v0001 --b v0002
+    """
+    from mmadapt.core.ab import ab_test
+    from mmadapt.core.report import table
+
+    parsed = _load(recipe, overrides)
+    result = ab_test(parsed, version_a, version_b, method=method, resamples=resamples, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"{result.recipe}: A = {result.a}, B = {result.b}, {result.examples} eval examples, {method} test")
+    rows = [
+        {
+            "metric": m.metric + ("" if m.higher_is_better else " (lower is better)"),
+            "A": m.mean_a, "B": m.mean_b, "B-A": m.diff, "ci_low": m.ci_low, "ci_high": m.ci_high,
+            "p_sign": m.p_sign, "B wins": m.b_wins, "A wins": m.a_wins, "verdict": m.verdict,
+        }
+        for m in result.metrics
+    ]
+    click.echo(table(rows, ["metric", "A", "B", "B-A", "ci_low", "ci_high", "p_sign", "B wins", "A wins", "verdict"]))
+    p = result.primary
+    click.echo(
+        f"\n{p.metric}: B - A = {p.diff:+.3f} [95% CI {p.ci_low:+.3f}, {p.ci_high:+.3f}] -> B is {p.verdict}"
+        + ("" if p.verdict == "no evidence" else " than A")
+    )
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--inputs", "new_data", required=True, type=click.Path(dir_okay=False),
+              help="New inputs: a JSONL shaped like the eval split, or a text file of one input a line.")
+@click.option("--threshold", type=float, default=None, help="MMD^2 above which inputs drifted (default: calibrated on train).")
+@click.option("--embedder", default=None, help="Embedder reference (default: the recipe's retrieval embedder, or embedded:minilm-l6).")
+@click.option("--fail-on-drift", is_flag=True, help="Exit with code 1 when drift is flagged (for CI and cron jobs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def drift(recipe, new_data, threshold, embedder, fail_on_drift, overrides, as_json) -> None:
+    """How far new inputs have moved from the training data; flags retraining.
+
+    \b
+    Example:
+      mmadapt drift recipes/text/zentrix-support.yaml --inputs last-week-questions.txt
+    """
+    from mmadapt.core.drift import drift as run_drift
+    from mmadapt.core.report import table
+
+    parsed = _load(recipe, overrides)
+    result = run_drift(parsed, new_data, threshold=threshold, embedder=embedder)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{result.recipe}: {result.n_new} new inputs against {result.n_train} train inputs ({result.embedder})")
+        click.echo(table([
+            {"signal": s.name, "value": s.value, "threshold": s.threshold, "from": s.source, "drifted": "yes" if s.drifted else "no"}
+            for s in result.signals
+        ], ["signal", "value", "threshold", "from", "drifted"]))
+        click.echo(f"mean-embedding cosine distance: {result.mean_cosine_distance:.4f}; "
+                   f"far = nearest train similarity < {result.nn_similarity_cut:.3f}")
+        if result.new_words:
+            click.echo("unseen words: " + ", ".join(f"{w} ({c})" for w, c in result.new_words))
+        for text, sim in result.far_examples:
+            click.echo(f"  far ({sim:.2f}): {text[:100]}")
+        click.echo("verdict: " + ("DRIFT: retrain or extend the data (" + ", ".join(s.name for s in result.signals if s.drifted) + ")"
+                                   if result.drifted else "no drift beyond what the training data varies by itself"))
+    if fail_on_drift and result.drifted:
+        sys.exit(1)
+
+
+@main.command("report")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Folder (default: <output_dir>/<name>/history).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def history_report(recipe, out_dir, overrides) -> None:
+    """Write a recipe's history: versions, metrics over time, current/promoted marks, audit log, plot.
+
+    \b
+    Example:
+      mmadapt report recipes/text/zentrix-support.yaml
+    """
+    from mmadapt.core.history import write_history
+
+    paths = write_history(_load(recipe, overrides), out_dir)
+    for kind in ("md", "html", "png"):
+        click.echo(f"{kind}: {paths[kind]}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
