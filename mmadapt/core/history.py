@@ -94,8 +94,11 @@ def _version_table(h: History) -> tuple[list[dict[str, Any]], list[str]]:
     return shown, ["version", "marks", "created", "stack", *h.metrics, "bars", "train_s", "bytes", "p50_ms"]
 
 
-def _audit_rows(h: History) -> list[dict[str, Any]]:
-    return [{k: e.get(k) for k in AUDIT_COLUMNS} for e in h.audit]
+def _audit_rows(h: History, markdown: bool = False) -> list[dict[str, Any]]:
+    def cell(value: Any) -> Any:
+        return str(value).replace("|", "\\|").replace("\n", " ") if markdown and isinstance(value, str) else value
+
+    return [{k: cell(e.get(k)) for k in AUDIT_COLUMNS} for e in h.audit]
 
 
 def to_markdown(h: History, png_name: str = "history.png") -> str:
@@ -115,7 +118,7 @@ def to_markdown(h: History, png_name: str = "history.png") -> str:
         "",
         "## Audit log",
         "",
-        table(_audit_rows(h), AUDIT_COLUMNS, markdown=True) if h.audit else "No audit entries.",
+        table(_audit_rows(h, markdown=True), AUDIT_COLUMNS, markdown=True) if h.audit else "No audit entries.",
         "",
     ]
     return "\n".join(lines)
@@ -170,7 +173,9 @@ def plot(h: History, path: Path) -> None:
         if "current" in row["marks"] and row["metrics"].get(metric) is not None:
             ax.scatter([i], [row["metrics"][metric]], s=220, facecolors="none", edgecolors="tab:red", label="current")
         if "promoted" in row["marks"] and row["metrics"].get(metric) is not None:
-            ax.scatter([i], [row["metrics"][metric]], marker="^", s=60, color="tab:green", label="promoted")
+            top = (row["ci95"].get(metric) or [None, None])[1]
+            y = top if top is not None else row["metrics"][metric]
+            ax.scatter([i], [y], marker="v", s=50, color="tab:green", zorder=3, label="promoted")
     if metric in h.bars:
         ax.axhline(h.bars[metric], linestyle="--", color="grey", label=f"eval.min {h.bars[metric]:.2f}")
     ax.set_xticks(range(len(h.rows)))
