@@ -79,6 +79,8 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
     if not as_json:
         click.echo(f"recipe {parsed.name}: {parsed.modality}, stack {'+'.join(parsed.stack)}, base {parsed.base_model}")
     result = run_recipe(parsed, resume=resume, progress=not quiet)
+    if result is None:  # a rank other than 0 of a multi-process run: rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
         return

@@ -29,6 +29,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_RECIPE_BYTES = 1 << 20
 
 
+class DistributedConfig(StrictModel):
+    """How a multi-process run (torchrun / accelerate launch) shares the model; ignored in one process."""
+
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a replica per process; fsdp: weights, grads and optimizer state sharded")
+
+
 class TrainConfig(StrictModel):
     """How strategies that train (adapter, full) are trained."""
 
@@ -43,6 +49,8 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="steps between resumable checkpoints")
     max_seq_len: int = Field(512, ge=8, le=131072)
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast mixed precision (weights stay fp32)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-process settings")
 
 
 class TrainOverrides(StrictModel):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mmadapt import distributed
 from mmadapt.core.artifact import ArtifactWriter, read_manifest
 from mmadapt.core.evaluate import EvalResult, evaluate
 from mmadapt.core.meters import PeakMemory, Stopwatch, folder_bytes
@@ -62,8 +64,33 @@ def _write_predictions(path: Path, result: EvalResult) -> None:
             handle.write(json.dumps(record, default=str) + "\n")
 
 
-def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult:
-    """Fit the recipe's stack, evaluate it and write a new artifact version; return what was measured."""
+def _fit_on_worker(recipe: Recipe, resume: bool) -> None:
+    """A rank other than 0 of a multi-process run: fit the stack with the others (its parts are scratch)."""
+    modality = get_modality(recipe.modality)
+    data = modality.load_data(recipe)
+    stack = modality.new_stack(recipe)
+    ctx = FitContext(recipe=recipe, run_dir=_work_dir(recipe), resume=resume, progress=False)
+    with tempfile.TemporaryDirectory(prefix=f"mmadapt-rank{distributed.rank()}-") as scratch:
+        for name in recipe.stack:
+            strategy = modality.strategies[name](recipe.strategies[name], recipe)
+            part = Path(scratch) / name
+            part.mkdir()
+            strategy.fit(stack, data, part, ctx)
+            strategy.compose(stack, part)
+            stack.applied.append(name)
+
+
+def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult | None:
+    """Fit the recipe's stack, evaluate it and write a new artifact version; return what was measured.
+
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) every rank fits (trains together);
+    rank 0 alone evaluates, writes the artifact and returns the result; the other ranks wait
+    for it at a barrier and return None.
+    """
+    if distributed.initialize() and not distributed.is_main():
+        _fit_on_worker(recipe, resume)
+        distributed.barrier()
+        return None
     modality = get_modality(recipe.modality)
     work = _work_dir(recipe)
     with PeakMemory() as memory, Stopwatch() as total:
@@ -114,6 +141,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
             costs["peak_rss_mib"] = round(memory.peak_mib, 1)  # peak so far: all fitting and evaluation
             costs["total_seconds"] = round(time.perf_counter() - total.start, 3)
             version_dir = writer.commit(manifest)
+    distributed.barrier()  # multi-process: the other ranks exit once the artifact is written
     return RunResult(recipe, version_dir, read_manifest(version_dir), result)
 
 
