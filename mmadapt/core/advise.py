@@ -8,8 +8,9 @@ A pure-Python rules engine. Every rule has an id, and its table is in ``docs/adv
 * ``operational``: add to or take from a stack's score for what it costs to run and govern
   (restricted data, knowledge that changes often, weekly releases). Always applied;
 * ``prior``: what usually holds for quality and training cost when nothing is measured
-  (few examples -> no adapter; thousands of examples on a stable task -> adapter). Applied
-  only to stacks without a measured primary metric: a measurement supersedes a prior;
+  (few examples -> no full fine-tune, a weaker adapter; thousands of examples on a stable task
+  -> adapter). Applied only to stacks without a measured primary metric: a measurement
+  supersedes a prior;
 * ``measured``: with a compare report, stacks whose 95% CI of the primary metric overlaps
   the best stack's are *tied with the best* and ranked first, by score and then by cost
   (no evidence that the dearer one is better -> the cheaper one); the others follow, best first.
@@ -46,7 +47,7 @@ RULES: dict[str, tuple[str, str, str, str]] = {
     "D1": ("hard", "the recipe has no `data.knowledge`", "exclude stacks with retrieval",
            "retrieval needs a knowledge base to index"),
     "D2": ("hard", "examples = 0", "exclude stacks that train (adapter, full)", "nothing to train on"),
-    "E1": ("hard", f"examples < {FEW_EXAMPLES}", "exclude full",
+    "E1": ("prior", f"examples < {FEW_EXAMPLES}", "exclude full",
            "too few examples to train every weight without memorising them"),
     "G1": ("hard", "gpu-hours = 0", "exclude stacks that train", "no compute budget for training"),
     "G2": ("hard", "report: train_seconds / 3600 > gpu-hours", "exclude that stack",
@@ -262,7 +263,7 @@ def advise(
     if n is not None and n == 0:
         fire("D2", training, "no training examples", ["constraint:examples=0"], exclude=True)
     if n is not None and n < FEW_EXAMPLES:
-        fire("E1", fulls, f"{n} examples are too few to train every weight without memorising them",
+        fire("E1", [s for s in fulls if not has_figure(s)], f"{n} examples are too few to train every weight without memorising them",
              [f"constraint:examples={n}"], exclude=True)
     if c.gpu_hours is not None and c.gpu_hours == 0:
         fire("G1", training, "no GPU budget for training", ["constraint:gpu-hours=0"], exclude=True)
