@@ -26,7 +26,7 @@ from mmadapt.core.strategy import Example, get_modality
 from mmadapt.errors import ArtifactError, MmadaptError
 
 # Metrics where a smaller value is better; a modality may add its own with ``lower_is_better``.
-LOWER_IS_BETTER = frozenset({"wer", "cer", "b_wer", "u_wer"})
+LOWER_IS_BETTER = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
 METHODS = ("bootstrap", "sign")
 
 

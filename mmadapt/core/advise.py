@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmadapt.core.ab import lower_is_better
 from mmadapt.errors import DataError, MmadaptError
 
 PRIVACY = ("public", "internal", "restricted")
@@ -74,7 +75,7 @@ RULES: dict[str, tuple[str, str, str, str]] = {
            "retrieval adds an embedding, a search and top_k passages of prompt to every request"),
     "M1": ("measured", "report: a stack's CI overlaps the best stack's CI", "rank it with the best, by score then cost",
            "overlapping 95% CIs are no evidence that the dearer stack is better: prefer the cheaper"),
-    "M2": ("measured", "report: a stack's CI lies wholly below the best's", "rank it after the tied group",
+    "M2": ("measured", "report: a stack's CI lies wholly on the worse side of the best's", "rank it after the tied group",
            "measured to be worse than the best"),
 }
 
@@ -351,12 +352,13 @@ def advise(
             if not has_figure(x.stack):
                 x.tier = 2
         if figured:
-            best = max(figured, key=lambda x: (x.measured[metric], -x.cost))
+            sign = -1.0 if lower_is_better(metric) else 1.0  # WER-like metrics: smaller is better
+            best = max(figured, key=lambda x: (sign * x.measured[metric], -x.cost))
             b_lo, b_hi = _ci(best.measured, metric)
             for x in figured:
                 lo, hi = _ci(x.measured, metric)
                 x.tier = 0 if hi >= b_lo and lo <= b_hi else 1
-            live.sort(key=lambda x: _rank_key(x, metric))
+            live.sort(key=lambda x: _rank_key(x, metric, sign))
             tied = [x for x in live if x.tier == 0]
             chosen = tied[0]
             if chosen.stack != best.stack:
@@ -375,7 +377,8 @@ def advise(
                      [measured_src(best.stack, metric)])
             worse = [x.stack for x in live if x.tier == 1]
             if worse:
-                fire("M2", worse, f"{metric} CI wholly below {best.stack}'s {_val_ci(best.measured, metric)}",
+                side = "above" if sign < 0 else "below"
+                fire("M2", worse, f"{metric} CI wholly {side} {best.stack}'s {_val_ci(best.measured, metric)}",
                      [measured_src(s, metric) for s in worse])
     else:
         live.sort(key=lambda x: (-x.score, x.cost))
@@ -395,13 +398,13 @@ def advise(
     )
 
 
-def _rank_key(x: Candidate, metric: str) -> tuple:
+def _rank_key(x: Candidate, metric: str, sign: float = 1.0) -> tuple:
     """Tied with the best: by score, then a-priori cost, then measured cost. Worse: by the metric. No figure: last."""
     row = x.measured or {}
     if x.tier == 0:
         return (0, -x.score, x.cost, row.get("train_seconds") or 0.0, row.get("artifact_bytes") or 0)
     if x.tier == 1:
-        return (1, -float(row[metric]), -x.score, x.cost, 0)
+        return (1, -sign * float(row[metric]), -x.score, x.cost, 0)
     return (2, -x.score, x.cost, 0.0, 0)
 
 

@@ -209,6 +209,18 @@ def test_M2_a_clearly_better_stack_wins_over_operational_preferences():
     assert _fired(advice, "M2")[0].stacks == ["prompt+retrieval"]
 
 
+def test_for_an_error_rate_the_smallest_is_best():
+    def wer_row(stack, value, lo, hi):
+        return {"stack": stack, "wer": value, "wer_ci": [lo, hi], "train_seconds": 0.0}
+
+    report = {"primary_metric": "wer", "rows": [
+        wer_row("prompt", 0.30, 0.26, 0.34), wer_row("prompt+retrieval", 0.12, 0.10, 0.14), wer_row("base", 0.45, 0.40, 0.50),
+    ]}
+    advice = _advice(report)
+    assert advice.order == ["prompt+retrieval", "prompt", "base"]
+    assert "wholly above" in _fired(advice, "M2")[0].text
+
+
 def test_base_wins_when_nothing_measured_beats_it():
     report = _report(_row("base", 0.50, 0.40, 0.60), _row("prompt+adapter", 0.55, 0.45, 0.65, train_seconds=30.0))
     advice = _advice(report)
