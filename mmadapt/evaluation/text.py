@@ -1,8 +1,9 @@
 """Text answer metrics: fact accuracy, token F1, ROUGE-L, exact match.
 
 * ``fact_accuracy``: 1 when the example's key fact appears in the answer. Both are
-  lower-cased and split into alphanumeric tokens; the fact's tokens must appear
-  contiguously in the answer's ("$149" matches "costs $149/month", not "1490").
+  lower-cased and split into runs of letters and runs of digits; the fact's tokens must
+  appear contiguously in the answer's ("$149" matches "costs $149/month", not "1490";
+  "850 ms" matches "850ms").
 * ``token_f1``: SQuAD-style bag-of-tokens F1 against the reference answer.
 * ``rouge_l``: F-measure of the longest common token subsequence with the reference.
 * ``exact_match``: normalised answer equals normalised reference.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-TOKEN = re.compile(r"[a-z0-9]+")
+TOKEN = re.compile(r"[a-z]+|[0-9]+")  # "850ms" -> 850 ms, "ZX-4127" -> zx 4127
 ARTICLES = {"a", "an", "the"}
 
 
