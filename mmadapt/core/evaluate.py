@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mmadapt.core.meters import Stopwatch, latency_percentiles
-from mmadapt.core.stats import bootstrap_ci
 from mmadapt.core.strategy import DataBundle, Modality, Prediction, Predictor
 
 
@@ -20,15 +21,24 @@ class EvalResult:
     costs: dict[str, Any] = field(default_factory=dict)
 
 
-def aggregate(rows: list[dict[str, Any]], metrics: list[str], resamples: int, seed: int = 0) -> tuple[dict, dict]:
-    means, cis = {}, {}
-    for metric in metrics:
-        values = [r[metric] for r in rows if r.get(metric) is not None]
-        if not values:
-            continue
-        means[metric] = round(float(sum(values) / len(values)), 4)
-        lo, hi = bootstrap_ci(values, resamples=resamples, seed=seed)
-        cis[metric] = (round(lo, 4), round(hi, 4))
+def aggregate(modality: Modality, rows: list[dict[str, Any]], metrics: list[str], resamples: int, seed: int = 0) -> tuple[dict, dict]:
+    """The modality's corpus metrics and percentile-bootstrap 95% CIs (rows resampled with replacement)."""
+    means = {k: round(v, 4) for k, v in modality.aggregate(rows, metrics).items() if v is not None}
+    cis: dict[str, tuple[float, float]] = {}
+    if not rows:
+        return means, cis
+    if resamples <= 0 or len(rows) == 1:
+        return means, {k: (v, v) for k, v in means.items()}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in means}
+    for _ in range(resamples):
+        picked = [rows[i] for i in rng.integers(0, len(rows), size=len(rows))]
+        for k, v in modality.aggregate(picked, metrics).items():
+            if k in samples and v is not None:
+                samples[k].append(v)
+    for k, values in samples.items():
+        if values:
+            cis[k] = (round(float(np.quantile(values, 0.025)), 4), round(float(np.quantile(values, 0.975)), 4))
     return means, cis
 
 
@@ -39,7 +49,7 @@ def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe,
     with Stopwatch() as watch:
         predictions = predictor.predict([e.input for e in examples], progress=progress)
     rows = modality.score(predictions, examples, metrics, data)
-    means, cis = aggregate(rows, metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
+    means, cis = aggregate(modality, rows, metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
 
     latencies = []
     for example in examples[: recipe.eval.latency_samples]:

@@ -148,6 +148,19 @@ class Modality(ABC):
     ) -> list[dict[str, Any]]:
         """One row per example: ``{"id": ..., "<metric>": value, ...}`` (plus any detail columns)."""
 
+    def aggregate(self, rows: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
+        """Corpus-level metrics from per-example rows; the default is the mean of each metric.
+
+        A modality overrides this where the corpus figure is not a mean (WER is errors over
+        all reference words). Bootstrap confidence intervals resample rows and call it again.
+        """
+        out = {}
+        for metric in metrics:
+            values = [r[metric] for r in rows if r.get(metric) is not None]
+            if values:
+                out[metric] = float(sum(values) / len(values))
+        return out
+
 
 MODALITIES: dict[str, str] = {
     "text": "mmadapt.text:TextModality",
