@@ -70,8 +70,11 @@ def test_a_trained_version_beats_the_base_model_and_the_ci_excludes_zero(workspa
 def test_two_seeds_of_a_deterministic_stack_give_no_evidence(workspace, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = workspace / "r.yaml"
-    one = run(load_recipe(path, ["train.seed=1"]), progress=False).version_dir.name
-    two = run(load_recipe(path, ["train.seed=2"]), progress=False).version_dir.name
+    first = run(load_recipe(path, ["train.seed=1"]), progress=False).version_dir
+    second = run(load_recipe(path, ["train.seed=2"]), progress=False).version_dir
+    weights = [(v / "full/model/model.safetensors").read_bytes() for v in (first, second)]
+    assert weights[0] != weights[1]  # the seed changed the batch order, so the trained weights
+    one, two = first.name, second.name
     result = ab_test(load_recipe(path), one, two)
     for m in result.metrics:
         assert m.ci_low <= 0.0 <= m.ci_high
