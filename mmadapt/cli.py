@@ -534,5 +534,98 @@ def history_report(recipe, out_dir, overrides) -> None:
         click.echo(f"{kind}: {paths[kind]}")
 
 
+# ---------------------------------------------------------------- batch
+
+
+@main.command()
+@click.argument("target", metavar="RECIPE_OR_VERSION_DIR", type=click.Path(exists=True))
+@click.option("--inputs", required=True, type=click.Path(exists=True), help="JSONL, one input per line, or a folder of files.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Merged results (JSONL, input order).")
+@click.option("--shard-size", default=16, show_default=True, help="Inputs per resumable shard.")
+@_output_opt
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def batch(target: str, inputs: str, output: str, shard_size: int, output_dir: str | None, quiet: bool) -> None:
+    """Predict every input with a saved artifact (a recipe means its current version).
+
+    Under torchrun / accelerate launch each rank predicts its shards; rank 0 writes OUTPUT in
+    input order. Finished shards are kept in OUTPUT.parts/, so a rerun after a crash skips them.
+
+    \b
+    Examples:
+      mmadapt batch runs/zentrix-lora/v0001 --inputs questions.txt --output answers.jsonl
+      python -m torch.distributed.run --nproc_per_node 2 -m mmadapt.cli batch recipes/text/lora.yaml \\
+          --inputs questions.jsonl --output answers.jsonl
+    """
+    from mmadapt import distributed
+    from mmadapt.core.batch import run_batch
+
+    report = run_batch(target, inputs, output, shard_size=shard_size, output_dir=output_dir, progress=not quiet)
+    if distributed.is_main():
+        click.echo(f"{report.inputs} results in {report.shards} shards -> {report.output}")
+
+
+# ---------------------------------------------------------------- launch
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--nproc", type=click.IntRange(1, 1024), required=True, help="Processes per node (one per GPU).")
+@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True, help="Nodes.")
+@click.option("--rdzv", default=None, metavar="HOST:PORT", help="Rendezvous on the first node (needed with --nnodes > 1).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resume", is_flag=True, help="Continue training from the last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print the command (or script) without running it.")
+@click.option("--slurm", is_flag=True, help="Write an sbatch script (srun + torchrun) instead of running.")
+@click.option("--script", "script_path", default=None, type=click.Path(dir_okay=False), help="Where --slurm writes the script.")
+@click.option("--gpus-per-node", type=click.IntRange(0, 1024), default=None, help="--slurm: GPUs per node (default: --nproc).")
+@click.option("--partition", default=None, help="--slurm: the partition.")
+@click.option("--time", "time_limit", default="04:00:00", show_default=True, help="--slurm: the time limit.")
+def launch(
+    recipe: str, nproc: int, nnodes: int, rdzv: str | None, overrides: tuple[str, ...], resume: bool, dry_run: bool,
+    slurm: bool, script_path: str | None, gpus_per_node: int | None, partition: str | None, time_limit: str,
+) -> None:
+    """Run a recipe as a multi-process job: torchrun here, or an sbatch script for Slurm.
+
+    \b
+    Examples:
+      mmadapt launch recipes/text/lora.yaml --nproc 4
+      mmadapt launch recipes/text/lora.yaml --nproc 8 --nnodes 2 --rdzv node001:29500   # on each node
+      mmadapt launch --slurm recipes/text/lora.yaml --nproc 8 --nnodes 4 --partition gpu
+    """
+    import shlex
+
+    from mmadapt import distributed
+
+    parsed = _load(recipe, overrides)  # a bad recipe fails here, before any process starts
+    args = ["run", str(Path(recipe).resolve()), *[a for o in overrides for a in ("--set", o)]] + (["--resume"] if resume else [])
+    if slurm:
+        rdir = Path(parsed.output_dir).resolve() / parsed.name
+        path = Path(script_path) if script_path else rdir / f"{parsed.name}.sbatch"
+        text = distributed.slurm_script(
+            args, job_name=f"mmadapt-{parsed.name}", nproc=nproc, nnodes=nnodes, workdir=str(Path.cwd()),
+            log_dir=str(rdir), gpus_per_node=nproc if gpus_per_node is None else gpus_per_node,
+            partition=partition, time=time_limit,
+        )
+        click.echo(text)
+        if not dry_run:
+            from mmadapt.core.artifact import write_text_atomic
+
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, text)
+                path.chmod(0o755)
+            except OSError as exc:
+                raise MmadaptError(f"cannot write the script: {exc.strerror}", path=path, fix="choose --script elsewhere") from None
+            click.echo(f"submit with: sbatch {shlex.quote(str(path))}")
+        return
+    command = distributed.torchrun_command(args, nproc=nproc, nnodes=nnodes, rdzv=rdzv, rdzv_id=f"mmadapt-{parsed.name}")
+    click.echo(shlex.join(command))
+    if dry_run:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -200,3 +201,82 @@ def broadcast_object(value: T) -> T:
     box = [value if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---------------------------------------------------------------- launching
+
+
+def parse_rdzv(value: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port), or a one-line error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MmadaptError(f"--rdzv {value!r} is not HOST:PORT", fix="give the first node's address, e.g. --rdzv node001:29500")
+    return host, int(port)
+
+
+def torchrun_command(
+    cli_args: Sequence[str], *, nproc: int, nnodes: int = 1, rdzv: str | None = None, rdzv_id: str = "mmadapt",
+    python: str | None = None,
+) -> list[str]:
+    """The ``python -m torch.distributed.run ... -m mmadapt.cli ARGS`` command line for one node."""
+    import sys
+
+    if nproc < 1 or nnodes < 1:
+        raise MmadaptError("--nproc and --nnodes must be at least 1")
+    command = [python or sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if rdzv:
+        parse_rdzv(rdzv)
+        command += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv, "--rdzv_id", rdzv_id]
+    elif nnodes > 1:
+        raise MmadaptError(f"--nnodes {nnodes} needs --rdzv HOST:PORT", fix="give the first node's address, e.g. --rdzv node001:29500")
+    else:
+        command += ["--standalone"]
+    return command + ["-m", "mmadapt.cli", *cli_args]
+
+
+def slurm_script(
+    cli_args: Sequence[str], *, job_name: str, nproc: int, nnodes: int, workdir: str, log_dir: str,
+    gpus_per_node: int = 0, cpus_per_task: int | None = None, time: str = "04:00:00", partition: str | None = None,
+    port: int = 29500, python: str | None = None,
+) -> str:
+    """An sbatch script: one srun task per node, each a torchrun whose rendezvous is on the first node."""
+    import shlex
+    import sys
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", job_name):
+        raise MmadaptError(f"job name {job_name!r} must be letters, digits, . _ -")
+    if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", time):
+        raise MmadaptError(f"--time {time!r} is not a Slurm time", fix="e.g. --time 04:00:00 or 1-00:00:00")
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --nodes={nnodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --cpus-per-task={cpus_per_task or max(1, nproc) * 4}",
+        f"#SBATCH --time={time}",
+        f"#SBATCH --output={log_dir}/%x-%j.out",
+    ]
+    if gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
+    if partition:
+        if not re.fullmatch(r"[A-Za-z0-9._,-]{1,128}", partition):
+            raise MmadaptError(f"--partition {partition!r} is not a partition name")
+        lines.append(f"#SBATCH --partition={partition}")
+    torchrun = [
+        python or sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "$SLURM_NNODES", "--nproc_per_node", str(nproc),
+        "--rdzv_id", "$SLURM_JOB_ID", "--rdzv_backend", "c10d", "--rdzv_endpoint", "$head_node:$rdzv_port",
+        "-m", "mmadapt.cli", *cli_args,
+    ]
+    quoted = " ".join(f'"{a}"' if a.startswith("$") else shlex.quote(a) for a in torchrun)
+    lines += [
+        "",
+        "set -euo pipefail",
+        f"cd {shlex.quote(workdir)}",
+        "# the first node of the allocation hosts the rendezvous; every node runs one torchrun",
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"rdzv_port=${{MMADAPT_RDZV_PORT:-{port}}}",
+        f"srun --kill-on-bad-exit=1 {quoted}",
+        "",
+    ]
+    return "\n".join(lines)
