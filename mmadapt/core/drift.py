@@ -89,10 +89,13 @@ def _kernel(x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
 
 def mmd2(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
     """Unbiased squared MMD between samples ``x`` and ``y`` of unit vectors (RBF kernel)."""
-    m, n = len(x), len(y)
-    if m < 2 or n < 2:
+    if len(x) < 2 or len(y) < 2:
         raise ValueError("MMD needs at least two items on each side")
-    kxx, kyy, kxy = _kernel(x, x, sigma), _kernel(y, y, sigma), _kernel(x, y, sigma)
+    return _mmd2_from(_kernel(x, x, sigma), _kernel(y, y, sigma), _kernel(x, y, sigma))
+
+
+def _mmd2_from(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    m, n = len(kxx), len(kyy)
     sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
     syy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
     return float(sxx + syy - 2.0 * kxy.mean())
@@ -215,11 +218,13 @@ def detect(
     m = max(2, min(len(new), len(train) // 2))
     null_mmd, null_far, null_oov, held_sims = [], [], [], []
     split_sims = []
+    gram = x @ x.T  # computed once: every split reads blocks of it
+    k_train = np.exp(-np.clip(2.0 - 2.0 * gram, 0.0, None) / (2.0 * sigma * sigma))
     for _ in range(splits):
         perm = rng.permutation(len(train))
         held, ref = perm[:m], perm[m:]
-        null_mmd.append(mmd2(x[ref], x[held], sigma))
-        sims = nearest_similarity(x[held], x[ref])
+        null_mmd.append(_mmd2_from(k_train[np.ix_(ref, ref)], k_train[np.ix_(held, held)], k_train[np.ix_(ref, held)]))
+        sims = gram[np.ix_(held, ref)].max(axis=1)
         split_sims.append(sims)
         held_sims.extend(sims.tolist())
         known = set().union(*(train_words[i] for i in ref)) | vocab_words
