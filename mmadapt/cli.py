@@ -57,7 +57,7 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume", is_flag=True, help="Continue training from the last checkpoint of this recipe.")
 @click.option("--show", default=3, show_default=True, help="How many eval answers to print.")
@@ -109,7 +109,7 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @click.option("--stacks", default=None, help="Comma-separated stacks, e.g. base,prompt,retrieval,adapter,full,adapter+retrieval.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume", is_flag=True, help="Resume each stack's training from its last checkpoint.")
@@ -152,7 +152,7 @@ def recipe() -> None:
 
 
 @recipe.command("validate")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resolved", is_flag=True, help="Print the recipe with every default filled in.")
 def validate(recipe_path: str, overrides: tuple[str, ...], resolved: bool) -> None:
@@ -283,7 +283,7 @@ def registry_rollback(target: str, to: str | None, reason: str | None, output_di
 
 
 @registry.command("promote")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())
 @click.argument("version")
 @click.option("--reason", default=None, help="Why, for the audit log.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
@@ -383,7 +383,7 @@ def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False, type=click.Path())
 @click.option("--examples", type=click.IntRange(min=0), default=None, help="Labelled training examples (default: the recipe's train split).")
 @click.option("--privacy", type=click.Choice(["public", "internal", "restricted"]), required=True, help="How sensitive the training data is.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), required=True, help="p95 latency budget per request.")
@@ -431,7 +431,7 @@ def advise(recipe, examples, privacy, latency_ms, gpu_hours, release_cadence, kn
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @click.option("--a", "version_a", required=True, help="The baseline version (e.g. v0001, or current).")
 @click.option("--b", "version_b", required=True, help="The challenger version.")
 @click.option("--test", "method", type=click.Choice(["bootstrap", "sign"]), default="bootstrap", show_default=True,
@@ -476,7 +476,7 @@ def ab(recipe, version_a, version_b, method, resamples, overrides, as_json, quie
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @click.option("--inputs", "new_data", required=True, type=click.Path(dir_okay=False),
               help="New inputs: a JSONL shaped like the eval split, or a text file of one input a line.")
 @click.option("--threshold", type=float, default=None, help="MMD^2 above which inputs drifted (default: calibrated on train).")
@@ -517,7 +517,7 @@ def drift(recipe, new_data, threshold, embedder, fail_on_drift, overrides, as_js
 
 
 @main.command("report")
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Folder (default: <output_dir>/<name>/history).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def history_report(recipe, out_dir, overrides) -> None:
