@@ -23,6 +23,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 def resolve_model(ref: str) -> str:
     """A loadable location for ``ref``: a local folder path, or a hub id."""
+    if not ref.strip():  # Path("") is the current folder
+        raise ModelError("empty model reference", fix="use a local folder, a hub id (org/name) or embedded:NAME")
     if ref.startswith("embedded:"):
         alias = ref.split(":", 1)[1]
         model = EMBEDDED.get(alias)
