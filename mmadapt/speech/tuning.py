@@ -1,0 +1,125 @@
+"""Whisper training data for the shared loop: decoder sequences with the loss on the transcript.
+
+The decoder input is ``[<|startofprev|> prompt] <|startoftranscript|> <|notimestamps|>
+transcript <|endoftext|>``, built with the stack fitted so far: a static vocabulary
+prompt, or (with retrieval) the utterance's own terms mixed with random distractors
+from the vocabulary, so the model learns to use a prompt without trusting it blindly.
+With the encoder frozen (the default) its outputs are computed once and cached: on a
+CPU the 30-second encoder input costs far more than the decoder.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmadapt.core import trainer
+from mmadapt.core.strategy import DataBundle, FitContext, FitReport
+from mmadapt.errors import DataError
+from mmadapt.speech.audio import SAMPLE_RATE, load_audio
+from mmadapt.speech.transcribe import fit_terms, prompt_token_ids, special_ids
+
+IGNORE = -100
+
+
+def _prompt_terms(stack, example, rng: random.Random) -> list[str] | None:
+    if stack.retriever is not None and stack.vocabulary:
+        own = [t for t in example.meta.get("terms", []) if t in stack.vocabulary]
+        others = [t for t in stack.vocabulary if t not in own]
+        terms = own + rng.sample(others, min(len(others), stack.retriever.config.top_k - len(own) if len(own) < stack.retriever.config.top_k else 2))
+        rng.shuffle(terms)
+        return fit_terms(stack, list(dict.fromkeys([*terms, *(stack.prompt_terms or [])])), stack.max_prompt_tokens)
+    return stack.prompt_terms
+
+
+def encode_examples(stack, data: DataBundle, seed: int, max_len: int = 440) -> list[tuple[list[int], list[int]]]:
+    """(decoder input ids, target ids) per train utterance; targets are IGNORE on the prefix."""
+    examples = [e for e in data.train if e.reference]
+    if not examples:
+        raise DataError("training needs train utterances with transcriptions", path=stack.recipe.data.train, fix="set data.train")
+    tok = stack.processor.tokenizer
+    special = special_ids(tok)
+    rng = random.Random(seed)
+    out = []
+    for example in examples:
+        prompt = prompt_token_ids(stack, _prompt_terms(stack, example, rng)) or []
+        prefix = [*prompt, special["sot"], special["notimestamps"]]
+        text = tok.encode(" " + example.reference, add_special_tokens=False)
+        seq = (prefix + text + [special["eot"]])[:max_len]
+        inputs, targets = seq[:-1], seq[1:]
+        targets = [IGNORE if i < len(prefix) - 1 else t for i, t in enumerate(targets)]
+        out.append((inputs, targets))
+    return out
+
+
+def audio_features(stack, data: DataBundle, progress: bool) -> torch.Tensor:
+    """Log-mel features (n, 80, 3000) of the train utterances; clips must fit in one 30 s window."""
+    fe = stack.processor.feature_extractor
+    feats = []
+    examples = [e for e in data.train if e.reference]
+    for example in tqdm(examples, desc="audio features", disable=not progress, leave=False):
+        audio = load_audio(example.input)
+        if len(audio) > 30 * SAMPLE_RATE:
+            raise DataError("training clips must be at most 30 s", path=example.input, fix="cut it into shorter utterances")
+        feats.append(fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0])
+    return torch.stack(feats)
+
+
+@torch.inference_mode()
+def cached_encoder_states(model, features: torch.Tensor, batch: int = 8, progress: bool = False) -> torch.Tensor:
+    encoder = model.get_encoder()
+    states = []
+    for i in tqdm(range(0, len(features), batch), desc="encoding", disable=not progress, leave=False):
+        states.append(encoder(features[i : i + batch]).last_hidden_state)
+    return torch.cat(states)
+
+
+def train_whisper(model, stack, data: DataBundle, ctx: FitContext, name: str, freeze_encoder: bool, overrides=None) -> FitReport:
+    """Train ``model`` (peft-wrapped or the full Whisper) on the train split with the shared loop."""
+    config = overrides.apply(stack.recipe.train) if overrides is not None else stack.recipe.train
+    encoded = encode_examples(stack, data, config.seed)
+    features = audio_features(stack, data, ctx.progress)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if freeze_encoder:
+        for p in base.get_encoder().parameters():
+            p.requires_grad_(False)
+        encoder_input = cached_encoder_states(base, features, progress=ctx.progress)
+    else:
+        encoder_input = features
+    pad = special_ids(stack.processor.tokenizer)["eot"]
+
+    def collate(indices: list[int]):
+        width = max(len(encoded[i][0]) for i in indices)
+        ids = torch.full((len(indices), width), pad, dtype=torch.long)
+        labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            x, y = encoded[i]
+            ids[row, : len(x)], labels[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        batch = {"enc": encoder_input[indices], "ids": ids, "mask": mask, "labels": labels}
+        return batch, int((labels != IGNORE).sum())
+
+    def loss_fn(m, batch) -> torch.Tensor:
+        if freeze_encoder:
+            out = m(encoder_outputs=(batch["enc"],), decoder_input_ids=batch["ids"], decoder_attention_mask=batch["mask"])
+        else:
+            out = m(input_features=batch["enc"], decoder_input_ids=batch["ids"], decoder_attention_mask=batch["mask"])
+        logits = out.logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+
+    return trainer.train(
+        model,
+        lengths=[len(x) for x, _ in encoded],
+        collate=collate,
+        loss_fn=loss_fn,
+        config=config,
+        checkpoint_dir=Path(ctx.run_dir) / name,
+        resume=ctx.resume,
+        progress=ctx.progress,
+        desc=f"{name} training",
+    )
