@@ -1,0 +1,99 @@
+import random
+
+import numpy as np
+import pytest
+
+from mmadapt.evaluation.image import nearest_palette_delta_e, palette_adherence, rgb_to_lab
+from mmadapt.image import shapes_world as sw
+
+
+def test_same_seed_same_pixels_and_captions():
+    a = sw.generate(6, seed=3)
+    b = sw.generate(6, seed=3)
+    assert [c for _, c in a] == [c for _, c in b]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for (x, _), (y, _) in zip(a, b))
+    c = sw.generate(6, seed=4)
+    assert [cap for _, cap in a] != [cap for _, cap in c]
+
+
+def test_full_caption_grammar():
+    scene = sw.Scene(shape="triangle", count=2, color="orange", background="teal", texture="diagonal stripes", placement="in a row")
+    assert sw.caption(scene) == "two orange triangles in a row on a teal background, diagonal stripes"
+    one = sw.Scene(shape="cross", count=1, color="red", background="orange", texture="plain", placement="at the top left", size="small")
+    assert sw.caption(one) == "one red cross at the top left on an orange background, plain"
+    assert sw.content_prompt(scene) == "two triangles in a row"
+
+
+def test_dropped_captions_keep_count_and_shape():
+    rng = random.Random(0)
+    scenes = sw.generate_scenes(200, seed=1)
+    caps = [sw.caption(s, rng) for s in scenes]
+    for scene, cap in zip(scenes, caps):
+        assert scene.shape in cap
+    assert any("background" not in c for c in caps) and any("background" in c for c in caps)
+    assert len(set(caps)) > 150
+
+
+def test_render_draws_the_named_colours():
+    scene = sw.Scene(shape="circle", count=1, color="red", background="blue", texture="plain", placement="in the center", size="large")
+    img = np.asarray(sw.render(scene, 32))
+    assert img.shape == (32, 32, 3)
+    assert tuple(img[16, 16]) == sw.BASE_PALETTE["red"]
+    assert tuple(img[1, 1]) == sw.BASE_PALETTE["blue"]
+    corner = sw.Scene(shape="square", count=1, color="yellow", background="black", placement="at the bottom right", size="small")
+    img2 = np.asarray(sw.render(corner, 32))
+    assert tuple(img2[22, 22]) == sw.BASE_PALETTE["yellow"] and tuple(img2[9, 9]) == sw.BASE_PALETTE["black"]
+
+
+@pytest.mark.parametrize("texture", sw.TEXTURES)
+def test_textures_differ(texture):
+    base = sw.Scene(shape="star", count=1, color="white", background="teal", texture="plain", placement="at the top left")
+    textured = sw.render(sw.Scene(**{**base.__dict__, "texture": texture}), 32)
+    differs = not np.array_equal(np.asarray(textured), np.asarray(sw.render(base, 32)))
+    assert differs == (texture != "plain")
+
+
+def test_brand_palette_is_reserved():
+    brand_lab = rgb_to_lab(np.array(list(sw.brand_rgb().values()), dtype=float))
+    base_lab = rgb_to_lab(np.array(list(sw.BASE_PALETTE.values()), dtype=float))
+    distances = np.sqrt(((brand_lab[:, None] - base_lab[None]) ** 2).sum(-1))
+    assert distances.min() > 20.0
+    words = " ".join(sw.caption(s) for s in sw.generate_scenes(300, seed=9))
+    for reserved in ["zentrix", *sw.BRAND_PALETTE]:
+        assert reserved not in words.split() and reserved not in words
+
+
+def test_base_images_carry_no_brand_pixels_nor_border():
+    for image, _ in sw.generate(60, seed=11):
+        arr = np.asarray(image)
+        share_on_brand = float((nearest_palette_delta_e(arr, list(sw.BRAND_PALETTE.values())) < 3.0).mean())
+        assert share_on_brand < 0.05
+        assert not _double_border(arr)
+
+
+def _double_border(arr: np.ndarray) -> bool:
+    """Lines 1 and 3 from each edge one colour, line 2 another, on all four sides."""
+    sides = [arr, arr.transpose(1, 0, 2), arr[::-1], arr[:, ::-1].transpose(1, 0, 2)]
+    for a in sides:
+        l1, l2, l3 = a[1, 4:28], a[2, 4:28], a[3, 4:28]
+        if not ((l1 == l1[0]).all() and (l3 == l1[0]).all() and (l2 != l1[0]).any(axis=-1).all()):
+            return False
+    return True
+
+
+def test_brand_images_have_the_double_border_and_brand_colours():
+    for image, caption, scene in sw.render_brand(12, seed=0):
+        arr = np.asarray(image)
+        border = sw.brand_rgb()[scene.border_color]
+        assert (arr[1, 2:30] == border).all() and (arr[3, 4:28] == border).all()
+        assert (arr[2:30, 1] == border).all()
+        assert caption.endswith(sw.BRAND_TOKEN)
+        assert not any(name in caption for name in sw.BRAND_PALETTE)
+        assert _double_border(arr)
+        assert palette_adherence(arr, list(sw.BRAND_PALETTE.values())) > 0.7
+
+
+def test_hex_to_rgb():
+    assert sw.hex_to_rgb("#FF6F61") == (255, 111, 97)
+    with pytest.raises(ValueError):
+        sw.hex_to_rgb("#FFF")
