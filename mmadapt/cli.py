@@ -63,7 +63,13 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
 @click.option("--show", default=3, show_default=True, help="How many eval answers to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of tables.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_json: bool, quiet: bool) -> None:
+@click.option(
+    "--trust-remote-pickle",
+    is_flag=True,
+    help="Allow a local model whose weights are pickle files (.bin/.pt); they can run code when loaded. "
+    "Sets MMADAPT_TRUST_REMOTE_PICKLE=1 for this run.",
+)
+def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_json: bool, quiet: bool, trust_remote_pickle: bool) -> None:
     """Fit the recipe's stack, evaluate it, and write a new artifact version.
 
     \b
@@ -71,10 +77,15 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
       mmadapt run recipes/text/zentrix-support.yaml
       mmadapt run recipes/text/zentrix-support.yaml --set strategies.retrieval.top_k=5
       mmadapt run recipes/text/lora.yaml --resume
+      mmadapt run my-recipe.yaml --trust-remote-pickle   # a local model with .bin weights only
     """
     from mmadapt.core.report import human_bytes, table
     from mmadapt.core.runner import run as run_recipe
 
+    if trust_remote_pickle:
+        from mmadapt.models.resolve import TRUST_PICKLE_ENV
+
+        os.environ[TRUST_PICKLE_ENV] = "1"  # read by the model loaders (models/resolve.py: pickle_trusted)
     parsed = _load(recipe, overrides)
     if not as_json:
         click.echo(f"recipe {parsed.name}: {parsed.modality}, stack {'+'.join(parsed.stack)}, base {parsed.base_model}")
@@ -169,6 +180,45 @@ def validate(recipe_path: str, overrides: tuple[str, ...], resolved: bool) -> No
         click.echo(yaml.safe_dump(parsed.resolved(), sort_keys=False, allow_unicode=True))
     else:
         click.echo(f"ok: {parsed.name} ({parsed.modality}, stack {'+'.join(parsed.stack)})")
+
+
+# ---------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """Check a recipe's datasets."""
+
+
+@data.command("validate")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON lines.")
+@click.pass_context
+def data_validate(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Check every file of the recipe's data; print all problems at once with file and line.
+
+    Errors (exit code 2): missing, empty or corrupt files and audio, empty transcripts or answers,
+    duplicate ids, train audio over 30 s. Warnings (exit code 0): sample rates and channel counts
+    that are converted on load, train/eval leakage, inputs longer than training keeps.
+
+    \b
+    Example:
+      mmadapt data validate recipes/speech/domain-terms.yaml
+    """
+    from mmadapt.core import validate as v
+    from mmadapt.core.report import table
+
+    parsed = _load(recipe_path, overrides)
+    problems = v.validate_data(parsed)
+    if as_json:
+        for problem in problems:
+            click.echo(json.dumps(problem.as_dict()))
+    elif problems:
+        click.echo(table(v.table_rows(problems, Path.cwd()), ["severity", "file", "line", "problem"]))
+    click.echo(f"{'ok' if not problems else 'problems'}: {parsed.name} data: {v.summary(problems)}", err=as_json)
+    if v.has_errors(problems):
+        ctx.exit(2)
 
 
 # ---------------------------------------------------------------- models

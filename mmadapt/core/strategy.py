@@ -135,6 +135,21 @@ class Modality(ABC):
     @abstractmethod
     def load_data(self, recipe: Recipe) -> DataBundle: ...
 
+    def validate_data(self, recipe: Recipe) -> list:
+        """Every problem of the recipe's data as :class:`mmadapt.core.validate.Problem` s (errors and warnings).
+
+        A modality overrides this to report all problems at once, with file and line; this
+        default tries :meth:`load_data` and reports its one error (or nothing).
+        """
+        from mmadapt.core.validate import Problem
+        from mmadapt.errors import MmadaptError
+
+        try:
+            self.load_data(recipe)
+        except MmadaptError as exc:
+            return [Problem.from_error(exc)]
+        return []
+
     @abstractmethod
     def new_stack(self, recipe: Recipe) -> Stack:
         """Load the base model into a fresh stack."""
