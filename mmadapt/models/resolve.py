@@ -6,6 +6,12 @@ A reference is one of:
 * a local folder — used as it is;
 * a hub id (``org/name``) — passed to ``from_pretrained``; where no hub answers it must
   already be in the local Hugging Face cache.
+
+Weights load from safetensors only. A local folder whose weights are pickle files
+(``.bin``/``.pt`` ...) is refused unless pickles are trusted for this process: the
+loaders take ``allow_pickle=True``, or, independent of any recipe, the environment has
+``MMADAPT_TRUST_REMOTE_PICKLE=1`` (what ``mmadapt run --trust-remote-pickle`` sets).
+``trust_remote_code`` is separate: it is off unless the recipe sets ``trust_remote_code: true``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 
 from mmadapt.errors import ModelError
 from mmadapt.models.embedded import EMBEDDED
+
+TRUST_PICKLE_ENV = "MMADAPT_TRUST_REMOTE_PICKLE"
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -48,10 +56,20 @@ def resolve_model(ref: str) -> str:
     )
 
 
-def check_safetensors_only(folder: str, *, allow_pickle: bool = False) -> None:
-    """Refuse a local model folder whose weights are pickles (they can run code when loaded)."""
+def pickle_trusted(allow_pickle: bool | None = None) -> bool:
+    """Whether pickle weights may load: ``allow_pickle`` when given, else ``$MMADAPT_TRUST_REMOTE_PICKLE == "1"``."""
+    if allow_pickle is not None:
+        return bool(allow_pickle)
+    return os.environ.get(TRUST_PICKLE_ENV, "").strip() == "1"
+
+
+def check_safetensors_only(folder: str, *, allow_pickle: bool | None = None) -> None:
+    """Refuse a local model folder whose weights are pickles (they can run code when loaded).
+
+    ``allow_pickle=None`` reads the process-wide switch (:func:`pickle_trusted`).
+    """
     path = Path(folder)
-    if not path.is_dir() or allow_pickle:
+    if not path.is_dir() or pickle_trusted(allow_pickle):
         return
     weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file()]
     pickles = [p for p in weights if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin"]

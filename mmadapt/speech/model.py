@@ -6,19 +6,23 @@ import hashlib
 from pathlib import Path
 
 from mmadapt.core.strategy import Stack
-from mmadapt.models.resolve import check_safetensors_only, load_error, resolve_model
+from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 
 
-def load_whisper(ref: str, *, trust_remote_code: bool = False):
-    """(model, processor, info) for a Whisper reference (embedded alias, hub id or folder)."""
+def load_whisper(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
+    """(model, processor, info) for a Whisper reference (embedded alias, hub id or folder).
+
+    Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    """
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     location = resolve_model(ref)
-    check_safetensors_only(location)
+    allow_pickle = pickle_trusted(allow_pickle)
+    check_safetensors_only(location, allow_pickle=allow_pickle)
     try:
         processor = WhisperProcessor.from_pretrained(location)
-        model = WhisperForConditionalGeneration.from_pretrained(location, dtype=torch.float32, use_safetensors=True)
+        model = WhisperForConditionalGeneration.from_pretrained(location, dtype=torch.float32, use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None
     model.eval()

@@ -7,20 +7,24 @@ from pathlib import Path
 
 from mmadapt.core.strategy import Stack
 from mmadapt.errors import ModelError
-from mmadapt.models.resolve import check_safetensors_only, load_error, resolve_model
+from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 
 
-def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
-    """(model, tokenizer, info) for a model reference; the tokenizer pads on the left for generation."""
+def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
+    """(model, tokenizer, info) for a model reference; the tokenizer pads on the left for generation.
+
+    Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = resolve_model(ref)
+    allow_pickle = pickle_trusted(allow_pickle)
     check_safetensors_only(location, allow_pickle=allow_pickle)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle
+            location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None
