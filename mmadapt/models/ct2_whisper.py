@@ -53,7 +53,7 @@ CT2_DTYPES: dict[int, tuple[str, np.dtype]] = {
     4: ("float16", np.dtype("<f2")),
     5: ("bfloat16", np.dtype("<u2")),  # raw bits; widened to float32 by _bf16_to_f32
 }
-_ITEM_SIZE_DTYPES = {1: 1, 2: 4, 4: 0}  # binary version < 4: item size -> dtype id (2 bytes read as float16)
+_ITEM_SIZE_DTYPES = {1: 1, 2: 2, 4: 0}  # binary version < 4 stores an item size: 1 int8, 2 int16, 4 float32
 SUPPORTED_VERSIONS = range(2, 7)
 
 # Timestamp tokens <|0.00|> ... <|30.00|> in steps of 0.02 s: 1501 of them.

@@ -40,8 +40,14 @@ def write_ct2(path, variables: dict[str, np.ndarray], aliases: dict[str, str] | 
         value = np.ascontiguousarray(value)
         out.append(_string(name))
         out.append(struct.pack("<B", value.ndim) + b"".join(struct.pack("<I", d) for d in value.shape))
-        out.append(struct.pack("<B", DTYPE_IDS[value.dtype]) + struct.pack("<I", value.nbytes) + value.tobytes())
+        if version >= 4:
+            out.append(struct.pack("<B", DTYPE_IDS[value.dtype]) + struct.pack("<I", value.nbytes) + value.tobytes())
+        else:  # older files: item size and element count
+            out.append(struct.pack("<B", value.itemsize) + struct.pack("<I", value.size) + value.tobytes())
     aliases = aliases or {}
+    if version < 3:
+        path.write_bytes(b"".join(out))
+        return
     out.append(struct.pack("<I", len(aliases)))
     for a, t in aliases.items():
         out.append(_string(a) + _string(t))
@@ -132,6 +138,17 @@ def test_reader_parses_header_variables_dtypes_and_aliases(tmp_path):
     np.testing.assert_array_equal(m.get("y/weight"), a)
     assert m.scalar("x/n") == 7 and m.get("q").tolist() == [1, -2]
     assert not m.has("missing")
+
+
+def test_reader_parses_older_binary_versions(tmp_path):
+    path = tmp_path / "model.bin"
+    w = np.arange(4, dtype=np.float32).reshape(2, 2)
+    write_ct2(path, {"w": w, "q": np.array([3, -4], np.int16)}, {"v": "w"}, version=3)
+    m = read_ct2_model(path)
+    assert m.version == 3 and m.dtypes == {"w": "float32", "q": "int16"} and m.aliases == {"v": "w"}
+    np.testing.assert_array_equal(m.get("v"), w)
+    write_ct2(path, {"w": w}, version=2)
+    assert read_ct2_model(path).aliases == {}
 
 
 def test_reader_rejects_truncated_and_unknown_version(tmp_path):
