@@ -61,14 +61,21 @@ def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device
 
 
 def summed_lm_loss(model, batch) -> torch.Tensor:
-    """Next-token cross-entropy summed over the answer tokens."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits
+    """Next-token cross-entropy summed over the answer tokens.
+
+    Logits are computed only from the first answer position on (``logits_to_keep``): the
+    LM head over a 49k vocabulary is a large share of a small model's step, and prompt
+    positions carry no loss.
+    """
     labels = batch["labels"]
-    if logits.shape[1] != labels.shape[1]:  # prompt tuning prepends virtual tokens
-        logits = logits[:, -labels.shape[1] :]
+    width = labels.shape[1]
+    has_label = (labels != IGNORE).any(dim=0).nonzero()
+    start = max(int(has_label[0]) - 1, 0) if len(has_label) else 0
+    keep = width - start
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits[:, -keep:]  # positions start .. width-1 (prompt tuning prepends virtual tokens)
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
+    shift_labels = labels[:, start + 1 :].reshape(-1)
     return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
 
 
