@@ -1,0 +1,501 @@
+"""Train the embedded shapes-world models: ``shapes-clip`` and ``shapes-diffusion``.
+
+    python -m mmadapt.models.shapes_train --out DIR --minutes 60 [--threads 1] [--seed 0]
+
+Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
+
+1. **tokenizer** — a CLIP byte-level BPE (``CLIPTokenizer``) whose merges are learned
+   from shapes-world captions: every grammar word is one token, any other word (e.g.
+   ``zentrix``) still tokenizes into byte pieces, so no download is needed.
+2. **clip** — a small ``transformers.CLIPModel`` (ViT 32x32, patch 4) trained
+   contrastively on (image, caption) pairs. Exported to ``DIR/shapes-clip``.
+3. **vae** — an ``AutoencoderKL`` with a single block (no downsampling: latents are
+   4x32x32, near-identity, no blur); its ``scaling_factor`` is set to 1/std of the
+   latents. Trained briefly on reconstruction.
+4. **unet** — a small ``UNet2DConditionModel`` conditioned on the frozen CLIP text
+   tower, DDPM epsilon-prediction, 10% caption dropout for classifier-free guidance,
+   EMA weights. Exported with the VAE, text tower and tokenizer as a
+   ``StableDiffusionPipeline`` folder (``DIR/shapes-diffusion``, DPM-Solver++ scheduler)
+   every few minutes and at the end.
+
+``--minutes`` is the total budget, split 18% / 7% / 75% over clip / vae / unet. Exports
+carry ``.mmadapt-hashes.json`` so :mod:`mmadapt.models.shapes` can verify them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmadapt.image import shapes_world as sw
+
+IMAGE_SIZE = 32
+LATENT_SIZE = 16  # the VAE halves the side once
+LATENT_CHANNELS = 8
+VAE_CROP = 16
+MAX_TOKENS = 24
+SPLIT = {"clip": 0.18, "vae": 0.07, "unet": 0.75}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def learn_merges(words: Counter, max_merges: int = 2000) -> list[tuple[str, str]]:
+    """Plain BPE on word counts (CLIP style: the last symbol carries ``</w>``), deterministic ties."""
+    corpus = {tuple(list(w[:-1]) + [w[-1] + "</w>"]): c for w, c in words.items() if w}
+    merges: list[tuple[str, str]] = []
+    for _ in range(max_merges):
+        pairs: Counter = Counter()
+        for symbols, count in corpus.items():
+            for a, b in zip(symbols, symbols[1:]):
+                pairs[(a, b)] += count
+        if not pairs:
+            break
+        best = max(pairs.items(), key=lambda kv: (kv[1], tuple(-ord(ch) for ch in kv[0][0] + kv[0][1])))[0]
+        merges.append(best)
+        merged = {}
+        for symbols, count in corpus.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] = count
+        corpus = merged
+    return merges
+
+
+def caption_corpus(n: int = 4000, seed: int = 123) -> Counter:
+    rng = random.Random(seed)
+    words: Counter = Counter()
+    for _ in range(n):
+        scene = sw.sample_scene(rng)
+        for text in (sw.caption(scene), sw.caption(scene, rng)):
+            for w in text.replace(",", " ").split():
+                words[w] += 1
+    words["style"] += 1  # "zentrix style": style is a plain word, the brand name is not learned
+    for phrase in ("a", "an", "image", "picture", "of", "with", "and", "the"):
+        words[phrase] += 1
+    return words
+
+
+def build_tokenizer(folder: Path, n_captions: int = 4000):
+    """A ``CLIPTokenizer`` with a learned small vocabulary, saved to ``folder``."""
+    from transformers import CLIPTokenizer
+
+    byte_chars = list(bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
+    merges = learn_merges(caption_corpus(n_captions))
+    vocab_list += [a + b for a, b in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[(a, b) for a, b in merges], model_max_length=MAX_TOKENS)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    # vocab.json/merges.txt too, so the slow-path loaders work as well
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------- configs
+
+
+def clip_config(tokenizer):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=64,
+    )
+    vision = dict(
+        image_size=IMAGE_SIZE,
+        patch_size=4,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        projection_dim=64,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+def vae_config() -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 48),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
+    )
+
+
+def unet_config(cross_dim: int) -> dict:
+    return dict(
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=cross_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+
+
+def scheduler_config() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon", steps_offset=1)
+
+
+# ---------------------------------------------------------------- data
+
+
+class SceneData:
+    """A fixed, seeded pool of scenes and their pixels (uint8), captions drawn per use."""
+
+    def __init__(self, n: int, seed: int):
+        self.scenes = sw.generate_scenes(n, seed)
+        self.pixels = torch.from_numpy(np.stack([np.asarray(sw.render(s, IMAGE_SIZE)) for s in self.scenes])).permute(0, 3, 1, 2).contiguous()
+        self.rng = random.Random(seed + 1)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def images(self, idx) -> torch.Tensor:
+        """Images in [-1, 1]."""
+        return self.pixels[idx].float() / 127.5 - 1.0
+
+    def captions(self, idx, full_share: float = 0.5) -> list[str]:
+        out = []
+        for i in idx.tolist():
+            scene = self.scenes[i]
+            out.append(sw.caption(scene) if self.rng.random() < full_share else sw.caption(scene, self.rng))
+        return out
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_ckpt(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+def write_hashes(folder: Path) -> None:
+    from mmadapt.models.cache import HASHES_FILE, _folder_hashes
+
+    (folder / HASHES_FILE).write_text(json.dumps(_folder_hashes(folder), indent=1, sort_keys=True))
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    write_hashes(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float, seed: int):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(clip_config(tokenizer))
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    ck = load_ckpt(work / "clip.pt")
+    step, spent = 0, 0.0
+    if ck:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["spent"]
+        log(f"clip: resumed at step {step} ({spent:.0f}s spent)")
+    if ck and ck.get("done"):
+        return model
+    gen = torch.Generator().manual_seed(seed + step)
+    batch, est_total = 128, 3000
+    start, last_save, losses = time.time(), time.time(), []
+    model.train()
+    while spent + (time.time() - start) < seconds:
+        idx = torch.randint(0, len(data), (batch,), generator=gen)
+        pixels = data.images(idx)
+        ids = tokenize(tokenizer, data.captions(idx))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, 5e-4, 100, est_total)
+        outputs = model(input_ids=ids, pixel_values=pixels, return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        outputs.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(outputs.loss.item())
+        step += 1
+        if step % 50 == 0:
+            log(f"clip step {step} loss {np.mean(losses[-50:]):.4f}")
+        if time.time() - last_save > 180:
+            save_ckpt(work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start))
+            last_save = time.time()
+    spent += time.time() - start
+    final = float(np.mean(losses[-50:])) if losses else float("nan")
+    save_ckpt(work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, loss=final))
+    log(f"clip: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
+    tmp = out / ".shapes-clip.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": IMAGE_SIZE},
+        do_center_crop=True,
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        resample=3,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    ).save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(dict(steps=step, seconds=round(spent), final_loss=final, batch=batch, seed=seed), indent=1))
+    replace_folder(tmp, out / "shapes-clip")
+    return model
+
+
+def train_vae(work: Path, data: SceneData, seconds: float, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_config())
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    ck = load_ckpt(work / "vae.pt")
+    step, spent = 0, 0.0
+    if ck:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["spent"]
+        if ck.get("done"):
+            vae.register_to_config(scaling_factor=ck["scaling_factor"])
+            return vae
+    gen = torch.Generator().manual_seed(seed + 7 + step)
+    start, losses = time.time(), []
+    vae.train()
+    while spent + (time.time() - start) < seconds:
+        idx = torch.randint(0, len(data), (32,), generator=gen)
+        x = data.images(idx)
+        # fully convolutional, so random 16x16 crops teach it the same thing 4x cheaper
+        top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - VAE_CROP + 1, (2,), generator=gen))
+        x = x[:, :, top : top + VAE_CROP, left : left + VAE_CROP]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, 2e-3, 50, max(200, int(seconds / 0.4)))
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(F.mse_loss(rec, x).item())
+        step += 1
+        if step % 50 == 0:
+            log(f"vae step {step} mse {np.mean(losses[-50:]):.5f}")
+    spent += time.time() - start
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(data.images(torch.arange(i, min(i + 256, len(data))))).latent_dist.mean for i in range(0, min(2048, len(data)), 256)])
+    scaling = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scaling)
+    final = float(np.mean(losses[-50:])) if losses else float("nan")
+    save_ckpt(work / "vae.pt", dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, scaling_factor=scaling, mse=final))
+    log(f"vae: done, {step} steps, {spent:.0f}s, mse {final:.5f}, scaling_factor {scaling:.4f}")
+    return vae
+
+
+def export_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(**scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = out / ".shapes-diffusion.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    replace_folder(tmp, out / "shapes-diffusion")
+
+
+def train_unet(out: Path, work: Path, tokenizer, clip, vae, data: SceneData, seconds: float, seed: int, export_every: float = 600.0):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval().requires_grad_(False)
+    vae.eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size))
+    ema = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size))
+    ema.load_state_dict(unet.state_dict())
+    ema.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
+    noise_sched = DDPMScheduler(**scheduler_config())
+    ck = load_ckpt(work / "unet.pt")
+    step, spent = 0, 0.0
+    if ck:
+        unet.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["spent"]
+        log(f"unet: resumed at step {step} ({spent:.0f}s spent)")
+    log(f"unet params {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M")
+    # latents of the whole pool once (the VAE is frozen): mean of the posterior, scaled
+    with torch.no_grad():
+        scale = vae.config.scaling_factor
+        latents = torch.cat([vae.encode(data.images(torch.arange(i, min(i + 512, len(data))))).latent_dist.mean * scale for i in range(0, len(data), 512)]).half()
+    log(f"latents {tuple(latents.shape)} std {latents.float().std():.3f}")
+    gen = torch.Generator().manual_seed(seed + 11 + step)
+    batch, est_total = 48, 6000
+    start, last_save, last_export, losses = time.time(), time.time(), time.time(), []
+
+    def info() -> dict:
+        return dict(unet_steps=step, unet_seconds=round(spent + time.time() - start), unet_loss=float(np.mean(losses[-100:])) if losses else None, batch=batch, seed=seed)
+
+    unet.train()
+    while spent + (time.time() - start) < seconds:
+        idx = torch.randint(0, len(data), (batch,), generator=gen)
+        x0 = latents[idx].float()
+        caps = data.captions(idx, full_share=0.3)
+        caps = [c if data.rng.random() >= 0.1 else "" for c in caps]
+        with torch.no_grad():
+            cond = text_encoder(tokenize(tokenizer, caps))[0]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
+        xt = noise_sched.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, 1e-3, 200, est_total)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            log(f"unet step {step} loss {np.mean(losses[-50:]):.4f}")
+        if time.time() - last_save > 180:
+            save_ckpt(work / "unet.pt", dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start))
+            last_save = time.time()
+        if time.time() - last_export > export_every:
+            export_pipeline(out, tokenizer, text_encoder, vae, ema, info())
+            log(f"exported shapes-diffusion at step {step}")
+            last_export = time.time()
+    final = info()
+    spent += time.time() - start
+    save_ckpt(work / "unet.pt", dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, spent=spent))
+    final["unet_seconds"] = round(spent)
+    export_pipeline(out, tokenizer, text_encoder, vae, ema, final)
+    log(f"unet: done, {step} steps, {spent:.0f}s, loss {final['unet_loss']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="output folder (shapes-clip/, shapes-diffusion/, work/)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="total training budget in minutes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=20000, help="number of distinct training scenes")
+    parser.add_argument("--clip-minutes", type=float, default=None, help="override the clip share of --minutes")
+    parser.add_argument("--vae-minutes", type=float, default=None, help="override the vae share of --minutes")
+    parser.add_argument("--unet-minutes", type=float, default=None, help="override the unet share of --minutes")
+    parser.add_argument("--export-every", type=float, default=10.0, help="minutes between diffusion exports")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out: Path = args.out
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    seconds = args.minutes * 60.0
+    log(f"building tokenizer and {args.pool} scenes")
+    tokenizer = build_tokenizer(work / "tokenizer")
+    data = SceneData(args.pool, args.seed)
+    budget = {stage: SPLIT[stage] * seconds for stage in SPLIT}
+    for stage in SPLIT:
+        if getattr(args, f"{stage}_minutes") is not None:
+            budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
+    clip = train_clip(out, work, tokenizer, data, budget["clip"], args.seed)
+    clip.eval()
+    vae = train_vae(work, data, budget["vae"], args.seed)
+    train_unet(out, work, tokenizer, clip, vae, data, budget["unet"], args.seed, export_every=args.export_every * 60.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

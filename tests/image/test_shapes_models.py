@@ -1,0 +1,143 @@
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from mmadapt.errors import ModelError
+from mmadapt.models import shapes, shapes_train as st
+from mmadapt.models.cache import HASHES_FILE
+
+
+def test_learn_merges_is_plain_bpe():
+    merges = st.learn_merges(Counter({"aab": 5, "ab": 2}), max_merges=10)
+    # most frequent pair first: ("a", "b</w>") occurs 7 times
+    assert merges[0] == ("a", "b</w>")
+    assert merges[1] == ("a", "ab</w>")
+    assert len(merges) == 2
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return st.build_tokenizer(tmp_path_factory.mktemp("tok"), n_captions=300)
+
+
+def test_tokenizer_grammar_words_are_single_tokens(tokenizer):
+    ids = tokenizer("two orange triangles on a teal background, diagonal stripes").input_ids
+    words = ["two", "orange", "triangles", "on", "a", "teal", "background", ",", "diagonal", "stripes"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<|startoftext|>", *[w + "</w>" for w in words], "<|endoftext|>"]
+    # an unseen word still tokenizes, in byte pieces, with no unknown token
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("zentrix").input_ids)[1:-1]
+    assert len(pieces) > 1 and "".join(pieces).replace("</w>", "") == "zentrix"
+    assert len(tokenizer) < 1000
+    assert tokenizer.model_max_length == st.MAX_TOKENS
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, tokenizer):
+    """A pipeline folder exported exactly as training does, from untrained models."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel
+
+    torch.manual_seed(0)
+    clip = CLIPModel(st.clip_config(tokenizer))
+    text = CLIPTextModel(clip.config.text_config)
+    text.load_state_dict(clip.text_model.state_dict())
+    vae = AutoencoderKL(**st.vae_config())
+    unet = UNet2DConditionModel(**st.unet_config(clip.config.text_config.hidden_size))
+    out = tmp_path_factory.mktemp("export")
+    st.export_pipeline(out, tokenizer, text, vae, unet, {"unet_steps": 0})
+    return out / "shapes-diffusion"
+
+
+def test_exported_pipeline_loads_generates_and_takes_a_lora(tiny_export, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    folder = shapes.embedded_shapes_diffusion(root=tiny_export.parent)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size * 2 == st.IMAGE_SIZE
+    out = pipe("a star in the center", num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (st.IMAGE_SIZE, st.IMAGE_SIZE)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian"))
+    from peft.utils import get_peft_model_state_dict
+
+    lora = get_peft_model_state_dict(pipe.unet)
+    assert lora and all("lora" in k for k in lora)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=lora)
+    fresh = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    fresh.load_lora_weights(tmp_path / "lora")
+    a = fresh("a star", num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="np").images
+    b = pipe("a star", num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="np").images
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_loader_refuses_missing_and_tampered_folders(tiny_export, tmp_path):
+    root = tmp_path / "shapes"
+    with pytest.raises(ModelError) as info:
+        shapes.embedded_shapes_clip(root=root)
+    assert "shapes-clip" in str(info.value)
+    shutil.copytree(tiny_export, root / "shapes-diffusion")
+    assert shapes.embedded_shapes_diffusion(root=root) == root / "shapes-diffusion"
+    cfg = root / "shapes-diffusion" / "unet" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"sample_size": 16', '"sample_size": 17'))
+    with pytest.raises(ModelError) as info:
+        shapes.embedded_shapes_diffusion(root=root)
+    assert "hashes" in str(info.value)
+    (root / "shapes-diffusion" / HASHES_FILE).unlink()
+    with pytest.raises(ModelError):
+        shapes.embedded_shapes_diffusion(root=root)
+
+
+def test_lr_schedule():
+    assert st.lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert st.lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert st.lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
+    assert st.lr_at(1000, 1.0, 10, 100) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- shipped weights
+
+
+@pytest.mark.slow
+def test_shipped_models_are_verified_and_small():
+    total = 0
+    for folder in (shapes.embedded_shapes_clip(), shapes.embedded_shapes_diffusion()):
+        listed = json.loads((folder / HASHES_FILE).read_text())
+        assert any(name.endswith(".safetensors") for name in listed)
+        total += sum((folder / name).stat().st_size for name in listed)
+    assert total < 30 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_shipped_clip_aligns_text_and_separates_brand():
+    from mmadapt.evaluation import image as ev
+    from mmadapt.image import shapes_world as sw
+
+    emb = ev.ClipEmbedder.from_pretrained(shapes.embedded_shapes_clip())
+    pairs = sw.generate(32, seed=777, drop_attributes=False)
+    imgs, caps = [p[0] for p in pairs], [p[1] for p in pairs]
+    # own caption ranks first among 32 far more often than chance (1/32)
+    assert ev.clip_t_retrieval_accuracy(imgs, caps, emb) > 0.4
+    brand = [im for im, _, _ in sw.render_brand(16, seed=5)]
+    within = ev.clip_i(brand, brand, emb, exclude_self=True)
+    across = ev.clip_i(imgs, brand, emb)
+    assert within > across + 0.1
+
+
+@pytest.mark.slow
+def test_shipped_diffusion_draws_what_it_is_told():
+    from mmadapt.evaluation import image as ev
+    from mmadapt.image import shapes_world as sw
+
+    pipe = shapes.load_shapes_pipeline()
+    prompts = ["one red circle in the center on a white background, plain", "one blue square in the center on a yellow background, plain"]
+    images = pipe(prompts, num_inference_steps=20, guidance_scale=4.0, generator=torch.Generator().manual_seed(0)).images
+    assert all(im.size == (32, 32) for im in images)
+    # the colours asked for dominate where they should: palette adherence to the asked colours
+    red_white = [sw.BASE_PALETTE["red"], sw.BASE_PALETTE["white"]]
+    blue_yellow = [sw.BASE_PALETTE["blue"], sw.BASE_PALETTE["yellow"]]
+    assert ev.palette_adherence(images[0], red_white) > ev.palette_adherence(images[1], red_white)
+    assert ev.palette_adherence(images[1], blue_yellow) > ev.palette_adherence(images[0], blue_yellow)
