@@ -1,6 +1,6 @@
 """Baseline of the embedded image models against the brand-style set.
 
-    python bench/image_baseline.py [--out bench/out] [--steps 20] [--guidance 4.0]
+    python bench/image_baseline.py [--out runs/bench/image_baseline] [--steps 20] [--guidance 4.0]
 
 Generates, with the embedded ``shapes-diffusion`` (no adaptation):
 
@@ -51,7 +51,7 @@ def scene_colours(scene: sw.Scene) -> list[tuple[int, int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "image_baseline")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    refs = [Image.open(BRAND / json.loads(line)["file_name"]).convert("RGB") for line in (BRAND / "captions.jsonl").read_text().splitlines()]
+    refs = [
+        Image.open(BRAND / json.loads(line)["file_name"]).convert("RGB")
+        for line in (BRAND / "captions.jsonl").read_text().splitlines()
+    ]
     palette = ev.load_palette(BRAND / "palette.json")
     prompts = [json.loads(line)["prompt"] for line in (BRAND / "prompts.jsonl").read_text().splitlines()]
     held_out = [im for im, _, _ in sw.render_brand(24, seed=999)]
@@ -85,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     def row(name: str, images: list[Image.Image], exclude_self: bool = False) -> dict:
         pal = ev.palette_adherence_scores(images, palette)
         cli = ev.clip_i_scores(images, refs, emb, exclude_self=exclude_self)
-        return {"set": name, "n": len(images), "palette": float(np.mean(pal)), "palette_min": float(np.min(pal)), "palette_max": float(np.max(pal)),
-                "clip_i": float(np.mean(cli)), "clip_i_min": float(np.min(cli)), "clip_i_max": float(np.max(cli))}
+        return {
+            "set": name,
+            "n": len(images),
+            "palette": float(np.mean(pal)),
+            "palette_min": float(np.min(pal)),
+            "palette_max": float(np.max(pal)),
+            "clip_i": float(np.mean(cli)),
+            "clip_i_min": float(np.min(cli)),
+            "clip_i_max": float(np.max(cli)),
+        }
 
     style = [
         row("base samples (brand prompts)", base),
@@ -101,22 +112,44 @@ def main(argv: list[str] | None = None) -> int:
         "clip_t_brand_prompts_samples": ev.clip_t(base, prompts, emb),
         "retrieval_top1_samples": ev.clip_t_retrieval_accuracy(captioned, captions, emb),
         "retrieval_top1_truth": ev.clip_t_retrieval_accuracy(truth, captions, emb),
-        "scene_colour_adherence_samples": float(np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(captioned, scenes)])),
-        "scene_colour_adherence_truth": float(np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(truth, scenes)])),
-        "scene_colour_adherence_shuffled": float(np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(captioned, scenes[1:] + scenes[:1])])),
+        "scene_colour_adherence_samples": float(
+            np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(captioned, scenes)])
+        ),
+        "scene_colour_adherence_truth": float(
+            np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(truth, scenes)])
+        ),
+        "scene_colour_adherence_shuffled": float(
+            np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(captioned, scenes[1:] + scenes[:1])])
+        ),
     }
     training = json.loads((shapes.embedded_shapes_diffusion() / "training.json").read_text())
-    result = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "generation_seconds": round(gen_seconds, 2),
-              "diffusion_training": training, "style": style, "prompt_following": follow}
+    result = {
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "generation_seconds": round(gen_seconds, 2),
+        "diffusion_training": training,
+        "style": style,
+        "prompt_following": follow,
+    }
     (args.out / "image_baseline.json").write_text(json.dumps(result, indent=1))
     ev.contact_sheet(base, prompts, args.out / "base_brand_prompts.png", columns=8, scale=4, caption_height=36)
-    ev.contact_sheet(captioned + truth, captions + ["(truth) " + c for c in captions], args.out / "base_captions_vs_truth.png", columns=8, scale=4, caption_height=48)
+    ev.contact_sheet(
+        captioned + truth,
+        captions + ["(truth) " + c for c in captions],
+        args.out / "base_captions_vs_truth.png",
+        columns=8,
+        scale=4,
+        caption_height=48,
+    )
     ev.contact_sheet(refs, None, args.out / "brand_references.png", columns=8, scale=4)
 
     print(f"generation: {len(base) + len(captioned)} images, {args.steps} steps, guidance {args.guidance}: {gen_seconds:.1f}s")
     print(f"{'set':36s} {'palette':>8s} {'(min..max)':>14s} {'CLIP-I':>8s} {'(min..max)':>14s}")
     for r in style:
-        print(f"{r['set']:36s} {r['palette']:8.3f} {r['palette_min']:6.3f}..{r['palette_max']:.3f} {r['clip_i']:8.3f} {r['clip_i_min']:6.3f}..{r['clip_i_max']:.3f}")
+        print(
+            f"{r['set']:36s} {r['palette']:8.3f} {r['palette_min']:6.3f}..{r['palette_max']:.3f} {r['clip_i']:8.3f} {r['clip_i_min']:6.3f}..{r['clip_i_max']:.3f}"
+        )
     for key, value in follow.items():
         print(f"{key:36s} {value:8.3f}")
     print(f"wrote {args.out / 'image_baseline.json'} and contact sheets")

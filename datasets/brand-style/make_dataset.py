@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(json.dumps({"file_name": name, "caption": caption}))
     (out / "captions.jsonl").write_text("\n".join(lines) + "\n")
     (out / "palette.json").write_text(json.dumps({"name": "zentrix", "colors": sw.BRAND_PALETTE}, indent=1) + "\n")
-    (out / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i:02d}", "prompt": p}) + "\n" for i, p in enumerate(eval_prompts())))
+    (out / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{i:02d}", "prompt": p}) + "\n" for i, p in enumerate(eval_prompts()))
+    )
     print(f"wrote {N_IMAGES} images, captions.jsonl, palette.json, prompts.jsonl to {out}")
     return 0
 

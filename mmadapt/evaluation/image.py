@@ -54,12 +54,16 @@ def load_palette(path: str | Path) -> list[tuple[int, int, int]]:
     except FileNotFoundError:
         raise DataError("palette file not found", path=str(path), fix="point to a palette.json of hex colours") from None
     except ValueError as exc:
-        raise DataError(f"not valid JSON ({exc.msg}, line {exc.lineno})", path=str(path), fix="write a JSON list of '#RRGGBB' strings") from None
+        raise DataError(
+            f"not valid JSON ({exc.msg}, line {exc.lineno})", path=str(path), fix="write a JSON list of '#RRGGBB' strings"
+        ) from None
     if isinstance(data, dict) and "colors" in data:
         data = data["colors"]
     values = list(data.values()) if isinstance(data, dict) else data
     if not isinstance(values, list) or not values:
-        raise DataError("palette is empty or not a list/object of colours", path=str(path), fix="write a JSON list of '#RRGGBB' strings")
+        raise DataError(
+            "palette is empty or not a list/object of colours", path=str(path), fix="write a JSON list of '#RRGGBB' strings"
+        )
     try:
         return [hex_to_rgb(v) for v in values]
     except DataError as exc:
@@ -98,7 +102,9 @@ def nearest_palette_delta_e(image: Image.Image | np.ndarray, palette: Sequence[t
     return dist.min(axis=1)
 
 
-def palette_adherence(image: Image.Image | np.ndarray, palette: Sequence[tuple[int, int, int] | str], *, max_delta_e: float = DEFAULT_MAX_DELTA_E) -> float:
+def palette_adherence(
+    image: Image.Image | np.ndarray, palette: Sequence[tuple[int, int, int] | str], *, max_delta_e: float = DEFAULT_MAX_DELTA_E
+) -> float:
     """Mean over pixels of ``max(0, 1 - ΔE_nearest / max_delta_e)``: 1 = on palette, 0 = far from it."""
     if max_delta_e <= 0:
         raise ValueError("max_delta_e must be positive")
@@ -126,7 +132,10 @@ class ClipEmbedder:
     batch_size: int = 64
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        chunks = [self.image_fn([im.convert("RGB") for im in images[i : i + self.batch_size]]) for i in range(0, len(images), self.batch_size)]
+        chunks = [
+            self.image_fn([im.convert("RGB") for im in images[i : i + self.batch_size]])
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -134,7 +143,9 @@ class ClipEmbedder:
         return torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
 
     @classmethod
-    def from_transformers(cls, model, tokenizer, *, image_size: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ClipEmbedder:
+    def from_transformers(
+        cls, model, tokenizer, *, image_size: int | None = None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    ) -> ClipEmbedder:
         """Wrap a ``transformers.CLIPModel`` and its tokenizer (images resized to the model's size)."""
         size = image_size or int(model.config.vision_config.image_size)
         mean_t = torch.tensor(mean).view(1, 3, 1, 1)
@@ -143,7 +154,9 @@ class ClipEmbedder:
 
         @torch.no_grad()
         def image_fn(images: list[Image.Image]) -> torch.Tensor:
-            arr = np.stack([np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0 for im in images])
+            arr = np.stack(
+                [np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0 for im in images]
+            )
             pixels = (torch.from_numpy(arr).permute(0, 3, 1, 2) - mean_t) / std_t
             return _as_tensor(model.get_image_features(pixel_values=pixels))
 
@@ -196,7 +209,9 @@ def _as_tensor(out) -> torch.Tensor:
     raise TypeError(f"cannot read embeddings from {type(out).__name__}")
 
 
-def clip_i_scores(images: Sequence[Image.Image], references: Sequence[Image.Image], embedder: ClipEmbedder, *, exclude_self: bool = False) -> list[float]:
+def clip_i_scores(
+    images: Sequence[Image.Image], references: Sequence[Image.Image], embedder: ClipEmbedder, *, exclude_self: bool = False
+) -> list[float]:
     """Per image, mean cosine similarity to the reference set.
 
     ``exclude_self=True`` is for scoring the reference set against itself: image ``i``
@@ -215,7 +230,9 @@ def clip_i_scores(images: Sequence[Image.Image], references: Sequence[Image.Imag
     return sims.mean(dim=1).tolist()
 
 
-def clip_i(images: Sequence[Image.Image], references: Sequence[Image.Image], embedder: ClipEmbedder, *, exclude_self: bool = False) -> float:
+def clip_i(
+    images: Sequence[Image.Image], references: Sequence[Image.Image], embedder: ClipEmbedder, *, exclude_self: bool = False
+) -> float:
     """CLIP-I style consistency: mean over images of their mean cosine to the references."""
     scores = clip_i_scores(images, references, embedder, exclude_self=exclude_self)
     return float(np.mean(scores)) if scores else float("nan")
@@ -249,7 +266,15 @@ def clip_t_retrieval_accuracy(images: Sequence[Image.Image], prompts: Sequence[s
 # ---------------------------------------------------------------- contact sheet
 
 
-def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str] | None, path: str | Path, *, columns: int | None = None, scale: int = 4, caption_height: int = 24) -> Path:
+def contact_sheet(
+    images: Sequence[Image.Image],
+    captions: Sequence[str] | None,
+    path: str | Path,
+    *,
+    columns: int | None = None,
+    scale: int = 4,
+    caption_height: int = 24,
+) -> Path:
     """Write a PNG grid of ``images`` (upscaled ``scale`` times, nearest) with wrapped captions under each."""
     if not images:
         raise ValueError("no images to put on a contact sheet")

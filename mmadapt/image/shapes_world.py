@@ -270,7 +270,10 @@ def _centers(scene: Scene) -> tuple[list[tuple[float, float]], float]:
 
 def _polygon(n: int, cx: float, cy: float, r: float, rot: float, start: float = -90.0) -> list[tuple[float, float]]:
     return [
-        (cx + r * math.cos(math.radians(start + rot + 360.0 * k / n)), cy + r * math.sin(math.radians(start + rot + 360.0 * k / n)))
+        (
+            cx + r * math.cos(math.radians(start + rot + 360.0 * k / n)),
+            cy + r * math.sin(math.radians(start + rot + 360.0 * k / n)),
+        )
         for k in range(n)
     ]
 

@@ -26,10 +26,16 @@ def _verified(name: str, root: Path | None = None) -> Path:
     folder = (root or SHAPES_DIR) / name
     if not folder.is_dir():
         raise ModelError(
-            f"embedded model {name!r} is missing", path=str(folder), fix=f"reinstall mmadapt, or train it: {TRAIN_COMMAND} and copy DIR/{name} there"
+            f"embedded model {name!r} is missing",
+            path=str(folder),
+            fix=f"reinstall mmadapt, or train it: {TRAIN_COMMAND} and copy DIR/{name} there",
         )
     if not (folder / HASHES_FILE).is_file():
-        raise ModelError(f"embedded model {name!r} has no {HASHES_FILE}", path=str(folder), fix="reinstall mmadapt (the shipped folder is incomplete)")
+        raise ModelError(
+            f"embedded model {name!r} has no {HASHES_FILE}",
+            path=str(folder),
+            fix="reinstall mmadapt (the shipped folder is incomplete)",
+        )
     if not verify(folder):
         raise ModelError(
             f"embedded model {name!r} does not match its hashes (a file was changed, added or removed)",

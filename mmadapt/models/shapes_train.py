@@ -191,7 +191,14 @@ def unet_config(cross_dim: int) -> dict:
 
 
 def scheduler_config() -> dict:
-    return dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon", steps_offset=1)
+    return dict(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -202,7 +209,11 @@ class SceneData:
 
     def __init__(self, n: int, seed: int):
         self.scenes = sw.generate_scenes(n, seed)
-        self.pixels = torch.from_numpy(np.stack([np.asarray(sw.render(s, IMAGE_SIZE)) for s in self.scenes])).permute(0, 3, 1, 2).contiguous()
+        self.pixels = (
+            torch.from_numpy(np.stack([np.asarray(sw.render(s, IMAGE_SIZE)) for s in self.scenes]))
+            .permute(0, 3, 1, 2)
+            .contiguous()
+        )
         self.rng = random.Random(seed + 1)
 
     def __len__(self) -> int:
@@ -295,11 +306,16 @@ def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float
         if step % 50 == 0:
             log(f"clip step {step} loss {np.mean(losses[-50:]):.4f}")
         if time.time() - last_save > 180:
-            save_ckpt(work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start))
+            save_ckpt(
+                work / "clip.pt",
+                dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start),
+            )
             last_save = time.time()
     spent += time.time() - start
     final = float(np.mean(losses[-50:])) if losses else float("nan")
-    save_ckpt(work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, loss=final))
+    save_ckpt(
+        work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, loss=final)
+    )
     log(f"clip: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
     tmp = out / ".shapes-clip.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +330,9 @@ def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(tmp)
-    (tmp / "training.json").write_text(json.dumps(dict(steps=step, seconds=round(spent), final_loss=final, batch=batch, seed=seed), indent=1))
+    (tmp / "training.json").write_text(
+        json.dumps(dict(steps=step, seconds=round(spent), final_loss=final, batch=batch, seed=seed), indent=1)
+    )
     replace_folder(tmp, out / "shapes-clip")
     return model
 
@@ -359,11 +377,19 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int):
     spent += time.time() - start
     vae.eval()
     with torch.no_grad():
-        lat = torch.cat([vae.encode(data.images(torch.arange(i, min(i + 256, len(data))))).latent_dist.mean for i in range(0, min(2048, len(data)), 256)])
+        lat = torch.cat(
+            [
+                vae.encode(data.images(torch.arange(i, min(i + 256, len(data))))).latent_dist.mean
+                for i in range(0, min(2048, len(data)), 256)
+            ]
+        )
     scaling = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
     final = float(np.mean(losses[-50:])) if losses else float("nan")
-    save_ckpt(work / "vae.pt", dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, scaling_factor=scaling, mse=final))
+    save_ckpt(
+        work / "vae.pt",
+        dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, scaling_factor=scaling, mse=final),
+    )
     log(f"vae: done, {step} steps, {spent:.0f}s, mse {final:.5f}, scaling_factor {scaling:.4f}")
     return vae
 
@@ -388,7 +414,9 @@ def export_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -
     replace_folder(tmp, out / "shapes-diffusion")
 
 
-def train_unet(out: Path, work: Path, tokenizer, clip, vae, data: SceneData, seconds: float, seed: int, export_every: float = 600.0):
+def train_unet(
+    out: Path, work: Path, tokenizer, clip, vae, data: SceneData, seconds: float, seed: int, export_every: float = 600.0
+):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -415,14 +443,25 @@ def train_unet(out: Path, work: Path, tokenizer, clip, vae, data: SceneData, sec
     # latents of the whole pool once (the VAE is frozen): mean of the posterior, scaled
     with torch.no_grad():
         scale = vae.config.scaling_factor
-        latents = torch.cat([vae.encode(data.images(torch.arange(i, min(i + 512, len(data))))).latent_dist.mean * scale for i in range(0, len(data), 512)]).half()
+        latents = torch.cat(
+            [
+                vae.encode(data.images(torch.arange(i, min(i + 512, len(data))))).latent_dist.mean * scale
+                for i in range(0, len(data), 512)
+            ]
+        ).half()
     log(f"latents {tuple(latents.shape)} std {latents.float().std():.3f}")
     gen = torch.Generator().manual_seed(seed + 11 + step)
     batch, est_total = 48, 6000
     start, last_save, last_export, losses = time.time(), time.time(), time.time(), []
 
     def info() -> dict:
-        return dict(unet_steps=step, unet_seconds=round(spent + time.time() - start), unet_loss=float(np.mean(losses[-100:])) if losses else None, batch=batch, seed=seed)
+        return dict(
+            unet_steps=step,
+            unet_seconds=round(spent + time.time() - start),
+            unet_loss=float(np.mean(losses[-100:])) if losses else None,
+            batch=batch,
+            seed=seed,
+        )
 
     unet.train()
     while spent + (time.time() - start) < seconds:
@@ -452,7 +491,16 @@ def train_unet(out: Path, work: Path, tokenizer, clip, vae, data: SceneData, sec
         if step % 50 == 0:
             log(f"unet step {step} loss {np.mean(losses[-50:]):.4f}")
         if time.time() - last_save > 180:
-            save_ckpt(work / "unet.pt", dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start))
+            save_ckpt(
+                work / "unet.pt",
+                dict(
+                    model=unet.state_dict(),
+                    ema=ema.state_dict(),
+                    opt=opt.state_dict(),
+                    step=step,
+                    spent=spent + time.time() - start,
+                ),
+            )
             last_save = time.time()
         if time.time() - last_export > export_every:
             export_pipeline(out, tokenizer, text_encoder, vae, ema, info())

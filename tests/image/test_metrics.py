@@ -80,9 +80,20 @@ def tiny_clip():
     tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+        ),
         projection_dim=16,
     )
     return ev.ClipEmbedder.from_transformers(CLIPModel(cfg), tok)
@@ -132,7 +143,9 @@ def test_open_clip_wrapper_gives_unit_embeddings():
     imgs = [im for im, _ in sw.generate(2, seed=0)]
     e = emb.embed_images(imgs)
     assert e.shape == (2, 16) and torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-5)
-    assert ev.clip_t_scores(imgs, ["a red circle", "two stars"], emb)[0] == pytest.approx(float(e[0] @ emb.embed_texts(["a red circle"])[0]), abs=1e-5)
+    assert ev.clip_t_scores(imgs, ["a red circle", "two stars"], emb)[0] == pytest.approx(
+        float(e[0] @ emb.embed_texts(["a red circle"])[0]), abs=1e-5
+    )
 
 
 def test_contact_sheet(tmp_path):

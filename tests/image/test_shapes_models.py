@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mmadapt.errors import ModelError
-from mmadapt.models import shapes, shapes_train as st
+from mmadapt.models import shapes
+from mmadapt.models import shapes_train as st
 from mmadapt.models.cache import HASHES_FILE
 
 
@@ -61,7 +62,9 @@ def test_exported_pipeline_loads_generates_and_takes_a_lora(tiny_export, tmp_pat
     assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size * 2 == st.IMAGE_SIZE
     out = pipe("a star in the center", num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (st.IMAGE_SIZE, st.IMAGE_SIZE)
-    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian"))
+    pipe.unet.add_adapter(
+        LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian")
+    )
     from peft.utils import get_peft_model_state_dict
 
     lora = get_peft_model_state_dict(pipe.unet)
@@ -133,7 +136,10 @@ def test_shipped_diffusion_draws_what_it_is_told():
     from mmadapt.image import shapes_world as sw
 
     pipe = shapes.load_shapes_pipeline()
-    prompts = ["one red circle in the center on a white background, plain", "one blue square in the center on a yellow background, plain"]
+    prompts = [
+        "one red circle in the center on a white background, plain",
+        "one blue square in the center on a yellow background, plain",
+    ]
     images = pipe(prompts, num_inference_steps=20, guidance_scale=4.0, generator=torch.Generator().manual_seed(0)).images
     assert all(im.size == (32, 32) for im in images)
     # the colours asked for dominate where they should: palette adherence to the asked colours

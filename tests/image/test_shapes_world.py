@@ -17,9 +17,13 @@ def test_same_seed_same_pixels_and_captions():
 
 
 def test_full_caption_grammar():
-    scene = sw.Scene(shape="triangle", count=2, color="orange", background="teal", texture="diagonal stripes", placement="in a row")
+    scene = sw.Scene(
+        shape="triangle", count=2, color="orange", background="teal", texture="diagonal stripes", placement="in a row"
+    )
     assert sw.caption(scene) == "two orange triangles in a row on a teal background, diagonal stripes"
-    one = sw.Scene(shape="cross", count=1, color="red", background="orange", texture="plain", placement="at the top left", size="small")
+    one = sw.Scene(
+        shape="cross", count=1, color="red", background="orange", texture="plain", placement="at the top left", size="small"
+    )
     assert sw.caption(one) == "one red cross at the top left on an orange background, plain"
     assert sw.content_prompt(scene) == "two triangles in a row"
 
@@ -35,7 +39,9 @@ def test_dropped_captions_keep_count_and_shape():
 
 
 def test_render_draws_the_named_colours():
-    scene = sw.Scene(shape="circle", count=1, color="red", background="blue", texture="plain", placement="in the center", size="large")
+    scene = sw.Scene(
+        shape="circle", count=1, color="red", background="blue", texture="plain", placement="in the center", size="large"
+    )
     img = np.asarray(sw.render(scene, 32))
     assert img.shape == (32, 32, 3)
     assert tuple(img[16, 16]) == sw.BASE_PALETTE["red"]
