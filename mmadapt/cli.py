@@ -6,8 +6,11 @@ on stderr and exits with code 2.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +48,37 @@ def main() -> None:
       mmadapt models list
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+@contextlib.contextmanager
+def _output_errors(output: Path):
+    """Turn a failed write under ``output`` (disk full, read-only, no permission) into one ArtifactError.
+
+    The artifact writer has already removed its temporary version folder when this runs (it
+    cleans up on any exception), so the previous version and ``current`` are untouched. Weights
+    are written by safetensors, whose error carries the OS error number in its text.
+    """
+    from mmadapt.errors import ArtifactError
+
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only write errors are translated; everything else re-raised
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code is None and type(exc).__name__ == "SafetensorError":
+            found = re.search(r"os error (\d+)", str(exc))
+            code = int(found.group(1)) if found else None
+        if code not in WRITE_ERRNOS:
+            raise
+        where = getattr(exc, "filename", None) or output
+        fix = (
+            "free disk space or choose another output_dir (--set output_dir=...); the previous version is intact"
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            else "choose a writable output_dir (--set output_dir=...); the previous version is intact"
+        )
+        raise ArtifactError(f"cannot write: {os.strerror(code)}", path=where, fix=fix) from None
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...]):
@@ -89,7 +123,8 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
     parsed = _load(recipe, overrides)
     if not as_json:
         click.echo(f"recipe {parsed.name}: {parsed.modality}, stack {'+'.join(parsed.stack)}, base {parsed.base_model}")
-    result = run_recipe(parsed, resume=resume, progress=not quiet)
+    with _output_errors(Path(parsed.output_dir) / parsed.name):
+        result = run_recipe(parsed, resume=resume, progress=not quiet)
     if result is None:  # a rank other than 0 of a multi-process run: rank 0 reports
         return
     if as_json:
