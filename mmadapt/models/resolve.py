@@ -91,4 +91,10 @@ def load_error(ref: str, exc: BaseException) -> ModelError:
             path=ref,
             fix="download it where a hub answers and pass the local folder, or use an embedded:NAME model",
         )
+    if "custom code" in first:
+        return ModelError(
+            "the model needs its own Python code to load (trust_remote_code is off)",
+            path=ref,
+            fix="set trust_remote_code: true in the recipe only if you trust the code in this model folder",
+        )
     return ModelError(f"cannot load model: {first[:200]}", path=ref, fix="check that the folder holds a complete model")
