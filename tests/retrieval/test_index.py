@@ -85,6 +85,7 @@ QUERIES = {
 }
 
 
+@pytest.mark.slow  # loading sentence-transformers and MiniLM takes well over 3 s on the 2-core CI machine
 def test_minilm_ranks_the_right_passage_first():
     from mmadapt.retrieval import load_embedder
 
