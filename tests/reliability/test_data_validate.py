@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from click.testing import CliRunner
 
 from mmadapt.cli import main
@@ -30,8 +31,44 @@ def _find(problems, file_name, line, severity, text):
 # ---------------------------------------------------------------- text
 
 
-@pytest.fixture
-def bad_text(tmp_path, write_recipe):
+# (bad input, file, line, severity, what the report says): the tests assert each row; docs/reliability.md lists them
+EXPECTED_TEXT = [
+    ("a line that is not JSON", "train.jsonl", 2, "error", "invalid JSON"),
+    ("a JSON array instead of an object", "train.jsonl", 3, "error", "expected a JSON object, got list"),
+    ("a blank question", "train.jsonl", 4, "error", "'question' must be a non-empty string"),
+    ("a number as the answer", "train.jsonl", 5, "error", "'answer' must be a string"),
+    ("an empty train answer", "train.jsonl", 6, "error", "empty answer: nothing to train on"),
+    ("an id used twice", "train.jsonl", 7, "error", "duplicate id 'a' (first at train.jsonl:1)"),
+    ("a question longer than train.max_seq_len", "train.jsonl", 8, "warning", "> train.max_seq_len 16: truncated in training"),
+    ("an eval question identical to a train one (case, punctuation ignored)", "eval.jsonl", 1, "warning",
+     "train/eval leakage: question identical to train.jsonl:1"),
+    ("an empty eval answer", "eval.jsonl", 2, "warning", "empty answer: every metric scores it 0"),
+    ("a blank knowledge document", "empty.md", None, "warning", "empty document: adds no passages"),
+    ("a Latin-1 knowledge document", "latin1.txt", None, "error", "not UTF-8 text"),
+    ("an empty (0 byte) split file", "train.jsonl", None, "error", "the train split is empty (0 bytes)"),
+    ("a split of blank lines only", "eval.jsonl", None, "error", "the eval split holds no records"),
+]
+EXPECTED_SPEECH = [
+    ("44.1 kHz audio", "metadata.jsonl", 2, "warning", "stereo44k.wav: 44100 Hz, resampled to 16000 Hz"),
+    ("stereo audio", "metadata.jsonl", 2, "warning", "stereo44k.wav: 2 channels, downmixed"),
+    ("an audio file that does not exist", "metadata.jsonl", 3, "error", "missing.wav: audio file not found"),
+    ("a 0-byte audio file", "metadata.jsonl", 4, "error", "empty.wav: audio file is empty (0 bytes)"),
+    ("a corrupt WAV", "metadata.jsonl", 5, "error", "corrupt.wav: cannot decode audio"),
+    ("NaN samples", "metadata.jsonl", 6, "error", "nan.wav: audio holds NaN"),
+    ("a 31 s train clip", "metadata.jsonl", 7, "error", "long.wav: 31.0 s > 30 s"),
+    ("an 8 kHz clip", "metadata.jsonl", 7, "warning", "long.wav: 8000 Hz"),
+    ("a blank transcript", "metadata.jsonl", 8, "error", "empty transcription for quiet.wav"),
+    ("a file_name used twice", "metadata.jsonl", 9, "error", "duplicate file_name 'ok.wav'"),
+    ("a file_name outside the split folder (../)", "metadata.jsonl", 10, "error", "points outside the split folder"),
+    ("eval audio byte-identical to a train clip", "metadata.jsonl", 1, "warning", "train/eval leakage: audio (sha256) identical to metadata.jsonl:1"),
+    ("a vocabulary of comments only", "vocab.txt", None, "error", "the vocabulary is empty"),
+    ("a split folder without metadata.jsonl", "metadata.jsonl", None, "error", "metadata.jsonl not found"),
+    ("a file where the split folder should be", "evalfile", None, "error", "an audio split is a folder"),
+]
+
+
+def build_bad_text(tmp_path: Path) -> Path:
+    """A text recipe whose data holds one of each bad input of EXPECTED_TEXT (the first 11 rows)."""
     root = tmp_path / "data"
     (root / "kb").mkdir(parents=True)
     _jsonl(root / "train.jsonl", [
@@ -56,23 +93,21 @@ def bad_text(tmp_path, write_recipe):
         "data": {"train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl"), "knowledge": str(root / "kb")},
         "strategies": {"prompt": {}}, "train": {"max_seq_len": 16},
     }
-    return write_recipe(recipe), root
+    path = tmp_path / "bad-text.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def bad_text(tmp_path):
+    return build_bad_text(tmp_path), tmp_path / "data"
 
 
 def test_text_every_problem_at_once_with_file_and_line(bad_text):
     path, root = bad_text
     problems = v.validate_data(load_recipe(path))
-    _find(problems, "train.jsonl", 2, "error", "invalid JSON")
-    _find(problems, "train.jsonl", 3, "error", "expected a JSON object, got list")
-    _find(problems, "train.jsonl", 4, "error", "'question' must be a non-empty string")
-    _find(problems, "train.jsonl", 5, "error", "'answer' must be a string")
-    _find(problems, "train.jsonl", 6, "error", "empty answer")
-    assert "train.jsonl:1" in _find(problems, "train.jsonl", 7, "error", "duplicate id 'a'").message
-    _find(problems, "train.jsonl", 8, "warning", "max_seq_len 16")
-    assert "train.jsonl:1" in _find(problems, "eval.jsonl", 1, "warning", "train/eval leakage: question").message
-    _find(problems, "eval.jsonl", 2, "warning", "empty answer")
-    _find(problems, "empty.md", None, "warning", "empty document")
-    _find(problems, "latin1.txt", None, "error", "not UTF-8")
+    for _, file, line, severity, text in EXPECTED_TEXT[:11]:
+        _find(problems, file, line, severity, text)
     assert len(problems) == 11, "\n".join(map(str, problems))
     assert [p.severity for p in problems] == sorted((p.severity for p in problems), key=lambda s: s != "error")
     assert all("\n" not in p.message for p in problems)
@@ -88,8 +123,8 @@ def test_text_empty_and_blank_files(tmp_path, write_recipe):
     raw = {"name": "e", "modality": "text", "base_model": "x/y",
            "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")}, "strategies": {}}
     problems = v.validate_data(load_recipe(write_recipe(raw)))
-    _find(problems, "train.jsonl", None, "error", "empty (0 bytes)")
-    _find(problems, "eval.jsonl", None, "error", "holds no records")
+    for _, file, line, severity, text in EXPECTED_TEXT[11:]:
+        _find(problems, file, line, severity, text)
     assert len(problems) == 2
 
 
@@ -102,8 +137,8 @@ def _tone(seconds, rate, channels=1, freq=440.0):
     return mono if channels == 1 else np.stack([mono] * channels, axis=1)
 
 
-@pytest.fixture
-def bad_speech(tmp_path, write_recipe):
+def build_bad_speech(tmp_path: Path) -> Path:
+    """A speech recipe whose data holds one of each bad input of EXPECTED_SPEECH (the first 13 rows)."""
     train, evaluation = tmp_path / "train", tmp_path / "eval"
     train.mkdir()
     evaluation.mkdir()
@@ -138,26 +173,22 @@ def bad_speech(tmp_path, write_recipe):
     raw = {"name": "bad-speech", "modality": "speech", "base_model": "embedded:whisper-tiny.en",
            "data": {"train": str(train), "eval": str(evaluation), "vocabulary": str(tmp_path / "vocab.txt")},
            "strategies": {}}
-    return write_recipe(raw)
+    path = tmp_path / "bad-speech.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def bad_speech(tmp_path):
+    return build_bad_speech(tmp_path)
 
 
 def test_speech_every_problem_at_once_with_file_and_line(bad_speech):
     problems = v.validate_data(load_recipe(bad_speech))
-    meta = "metadata.jsonl"
-    _find(problems, meta, 2, "warning", "stereo44k.wav: 44100 Hz, resampled to 16000 Hz")
-    _find(problems, meta, 2, "warning", "stereo44k.wav: 2 channels, downmixed")
-    _find(problems, meta, 3, "error", "missing.wav: audio file not found")
-    _find(problems, meta, 4, "error", "empty.wav: audio file is empty (0 bytes)")
-    _find(problems, meta, 5, "error", "corrupt.wav: cannot decode audio")
-    _find(problems, meta, 6, "error", "nan.wav: audio holds NaN")
-    _find(problems, meta, 7, "error", "long.wav: 31.0 s > 30 s")
-    _find(problems, meta, 7, "warning", "long.wav: 8000 Hz")
-    _find(problems, meta, 8, "error", "empty transcription for quiet.wav")
-    _find(problems, meta, 9, "error", "duplicate file_name 'ok.wav'")
-    _find(problems, meta, 10, "error", "points outside the split folder")
-    leak = _find(problems, meta, 1, "warning", "train/eval leakage: audio (sha256)")
-    assert Path(leak.file).parent.name == "eval" and "metadata.jsonl:1" in leak.message
-    _find(problems, "vocab.txt", None, "error", "the vocabulary is empty")
+    for _, file, line, severity, text in EXPECTED_SPEECH[:13]:
+        _find(problems, file, line, severity, text)
+    leak = _find(problems, "metadata.jsonl", 1, "warning", "train/eval leakage")
+    assert Path(leak.file).parent.name == "eval"
     assert len(problems) == 13, "\n".join(map(str, problems))
 
 
@@ -167,8 +198,8 @@ def test_speech_missing_metadata_and_folder(tmp_path, write_recipe):
     raw = {"name": "s", "modality": "speech", "base_model": "x/y",
            "data": {"train": str(tmp_path / "train"), "eval": str(tmp_path / "evalfile")}, "strategies": {}}
     problems = v.validate_data(load_recipe(write_recipe(raw)))
-    _find(problems, "metadata.jsonl", None, "error", "metadata.jsonl not found")
-    _find(problems, "evalfile", None, "error", "an audio split is a folder")
+    for _, file, line, severity, text in EXPECTED_SPEECH[13:]:
+        _find(problems, file, line, severity, text)
     assert len(problems) == 2
 
 

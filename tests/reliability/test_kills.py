@@ -66,6 +66,13 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     raise AssertionError("the run never reached the kill point")
 
 
+def _written_since(path: Path, since_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns > since_ns
+    except FileNotFoundError:  # absent, or between the checkpoint's two renames
+        return False
+
+
 def _check_registry(rdir: Path, before: list[str]) -> list[str]:
     """Only complete versions, the old ones untouched, current names a complete one."""
     found = versions(rdir)
@@ -116,7 +123,7 @@ def test_sigkill_at_random_points_never_corrupts_the_registry(tmp_path, tiny_lm)
         proc = _spawn(recipe, "--resume")
         try:
             if phase == "training":  # a checkpoint written by this process: its training loop is running
-                ready = _wait_for(proc, lambda: state.is_file() and state.stat().st_mtime_ns > started)
+                ready = _wait_for(proc, lambda since=started: _written_since(state, since))
                 delay = rng.uniform(0.0, 0.5)
             else:  # the adapter part is in the temporary version folder: evaluation, manifest, rename
                 ready = _wait_for(proc, lambda: any(rdir.glob(".tmp-*/adapter/adapter/adapter_model.safetensors")))

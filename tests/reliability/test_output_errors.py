@@ -24,7 +24,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from mmadapt.cli import _output_errors, main
