@@ -179,3 +179,29 @@ def test_batch_two_processes_match_one_and_resume_after_a_kill(tmp_path, served)
     other.write_text("a different question\n")
     refused = subprocess.run(_batch([sys.executable], version, other, output, tmp_path, 4), capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
     assert refused.returncode == 2 and "belong to other inputs" in refused.stderr
+
+
+def test_a_sigkilled_two_process_run_resumes_to_the_single_process_loss(tmp_path, tiny_lm, qa_data, single):
+    """Rank 0's checkpoints carry a 2-process run over a crash: --resume ends where one process ends."""
+    _, one = single
+    recipe = write_recipe(tmp_path / "res.yaml", name="res", model=tiny_lm, data=qa_data, output_dir=tmp_path / "runs", train=TRAIN % "")
+    proc = subprocess.Popen(
+        [*torchrun(2), *CLI, "run", "--json", "--quiet", str(recipe)], cwd=tmp_path, env=clean_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    states = tmp_path / "runs" / "res" / ".work"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(states.glob("*/adapter/checkpoint/state.json")) and proc.poll() is None:
+        time.sleep(0.01)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    for process in [*workers, psutil.Process(proc.pid)]:
+        os.kill(process.pid, signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(workers, timeout=30)
+    step = json.loads(next(states.glob("*/adapter/checkpoint/state.json")).read_text())["step"]
+    assert 0 < step < 30, "killed after a checkpoint and before the end"
+    assert not list((tmp_path / "runs" / "res").glob("v0*"))
+
+    out = _run([*torchrun(2), *CLI, "run", "--json", "--quiet", "--resume", str(recipe)], tmp_path)
+    resumed = _manifest(out.stdout)
+    assert abs(resumed["parts"]["adapter"]["final_loss"] - one["parts"]["adapter"]["final_loss"]) < 1e-3
