@@ -94,13 +94,13 @@ TRAIN_TEMPLATES = [
     "{product} lost its {jargon} last night.",
     "Upgrade {product} to the {code} build.",
     "The {jargon} times out on {code}.",
-    "We benchmarked {product} against {product}.",
+    "We tested {product} against {product}.",
     "Pause the {jargon} while {product} syncs.",
     "{code} errors are showing in {product}.",
     "Who changed the {jargon} settings?",
     "{product} needs a bigger {jargon}.",
     "Send the {code} logs to {product}.",
-    "The {jargon} is healthy after the patch.",
+    "The {jargon} is healthy again.",
     "Roll back {product} if {code} fails.",
     "{product} handles the {jargon} better.",
 ]
@@ -138,7 +138,7 @@ PLAIN_SENTENCES = [
 ]
 
 TRAIN_VOICES = ["en-us+m3", "en-us+f2", "en-gb+f3", "en-029+m1", "en-gb-scotland+f2"]
-EVAL_VOICES = ["en-us+f3", "en-gb-x-rp+m3", "en-us-nyc+f4", "en-gb-x-gbclan+f3"]
+EVAL_VOICES = ["en-us+f3", "en-gb-x-rp+m3", "en-us+m1", "en-gb-x-rp+f4"]
 PLAIN_VOICES = ["en-us+f3", "en-us+m3", "en-us+f2", "en-gb-x-rp+f3"]
 TRAIN_RATES = [175, 185, 195]
 EVAL_RATES = [150, 160, 170]
@@ -155,7 +155,7 @@ def espeak(text: str, voice: str, rate: int, pitch: int, gap: int) -> tuple[np.n
     return audio, int(sr)
 
 
-def trim_silence(x: np.ndarray, rate: int, pad: float = 0.03, threshold: float = 0.01) -> np.ndarray:
+def trim_silence(x: np.ndarray, rate: int, pad: float = 0.02, threshold: float = 0.01) -> np.ndarray:
     loud = np.flatnonzero(np.abs(x) > threshold)
     if loud.size == 0:
         return x
@@ -407,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("espeak-ng") is None:
         print("espeak-ng is not installed: apt-get install -y espeak-ng", file=sys.stderr)
         return 2
-    rng = random.Random(SEED)
-    gen = torch.Generator().manual_seed(SEED)
+
+    def seeded(offset: int) -> tuple[random.Random, torch.Generator]:  # each split its own stream: one split's change
+        return random.Random(SEED + offset), torch.Generator().manual_seed(SEED + offset)  # leaves the others as they are
+
     train_terms = [t for t in TERMS if t[0] not in EVAL_ONLY]
     eval_required = [t for t in TERMS if t[0] in EVAL_ONLY] + [t for t in TERMS if t[0] not in EVAL_ONLY]
     make_split(
@@ -422,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         [1, 2, 3],
         "white",
         (26.0, 36.0),
-        rng,
-        gen,
+        *seeded(0),
         train_terms,
     )
     make_split(
@@ -437,11 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         [2, 3],
         "pink",
         (22.0, 30.0),
-        rng,
-        gen,
+        *seeded(1),
         eval_required,
     )
-    make_plain(rng, gen)
+    make_plain(*seeded(2))
     return 0
 
 
