@@ -1,6 +1,6 @@
 """Baseline of the embedded image models against the brand-style set.
 
-    python bench/image_baseline.py [--out runs/bench/image_baseline] [--steps 20] [--guidance 4.0]
+    python bench/image_baseline.py [--out runs/bench/image_baseline] [--steps 25] [--guidance 5.0]
 
 Generates, with the embedded ``shapes-diffusion`` (no adaptation):
 
@@ -52,8 +52,8 @@ def scene_colours(scene: sw.Scene) -> list[tuple[int, int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "image_baseline")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

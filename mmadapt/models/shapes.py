@@ -3,7 +3,8 @@
 * ``shapes-clip``: a small ``transformers.CLIPModel`` + ``CLIPTokenizer`` +
   ``CLIPImageProcessor`` folder (32x32 images).
 * ``shapes-diffusion``: a ``StableDiffusionPipeline`` folder (VAE with one 2x
-  downsampling, small UNet, the shapes-clip text tower, DPM-Solver++ scheduler).
+  downsampling, small UNet, the shapes-clip text tower, DDIM scheduler with x0
+  clipping: use 25 steps and guidance ~5).
 
 Both were trained by ``python -m mmadapt.models.shapes_train`` on the procedurally
 generated shapes world (:mod:`mmadapt.image.shapes_world`); no download is involved.
@@ -58,12 +59,22 @@ def embedded_shapes_clip(root: Path | None = None) -> Path:
 
 
 def load_shapes_pipeline(folder: Path | None = None):
-    """The shapes-diffusion ``StableDiffusionPipeline`` (CPU, float32, no safety checker)."""
-    from diffusers import StableDiffusionPipeline
+    """The shapes-diffusion ``StableDiffusionPipeline`` (CPU, float32, no safety checker), with
+    its shipped sampler restored.
 
-    return StableDiffusionPipeline.from_pretrained(
-        folder or embedded_shapes_diffusion(), safety_checker=None, requires_safety_checker=False
-    )
+    ``StableDiffusionPipeline.__init__`` turns a scheduler's ``clip_sample`` off (a legacy
+    fix for old Stable Diffusion configs). This small model needs the x0 clipping its
+    ``scheduler/scheduler_config.json`` asks for (see
+    ``mmadapt.models.shapes_train.sampling_scheduler``), so the scheduler is re-read from
+    that file and set after construction. Code that loads the folder itself should do the
+    same: ``pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")``.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    folder = Path(folder or embedded_shapes_diffusion())
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    return pipe
 
 
 def load_shapes_clip(folder: Path | None = None):

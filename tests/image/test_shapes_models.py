@@ -77,6 +77,26 @@ def test_exported_pipeline_loads_generates_and_takes_a_lora(tiny_export, tmp_pat
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_sampling_scheduler_replaces_any_exported_one(tiny_export, tmp_path):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    folder = tmp_path / "shapes-diffusion"
+    shutil.copytree(tiny_export, folder)
+    shutil.rmtree(folder / "scheduler")
+    DPMSolverMultistepScheduler(**st.scheduler_config()).save_pretrained(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DPMSolverMultistepScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError):
+        shapes.embedded_shapes_diffusion(root=tmp_path)
+    st.use_sampling_scheduler(folder)
+    pipe = shapes.load_shapes_pipeline(shapes.embedded_shapes_diffusion(root=tmp_path))
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.clip_sample_range == st.SAMPLE_CLIP
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+
+
 def test_loader_refuses_missing_and_tampered_folders(tiny_export, tmp_path):
     root = tmp_path / "shapes"
     with pytest.raises(ModelError) as info:
@@ -140,7 +160,7 @@ def test_shipped_diffusion_draws_what_it_is_told():
         "one red circle in the center on a white background, plain",
         "one blue square in the center on a yellow background, plain",
     ]
-    images = pipe(prompts, num_inference_steps=20, guidance_scale=4.0, generator=torch.Generator().manual_seed(0)).images
+    images = pipe(prompts, num_inference_steps=25, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).images
     assert all(im.size == (32, 32) for im in images)
     # the colours asked for dominate where they should: palette adherence to the asked colours
     red_white = [sw.BASE_PALETTE["red"], sw.BASE_PALETTE["white"]]
