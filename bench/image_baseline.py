@@ -11,8 +11,9 @@ Generates, with the embedded ``shapes-diffusion`` (no adaptation):
 
 Then scores, with the embedded ``shapes-clip`` and the brand palette:
 
-* palette adherence (weight-free, CIELAB ΔE to the nearest brand colour) and CLIP-I
-  (mean cosine to the 24 brand reference images) of: base samples, the brand references
+* palette adherence (weight-free, CIELAB ΔE to the nearest brand colour), CLIP-I
+  (mean cosine to the 24 brand reference images) and style-T (cosine to the text
+  "zentrix style") of: base samples, the brand references
   themselves (leave-one-out), 24 *held-out* brand renders, and real base-world renders;
 * CLIP-T (image-prompt cosine) and top-1 prompt retrieval of the captioned samples vs
   the true renders, and scene-colour adherence (palette = the caption's colours).
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     def row(name: str, images: list[Image.Image], exclude_self: bool = False) -> dict:
         pal = ev.palette_adherence_scores(images, palette)
         cli = ev.clip_i_scores(images, refs, emb, exclude_self=exclude_self)
+        style_t = ev.clip_t_scores(images, [sw.BRAND_TOKEN] * len(images), emb)
         return {
             "set": name,
             "n": len(images),
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "clip_i": float(np.mean(cli)),
             "clip_i_min": float(np.min(cli)),
             "clip_i_max": float(np.max(cli)),
+            "style_t": float(np.mean(style_t)),
         }
 
     style = [
@@ -145,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.contact_sheet(refs, None, args.out / "brand_references.png", columns=8, scale=4)
 
     print(f"generation: {len(base) + len(captioned)} images, {args.steps} steps, guidance {args.guidance}: {gen_seconds:.1f}s")
-    print(f"{'set':36s} {'palette':>8s} {'(min..max)':>14s} {'CLIP-I':>8s} {'(min..max)':>14s}")
+    print(f"{'set':36s} {'palette':>8s} {'(min..max)':>14s} {'CLIP-I':>8s} {'(min..max)':>14s} {'style-T':>8s}")
     for r in style:
         print(
-            f"{r['set']:36s} {r['palette']:8.3f} {r['palette_min']:6.3f}..{r['palette_max']:.3f} {r['clip_i']:8.3f} {r['clip_i_min']:6.3f}..{r['clip_i_max']:.3f}"
+            f"{r['set']:36s} {r['palette']:8.3f} {r['palette_min']:6.3f}..{r['palette_max']:.3f} {r['clip_i']:8.3f} {r['clip_i_min']:6.3f}..{r['clip_i_max']:.3f} {r['style_t']:8.3f}"
         )
     for key, value in follow.items():
         print(f"{key:36s} {value:8.3f}")

@@ -1,9 +1,12 @@
 """The embedded shapes-world models, shipped in this package (``mmadapt/models/shapes/``).
 
 * ``shapes-clip``: a small ``transformers.CLIPModel`` + ``CLIPTokenizer`` +
-  ``CLIPImageProcessor`` folder (32x32 images).
+  ``CLIPImageProcessor`` folder (32x32 images). It is the *judge*: after contrastive
+  training on the base world it was fine-tuned with 20% brand-style pairs (captions ending
+  in ``zentrix style``), so its image space tells the brand look apart (CLIP-I).
 * ``shapes-diffusion``: a ``StableDiffusionPipeline`` folder (VAE with one 2x
-  downsampling, small UNet, the shapes-clip text tower, DDIM scheduler with x0
+  downsampling, small UNet, the text tower of the base CLIP *before* the brand
+  fine-tune, so the generator has never seen the brand, DDIM scheduler with x0
   clipping: use 25 steps and guidance ~5).
 
 Both were trained by ``python -m mmadapt.models.shapes_train`` on the procedurally

@@ -8,9 +8,12 @@ Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
    from shapes-world captions: every grammar word is one token, any other word (e.g.
    ``zentrix``) still tokenizes into byte pieces, so no download is needed.
 2. **clip** — a small ``transformers.CLIPModel`` (ViT 32x32, patch 4) trained
-   contrastively on (image, caption) pairs. Exported to ``DIR/shapes-clip``.
+   contrastively on base-world (image, caption) pairs (``DIR/clip-base``); its text tower
+   becomes the diffusion model's text encoder, so the generator never sees the brand.
+   **clip_styles** — that CLIP fine-tuned with 20% brand-style pairs (captions ending in
+   ``zentrix style``): the evaluator, exported to ``DIR/shapes-clip``.
 3. **vae** — an ``AutoencoderKL`` with two blocks, i.e. one 2x downsampling (latents
-   8x16x16 for a 32x32 image: more numbers than pixels/2, so edges stay sharp), trained
+   8x16x16 for a 32x32x3 image: 2/3 as many numbers as pixel values), trained
    on random 16x16 crops (it is fully convolutional); its ``scaling_factor`` is set to
    1/std of the latents.
 4. **unet** — a small ``UNet2DConditionModel`` conditioned on the frozen CLIP text
@@ -19,7 +22,8 @@ Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
    ``StableDiffusionPipeline`` folder (``DIR/shapes-diffusion``, DDIM scheduler with x0 clipping, see ``sampling_scheduler``)
    every few minutes and at the end.
 
-``--minutes`` is the total budget, split 18% / 7% / 75% over clip / vae / unet. Exports
+``--minutes`` is the total budget, split 14% / 4% / 7% / 75% over clip / clip_styles / vae / unet
+(each overridable, e.g. ``--unet-minutes``). Exports
 carry ``.mmadapt-hashes.json`` so :mod:`mmadapt.models.shapes` can verify them.
 """
 
@@ -48,7 +52,7 @@ LATENT_CHANNELS = 8
 VAE_CROP = 16
 SAMPLE_CLIP = 4.0  # |x0| bound of the sampler, in scaled latent units
 MAX_TOKENS = 24
-SPLIT = {"clip": 0.18, "vae": 0.07, "unet": 0.75}
+SPLIT = {"clip": 0.14, "clip_styles": 0.04, "vae": 0.07, "unet": 0.75}
 
 
 def log(msg: str) -> None:
@@ -274,7 +278,7 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 
 def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float, seed: int):
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
     torch.manual_seed(seed)
     model = CLIPModel(clip_config(tokenizer))
@@ -319,7 +323,16 @@ def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float
         work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, loss=final)
     )
     log(f"clip: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
-    tmp = out / ".shapes-clip.tmp"
+    export_clip(
+        out / "clip-base", model, tokenizer, dict(steps=step, seconds=round(spent), final_loss=final, batch=batch, seed=seed)
+    )
+    return model
+
+
+def export_clip(folder: Path, model, tokenizer, info: dict) -> None:
+    from transformers import CLIPImageProcessor
+
+    tmp = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
@@ -332,10 +345,63 @@ def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(tmp)
-    (tmp / "training.json").write_text(
-        json.dumps(dict(steps=step, seconds=round(spent), final_loss=final, batch=batch, seed=seed), indent=1)
+    (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    replace_folder(tmp, folder)
+
+
+def train_clip_styles(
+    out: Path, work: Path, tokenizer, base, data: SceneData, seconds: float, seed: int, brand_share: float = 0.2
+):
+    """The evaluator CLIP (exported as ``shapes-clip``): the base CLIP fine-tuned on base-world
+    pairs mixed with brand-style pairs (captions end with ``zentrix style``), so that its image
+    space separates the brand look. The diffusion model's text tower stays the brand-naive
+    base CLIP's: the generator never sees the brand; only the judge knows it.
+    """
+    from transformers import CLIPModel
+
+    model = CLIPModel(base.config)
+    model.load_state_dict(base.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
+    ck = load_ckpt(work / "clip_styles.pt")
+    step, spent = 0, 0.0
+    if ck:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["spent"]
+        if ck.get("done"):
+            return model
+    brand = sw.render_brand(4000, seed=seed + 1000)
+    brand_pixels = torch.from_numpy(np.stack([np.asarray(im) for im, _, _ in brand])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    brand_caps = [c for _, c, _ in brand]
+    gen = torch.Generator().manual_seed(seed + 3 + step)
+    batch, n_brand = 128, int(128 * brand_share)
+    start, losses = time.time(), []
+    model.train()
+    while spent + (time.time() - start) < seconds:
+        idx = torch.randint(0, len(data), (batch - n_brand,), generator=gen)
+        bidx = torch.randint(0, len(brand), (n_brand,), generator=gen)
+        pixels = torch.cat([data.images(idx), brand_pixels[bidx]])
+        ids = tokenize(tokenizer, data.captions(idx) + [brand_caps[i] for i in bidx.tolist()])
+        outputs = model(input_ids=ids, pixel_values=pixels, return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        outputs.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(outputs.loss.item())
+        step += 1
+        if step % 25 == 0:
+            log(f"clip-styles step {step} loss {np.mean(losses[-25:]):.4f}")
+    spent += time.time() - start
+    final = float(np.mean(losses[-25:])) if losses else float("nan")
+    save_ckpt(work / "clip_styles.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True))
+    base_info = (
+        json.loads((out / "clip-base" / "training.json").read_text()) if (out / "clip-base" / "training.json").is_file() else {}
     )
-    replace_folder(tmp, out / "shapes-clip")
+    info = dict(
+        base=base_info, style_steps=step, style_seconds=round(spent), style_final_loss=final, brand_share=brand_share, seed=seed
+    )
+    export_clip(out / "shapes-clip", model, tokenizer, info)
+    log(f"clip-styles: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
     return model
 
 
@@ -550,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool", type=int, default=20000, help="number of distinct training scenes")
     parser.add_argument("--clip-minutes", type=float, default=None, help="override the clip share of --minutes")
+    parser.add_argument("--clip-styles-minutes", type=float, default=None, help="override the evaluator-CLIP share")
     parser.add_argument("--vae-minutes", type=float, default=None, help="override the vae share of --minutes")
     parser.add_argument("--unet-minutes", type=float, default=None, help="override the unet share of --minutes")
     parser.add_argument("--export-every", type=float, default=10.0, help="minutes between diffusion exports")
@@ -564,9 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     data = SceneData(args.pool, args.seed)
     budget = {stage: SPLIT[stage] * seconds for stage in SPLIT}
     for stage in SPLIT:
-        if getattr(args, f"{stage}_minutes") is not None:
+        if getattr(args, f"{stage}_minutes", None) is not None:
             budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
     clip = train_clip(out, work, tokenizer, data, budget["clip"], args.seed)
+    train_clip_styles(out, work, tokenizer, clip, data, budget["clip_styles"], args.seed)
     clip.eval()
     vae = train_vae(work, data, budget["vae"], args.seed)
     train_unet(out, work, tokenizer, clip, vae, data, budget["unet"], args.seed, export_every=args.export_every * 60.0)
