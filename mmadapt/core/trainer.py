@@ -182,29 +182,61 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     tmp = folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(weights, str(tmp / "weights.safetensors"))
-    save_file(moments or {"__empty__": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(
-        json.dumps({"step": step, "losses": losses, "python_random": repr(random.getstate())})
-    )
+    try:
+        save_file(weights, str(tmp / "weights.safetensors"))
+        save_file(moments or {"__empty__": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "losses": losses, "python_random": repr(random.getstate())})
+        )
+    except BaseException:  # disk full, read-only, interrupted: no half checkpoint left taking space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     target = folder / CHECKPOINT
     old = folder / f".{CHECKPOINT}.old-{os.getpid()}"
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_leftovers(folder)  # this save's .old, and any left by a process killed mid-save
+
+
+def _remove_leftovers(folder: Path, *, including_current: bool = False) -> None:
+    for stale in [*folder.glob(f".{CHECKPOINT}.tmp-*"), *folder.glob(f".{CHECKPOINT}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    if including_current:
+        shutil.rmtree(folder / CHECKPOINT, ignore_errors=True)
+
+
+def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
+    """The complete checkpoint of the highest step in ``folder`` with its state.
+
+    Normally ``checkpoint/``. A process killed between the two renames of
+    :func:`save_checkpoint` leaves only ``.checkpoint.old-<pid>`` (the previous one) and
+    ``.checkpoint.tmp-<pid>`` (the new one, complete once its ``state.json``, written last,
+    parses): either is a whole checkpoint, so ``--resume`` loses nothing.
+    """
+    candidates = [folder / CHECKPOINT, *folder.glob(f".{CHECKPOINT}.tmp-*"), *folder.glob(f".{CHECKPOINT}.old-*")]
+    best = None
+    for candidate in candidates:
+        try:
+            state = json.loads((candidate / "state.json").read_text())
+            step = int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # missing, or torn by the kill: not a checkpoint
+        if best is None or step > best[1]["step"]:
+            best = (candidate, {**state, "step": step})
+    return best
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]] | None:
     """Restore the last checkpoint in ``folder``; return (step, losses) or None when there is none."""
-    target = folder / CHECKPOINT
-    if not (target / "state.json").is_file():
+    found = _newest_checkpoint(folder)
+    if found is None:
         return None
-    state = json.loads((target / "state.json").read_text())
+    target, state = found
     weights = load_file(str(target / "weights.safetensors"))
     named = _named_trainable(model)
     missing = set(named) - set(weights)
@@ -355,8 +387,8 @@ def train(
         restored = load_checkpoint(checkpoint_dir, model, optimizer)
         if restored:
             start_step, losses = restored
-    elif distributed.is_main() and (checkpoint_dir / CHECKPOINT).exists():
-        shutil.rmtree(checkpoint_dir / CHECKPOINT)
+    elif distributed.is_main() and checkpoint_dir.is_dir():
+        _remove_leftovers(checkpoint_dir, including_current=True)
     if rank:
         distributed.seed_rank(config.seed + start_step)  # dropout differs per rank, reproducibly
     device_type = next(iter(params)).device.type

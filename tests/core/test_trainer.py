@@ -101,18 +101,24 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert [r["loss"] for r in whole.log] == pytest.approx([r["loss"] for r in accumulated.log], abs=1e-5)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-    _, full = _train(tmp_path / "full")
+class Killed(Exception):
+    pass
 
-    class Killed(Exception):
-        pass
 
-    def stop_at_6(step, loss):
-        if step == 6:
+def _interrupted(folder: Path, at: int) -> None:
+    """Train into ``folder`` until an exception at step ``at`` (checkpoints every 4 steps)."""
+
+    def stop(step, loss):
+        if step == at:
             raise Killed
 
     with pytest.raises(Killed):
-        _train(tmp_path / "killed", on_step=stop_at_6)  # checkpoint at step 4 exists, steps 5-6 are lost
+        _train(folder, on_step=stop)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    _, full = _train(tmp_path / "full")
+    _interrupted(tmp_path / "killed", 6)  # checkpoint at step 4 exists, steps 5-6 are lost
     state = json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
     _, resumed = _train(tmp_path / "killed", resume=True)
@@ -124,6 +130,24 @@ def test_checkpoints_hold_no_pickles(tmp_path):
     _train(tmp_path)
     files = {p.name for p in (tmp_path / "checkpoint").iterdir()}
     assert files == {"weights.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
+
+
+@pytest.mark.parametrize("left", ["old", "tmp"])
+def test_a_kill_between_the_checkpoint_renames_loses_no_checkpoint(tmp_path, left):
+    """save_checkpoint moves checkpoint/ aside, then the new one in: a kill in between leaves no
+    checkpoint/, only .checkpoint.old-<pid> and .checkpoint.tmp-<pid>; resume takes the newest whole one."""
+    _, full = _train(tmp_path / "full")
+    run = tmp_path / "killed"
+    _interrupted(run, 10)  # checkpoints at 4 and 8
+    current = run / "checkpoint"
+    # a whole checkpoint under the name the kill left it with, beside a temporary the kill tore
+    os.replace(current, run / f".checkpoint.{left}-999")
+    (run / ".checkpoint.tmp-998").mkdir()
+    (run / ".checkpoint.tmp-998" / "state.json").write_text('{"step": 9')
+    assert not current.exists() and trainer._newest_checkpoint(run)[1]["step"] == 8
+    _, resumed = _train(run, resume=True)
+    assert resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]  # leftovers removed by the next save
 
 
 def test_without_resume_an_old_checkpoint_is_discarded(tmp_path):

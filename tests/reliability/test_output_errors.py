@@ -149,8 +149,6 @@ def test_disk_full_leaves_the_previous_version(tmpfs, recipe, leave):
     assert isinstance(load_artifact(rdir / "v0001").predictor.predict(["Which port?"])[0].output, str)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.save_checkpoint does not remove .checkpoint.tmp-<pid> when a write "
-                   "fails (core/trainer.py, another owner); it is invisible to --resume but takes disk space")
 def test_disk_full_during_a_checkpoint_leaves_no_checkpoint_temporary(tmpfs, recipe):
     out = tmpfs("full-ckpt", "2m")
     path = recipe(out, adapter=True)

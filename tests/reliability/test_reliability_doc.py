@@ -48,14 +48,15 @@ OTHER = [
      "artifact writing (evaluation, manifest, rename)", "exit -9 (nothing to report)", "after each: only complete versions "
      "listed, `current` names a complete one, the previous version loads and predicts; a final `--resume` finishes all 60 steps",
      "test_kills.py::test_sigkill_at_random_points_never_corrupts_the_registry"),
+    ("output", "disk full while the trainer writes a checkpoint (real, full tmpfs)", "one line: `No space left on device`, exit 2",
+     "no `.checkpoint.tmp-*` left taking space; the previous checkpoint and version intact",
+     "test_output_errors.py::test_disk_full_during_a_checkpoint_leaves_no_checkpoint_temporary"),
+    ("crash", "a kill between the two renames of a checkpoint save (no `checkpoint/`, only `.checkpoint.old-*` / "
+     "`.checkpoint.tmp-*`, one of them torn)", "-", "`--resume` takes the newest whole one and ends at the uninterrupted loss; "
+     "the leftovers are removed by the next save", "tests/core/test_trainer.py"),
 ]
 
 KNOWN_GAPS = [
-    "Disk full while the trainer writes a checkpoint leaves `.work/<hash>/adapter/.checkpoint.tmp-<pid>` behind "
-    "(`core/trainer.py` does not remove it on failure); it is never read by `--resume` but takes space. "
-    "`test_output_errors.py::test_disk_full_during_a_checkpoint_leaves_no_checkpoint_temporary` is a strict xfail until it is fixed.",
-    "From reading `save_checkpoint` (not forced by a test): a SIGKILL between its two renames leaves no `checkpoint/` folder "
-    "(only `.checkpoint.old-<pid>` and `.checkpoint.tmp-<pid>`), so `--resume` starts again from step 0 — slower, never wrong.",
     "The disk-full / read-only translation wraps `mmadapt run` only; `compare` and `batch` (other owners' commands) "
     "are not wrapped and not tested here.",
 ]
