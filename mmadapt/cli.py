@@ -464,6 +464,31 @@ def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
             click.echo(f"  sources: {', '.join(pred.sources)}")
 
 
+@main.command()
+@click.argument("version_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out_dir", type=click.Path())
+@click.option("--merge/--no-merge", default=True, show_default=True,
+              help="Merge a LoRA into the base weights (one plain model folder); --no-merge copies the parts as they are.")
+def export(version_dir: str, out_dir: str, merge: bool) -> None:
+    """Write VERSION_DIR as a model folder for serving stacks that do not load adapters.
+
+    The LoRA is merged into the base weights (safetensors, with the tokenizer or processor);
+    what no weight holds (system prompt, retrieval index) is copied to OUT_DIR/mmadapt/. The
+    folder loads with plain from_pretrained and works as another recipe's base_model.
+
+    \b
+    Example:
+      mmadapt export runs/zentrix-lora/v0001 serving/zentrix-lora --merge
+    """
+    from mmadapt.core.export import export as export_version
+
+    with _output_errors(Path(out_dir)):
+        out = export_version(version_dir, out_dir, merge=merge)
+    info = json.loads((out / "mmadapt" / "export.json").read_text())
+    click.echo(f"exported {info['name']} {info['version']} -> {out}")
+    click.echo(f"  merged: {', '.join(info['merged']) or 'nothing'}; copied to {out / 'mmadapt'}: {', '.join(info['copied']) or 'nothing'}")
+
+
 # ---------------------------------------------------------------- decide and govern
 
 

@@ -163,6 +163,13 @@ class Modality(ABC):
     ) -> list[dict[str, Any]]:
         """One row per example: ``{"id": ..., "<metric>": value, ...}`` (plus any detail columns)."""
 
+    def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
+        """Write the composed stack's weights into ``out_dir`` as one servable model folder
+        (adapters merged, safetensors); return what was merged. See :mod:`mmadapt.core.export`."""
+        from mmadapt.errors import ArtifactError
+
+        raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
+
     def aggregate(self, rows: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
         """Corpus-level metrics from per-example rows; the default is the mean of each metric.
 

@@ -128,6 +128,11 @@ class SpeechModality(Modality):
     def predictor(self, stack: SpeechStack) -> SpeechPredictor:
         return SpeechPredictor(stack)
 
+    def export_model(self, stack: SpeechStack, out_dir: Path) -> list[str]:
+        from mmadapt.core.export import save_model_folder
+
+        return save_model_folder(stack.model, out_dir, stack.processor)
+
     def score(self, predictions: list[Prediction], examples: list[Example], metrics: Sequence[str], data: DataBundle) -> list[dict[str, Any]]:
         terms = data.resources.get("vocabulary", [])
         rows = []

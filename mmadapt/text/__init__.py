@@ -128,6 +128,11 @@ class TextModality(Modality):
     def predictor(self, stack: TextStack) -> TextPredictor:
         return TextPredictor(stack)
 
+    def export_model(self, stack: TextStack, out_dir: Path) -> list[str]:
+        from mmadapt.core.export import save_model_folder
+
+        return save_model_folder(stack.model, out_dir, stack.tokenizer)
+
     def score(
         self, predictions: list[Prediction], examples: list[Example], metrics: Sequence[str], data: DataBundle
     ) -> list[dict[str, Any]]:
