@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -94,10 +95,27 @@ def compare(
             row[metric] = value
             row[f"{metric}_ci"] = [lo, hi]
         row.update({k: manifest["costs"].get(k) for k in COST_COLUMNS})
+        sheet = _copy_overview(manifest, recipe, report_dir, label)
+        if sheet:
+            row["samples"] = sheet
         rows.append(row)
     result = CompareResult(rows, report_dir, modality.primary_metric)
     write_report(result, recipe)
     return result
+
+
+def _copy_overview(manifest: dict[str, Any], recipe: Recipe, report_dir: Path, label: str) -> str | None:
+    """Copy a stack's overview sample (its first ``samples`` file, e.g. a contact sheet) into the report."""
+    samples = manifest.get("samples") or []
+    if not samples:
+        return None
+    source = Path(recipe.output_dir).resolve() / manifest["name"] / manifest["version"] / samples[0]
+    if not source.is_file():
+        return None
+    target = report_dir / "samples" / f"{label.replace('+', '-')}{source.suffix}"
+    target.parent.mkdir(exist_ok=True)
+    shutil.copyfile(source, target)
+    return str(target.relative_to(report_dir))
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
@@ -141,6 +159,11 @@ def write_report(result: CompareResult, recipe: Recipe) -> None:
         "![quality against training cost](report.png)",
         "",
     ]
+    sheets = [(row["stack"], row["samples"]) for row in result.rows if row.get("samples")]
+    if sheets:
+        md += ["## Samples", ""]
+        for label, rel in sheets:
+            md += [f"### {label}", "", f"![{label} samples]({rel})", ""]
     (result.report_dir / "report.md").write_text("\n".join(md))
     plot(result, result.report_dir / "report.png")
 
