@@ -68,3 +68,80 @@ def tiny_causal_lm(folder: str | Path, *, corpus: Iterable[str] = DEFAULT_CORPUS
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_diffusion_pipeline(folder: str | Path, *, seed: int = 0, sample_size: int = 8) -> Path:
+    """Write a tiny random ``StableDiffusionPipeline`` folder (UNet, 2x VAE, CLIP text encoder, DDIM)
+    to ``folder``; return it. Images are ``2 * sample_size`` pixels a side.
+
+    The tokenizer is the embedded shapes-diffusion one, read with ``from_pretrained(dir)``
+    (transformers 5's ``CLIPTokenizer(vocab_file=..., merges_file=...)`` ignores both files).
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from mmadapt.models.shapes import embedded_shapes_diffusion
+
+    folder = Path(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(embedded_shapes_diffusion(), subfolder="tokenizer")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=32,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        mid_block_add_attention=False,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        clip_sample=False,
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
