@@ -11,7 +11,6 @@ composited over white, resized to the model's resolution) or raises a one-line
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,39 +121,35 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> tuple[I
     return image, notes
 
 
+def _jsonl(path: Path, what: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line, object) of each good line of a JSONL file, and "line N: ..." for each bad one
+    (the checks of :func:`mmadapt.core.validate.scan_jsonl`); unreadable files raise a DataError."""
+    from mmadapt.core.validate import scan_jsonl
+
+    found: list = []
+    records = list(scan_jsonl(path, found, what=what))
+    whole = [p for p in found if p.line is None]
+    if whole:
+        raise DataError(whole[0].message, path=path, fix=whole[0].fix)
+    return records, [f"line {p.line}: {p.message}" for p in found]
+
+
 def _caption_records(captions: Path | None) -> tuple[dict[str, tuple[str | None, int]], list[str]]:
     """file name (relative to the captions file's folder) -> (caption, line); and the bad lines."""
     out: dict[str, tuple[str | None, int]] = {}
-    problems: list[str] = []
     if captions is None:
-        return out, problems
-    try:
-        text = captions.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(
-            f"cannot read captions ({exc})", path=captions, fix="a UTF-8 JSONL file of {file_name, caption}"
-        ) from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        name = record.get("file_name") if isinstance(record, dict) else None
+        return out, []
+    records, problems = _jsonl(captions, CAPTIONS_FILE)
+    for number, record in records:
+        name, caption = record.get("file_name"), record.get("caption")
         if not isinstance(name, str) or not name:
             problems.append(f"line {number}: 'file_name' must be a non-empty string")
-            continue
-        caption = record.get("caption")
-        if caption is not None and not isinstance(caption, str):
+        elif caption is not None and not isinstance(caption, str):
             problems.append(f"line {number}: 'caption' must be a string")
-            continue
-        key = str((captions.parent / name).resolve())
-        if key in out:
+        elif str((captions.parent / name).resolve()) in out:
             problems.append(f"line {number}: duplicate file_name {name}")
-            continue
-        out[key] = ((caption or "").strip() or None, number)
+        else:
+            out[str((captions.parent / name).resolve())] = ((caption or "").strip() or None, number)
     return out, problems
 
 
@@ -192,20 +187,10 @@ def read_references(folder: Path, captions: Path | None, size: tuple[int, int]) 
 
 def read_prompts(path: Path) -> list[Example]:
     """Eval prompts: JSONL of ``{"id"?, "prompt"}``; every bad line reported at once."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read prompts ({exc})", path=path, fix='a UTF-8 JSONL file of {"id", "prompt"}') from None
-    examples, problems, seen = [], [], set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        prompt = record.get("prompt") if isinstance(record, dict) else None
+    records, problems = _jsonl(path, "the eval prompts")
+    examples, seen = [], set()
+    for number, record in records:
+        prompt = record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             problems.append(f"line {number}: 'prompt' must be a non-empty string")
             continue
