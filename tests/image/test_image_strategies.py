@@ -200,3 +200,28 @@ def test_bad_base_models_are_one_line_model_errors(tmp_path, tiny_pipe, brand_su
     assert "\n" not in str(info.value) and str(broken) in str(info.value)
     pipe, info = load_pipeline(str(tiny_pipe))
     assert info["denoiser"] == "unet" and info["pipeline"] == "StableDiffusionPipeline" and info["parameters"] > 0
+
+
+def test_a_crashed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_pipe, brand_subset, monkeypatch):
+    from mmadapt.core import trainer
+
+    weights = "adapter/adapter/pytorch_lora_weights.safetensors"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = run(load_recipe(recipe_file(tmp_path / "a", tiny_pipe, brand_subset, {"adapter": {"r": 4}})), progress=False)
+    recipe = load_recipe(recipe_file(tmp_path / "b", tiny_pipe, brand_subset, {"adapter": {"r": 4}}))
+    real_save = trainer.save_checkpoint
+
+    def save_then_crash(folder, model, optimizer, step, losses):
+        real_save(folder, model, optimizer, step, losses)
+        if step == 2:
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, progress=False)
+    assert not list((tmp_path / "b" / "runs" / "tiny-image").glob("v0*"))  # no partial artifact
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    resumed = run(recipe, resume=True, progress=False)
+    assert (resumed.version_dir / weights).read_bytes() == (straight.version_dir / weights).read_bytes()
+    assert resumed.manifest["parts"]["adapter"]["final_loss"] == straight.manifest["parts"]["adapter"]["final_loss"]
