@@ -75,6 +75,13 @@ class ImageAdapterStrategy(Strategy):
             scale = json.loads((part_dir / "adapter.json").read_text())["scale"]
         except (OSError, ValueError, KeyError):
             scale = self.config.scale
-        stack.pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=ADAPTER_NAME)
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": it has none by design
+        try:
+            stack.pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=ADAPTER_NAME)
+        finally:
+            diffusers_logging.set_verbosity(level)
         stack.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[float(scale)])
         stack.lora_scale = float(scale)
