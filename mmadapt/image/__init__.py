@@ -37,7 +37,7 @@ class ImageEvaluator(StrictModel):
     clip: str = Field(
         "embedded:shapes-clip",
         max_length=4096,
-        description="the judge CLIP of clip_i / clip_t (embedded alias, folder, hub id, open_clip:...)",
+        description="the judge CLIP of clip_i / clip_t (embedded alias, folder, hub id, open_clip:ARCH/WEIGHTS.safetensors)",
     )
     max_delta_e: float = Field(
         image_metrics.DEFAULT_MAX_DELTA_E, gt=0.0, le=300.0, description="palette adherence: ΔE that scores 0"

@@ -1,7 +1,7 @@
 """The retrieval strategy for images: the brand references most like the request, as img2img starts.
 
 ``fit`` embeds every reference image with a CLIP (default ``embedded:shapes-clip``; any
-transformers CLIP folder or hub id, or ``open_clip:ARCH/PRETRAINED``) into the shared
+transformers CLIP folder or hub id, or ``open_clip:ARCH/WEIGHTS.safetensors``) into the shared
 :class:`~mmadapt.retrieval.EmbeddingIndex` and copies the (converted) references into
 the part, so the artifact reloads without the dataset. Per request the prompt's CLIP
 text embedding retrieves the ``top_k`` closest references (text -> image cosine); the
@@ -21,7 +21,7 @@ from pydantic import Field
 
 from mmadapt.core.strategy import DataBundle, FitContext, FitReport, Strategy, StrictModel
 from mmadapt.errors import ArtifactError, ModelError
-from mmadapt.models.resolve import load_error, resolve_model
+from mmadapt.models.resolve import check_safetensors_only, load_error, resolve_model
 from mmadapt.retrieval import EmbeddingIndex, Hit
 
 CONFIG_FILE = "retrieval.json"
@@ -30,7 +30,9 @@ REFERENCES_DIR = "references"
 
 class ImageRetrievalConfig(StrictModel):
     embedder: str = Field(
-        "embedded:shapes-clip", max_length=4096, description="CLIP: embedded alias, folder, hub id or open_clip:ARCH/PRETRAINED"
+        "embedded:shapes-clip",
+        max_length=4096,
+        description="CLIP: embedded alias, folder, hub id or open_clip:ARCH/WEIGHTS.safetensors",
     )
     top_k: int = Field(3, ge=1, le=100, description="references retrieved per prompt (the best one starts img2img)")
     strength: float = Field(0.5, gt=0.0, le=1.0, description="img2img strength: how far from the reference the image may move")
@@ -42,23 +44,46 @@ def load_clip(ref: str):
     from mmadapt.evaluation.image import ClipEmbedder
 
     if ref.startswith("open_clip:"):
-        import open_clip
-
-        arch, _, pretrained = ref.split(":", 1)[1].partition("/")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
-        except Exception as exc:  # noqa: BLE001 - every loader failure is one line
-            raise ModelError(
-                f"cannot load open_clip model: {str(exc).splitlines()[0][:200]}",
-                path=ref,
-                fix="use open_clip:ARCH/PRETRAINED with weights in the local cache, or embedded:shapes-clip",
-            ) from None
-        return ClipEmbedder.from_open_clip(model, preprocess, open_clip.get_tokenizer(arch))
+        return _open_clip(ref)
     location = resolve_model(ref)
+    check_safetensors_only(location)
     try:
         return ClipEmbedder.from_pretrained(location)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise load_error(ref, exc) from None
+
+
+def _open_clip(ref: str):
+    """``open_clip:ARCH/WEIGHTS.safetensors`` (a local file), or ``open_clip:ARCH/TAG`` (open_clip's
+    own download, which may be a pickle: only when pickles are trusted, see models/resolve.py)."""
+    import open_clip
+
+    from mmadapt.evaluation.image import ClipEmbedder
+    from mmadapt.models.resolve import pickle_trusted
+
+    arch, _, pretrained = ref.split(":", 1)[1].partition("/")
+    local = pretrained.endswith(".safetensors")
+    if local and not Path(pretrained).is_file():
+        raise ModelError("open_clip weights file not found", path=pretrained, fix="give the path of a .safetensors state dict")
+    if pretrained and not local and not pickle_trusted():
+        raise ModelError(
+            f"open_clip pretrained tag {pretrained!r} may load pickle weights; mmadapt loads safetensors only",
+            path=ref,
+            fix="use open_clip:ARCH/path/to/weights.safetensors, or pass --trust-remote-pickle if you trust the source",
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None if local else pretrained or None)
+        if local:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(pretrained))
+    except Exception as exc:  # noqa: BLE001 - every loader failure is one line
+        raise ModelError(
+            f"cannot load open_clip model: {str(exc).splitlines()[0][:160]}",
+            path=ref,
+            fix="use open_clip:ARCH/WEIGHTS.safetensors with a built-in ARCH, or embedded:shapes-clip",
+        ) from None
+    return ClipEmbedder.from_open_clip(model, preprocess, open_clip.get_tokenizer(arch))
 
 
 class ReferenceRetriever:

@@ -225,3 +225,19 @@ def test_a_crashed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_
     resumed = run(recipe, resume=True, progress=False)
     assert (resumed.version_dir / weights).read_bytes() == (straight.version_dir / weights).read_bytes()
     assert resumed.manifest["parts"]["adapter"]["final_loss"] == straight.manifest["parts"]["adapter"]["final_loss"]
+
+
+def test_clip_embedders_load_safetensors_only(tmp_path, monkeypatch):
+    from mmadapt.image.retrieval import load_clip
+
+    monkeypatch.delenv("MMADAPT_TRUST_REMOTE_PICKLE", raising=False)
+    with pytest.raises(ModelError, match="may load pickle weights; mmadapt loads safetensors only"):
+        load_clip("open_clip:ViT-B-32/laion2b_s34b_b79k")
+    with pytest.raises(ModelError, match="open_clip weights file not found"):
+        load_clip(f"open_clip:ViT-B-32/{tmp_path}/missing.safetensors")
+    pickled = tmp_path / "clip"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ModelError, match="weights are pickle files"):
+        load_clip(str(pickled))
