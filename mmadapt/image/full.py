@@ -37,6 +37,6 @@ class ImageFullStrategy(Strategy):
         if not (folder / "config.json").is_file():
             raise ArtifactError("full denoiser weights are missing", path=folder, fix="re-run the recipe")
         cls = type(stack.unet)
-        model = cls.from_pretrained(folder, torch_dtype=torch.float32, use_safetensors=True).eval()
+        model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
         setattr(stack.pipe, stack.denoiser, model)
         stack.pipe.register_modules(**{stack.denoiser: model})

@@ -52,7 +52,7 @@ def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
                 fix="point base_model at a folder saved with pipeline.save_pretrained()",
             )
         kwargs = dict(
-            torch_dtype=torch.float32,
+            dtype=torch.float32,
             safety_checker=None,
             requires_safety_checker=False,
             use_safetensors=None if allow_pickle else True,

@@ -241,3 +241,18 @@ def test_clip_embedders_load_safetensors_only(tmp_path, monkeypatch):
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
     with pytest.raises(ModelError, match="weights are pickle files"):
         load_clip(str(pickled))
+
+
+def test_an_sdxl_pipeline_serves_prompt_and_retrieval_and_refuses_training_in_one_line(tmp_path, brand_subset):
+    from mmadapt.models.tiny import tiny_sdxl_pipeline
+
+    sdxl = tiny_sdxl_pipeline(tmp_path / "tiny-sdxl")
+    stack = {"prompt": {"template": "{prompt}, zentrix style"}, "retrieval": {"top_k": 2}}
+    result = run(load_recipe(recipe_file(tmp_path, sdxl, brand_subset, stack)), progress=False)
+    assert result.manifest["base_model"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert set(result.metrics) == {"palette_adherence", "clip_i", "clip_t"}
+    rows = [json.loads(x) for x in (result.version_dir / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["sources"]) == 2 for r in rows)
+    with pytest.raises(ModelError, match="training the denoiser of StableDiffusionXLPipeline is not supported yet"):
+        run(load_recipe(recipe_file(tmp_path, sdxl, brand_subset, {"adapter": {}})), progress=False)
+    assert [p.name for p in (tmp_path / "runs" / "tiny-image").glob("v0*")] == ["v0001"]  # the refused run wrote nothing
