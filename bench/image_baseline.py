@@ -14,7 +14,8 @@ Then scores, with the embedded ``shapes-clip`` and the brand palette:
 * palette adherence (weight-free, CIELAB ΔE to the nearest brand colour), CLIP-I
   (mean cosine to the 24 brand reference images) and style-T (cosine to the text
   "zentrix style") of: base samples, the brand references
-  themselves (leave-one-out), 24 *held-out* brand renders, and real base-world renders;
+  themselves (leave-one-out), 24 *held-out* brand renders, real base-world renders, and the
+  references encoded and decoded by the pipeline's VAE (the ceiling of any denoiser adaptation);
 * CLIP-T (image-prompt cosine) and top-1 prompt retrieval of the captioned samples vs
   the true renders, and scene-colour adherence (palette = the caption's colours).
 
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(args.seed)
         return pipe(texts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=g).images
 
+    @torch.no_grad()
+    def through_vae(images: list[Image.Image]) -> list[Image.Image]:
+        """Encode (posterior mean) and decode: the best any denoiser can do with this VAE."""
+        x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 127.5 - 1.0 for im in images])).permute(0, 3, 1, 2)
+        y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        return [Image.fromarray(((a.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for a in y]
+
     t0 = time.time()
     base = sample(prompts)
     captioned = sample(captions)
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         row("base-world renders", world),
         row("brand references (leave-one-out)", refs, exclude_self=True),
         row("held-out brand renders", held_out),
+        row("brand references through the VAE", through_vae(refs)),
     ]
     follow = {
         "clip_t_samples": ev.clip_t(captioned, captions, emb),

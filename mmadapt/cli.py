@@ -171,7 +171,7 @@ def compare(recipe: str, stacks: str | None, overrides: tuple[str, ...], resume:
       mmadapt compare recipes/text/zentrix-support.yaml --stacks base,prompt,prompt+retrieval
     """
     from mmadapt.core.compare import compare as run_compare
-    from mmadapt.core.compare import display_rows
+    from mmadapt.core.compare import display_rows, paired_rows
     from mmadapt.core.report import table
 
     parsed = _load(recipe, overrides)
@@ -186,6 +186,10 @@ def compare(recipe: str, stacks: str | None, overrides: tuple[str, ...], resume:
     result = run_compare(parsed, chosen, resume=resume, progress=not quiet)
     shown, columns = display_rows(result.rows)
     click.echo(table(shown, columns))
+    paired, paired_columns = paired_rows(result.rows)
+    if paired:
+        click.echo("\npaired difference to base (same examples and seeds), 95% CI:")
+        click.echo(table(paired, paired_columns))
     click.echo(f"\nreport: {result.report_dir / 'report.md'}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from mmadapt.core.report import human_bytes, table
+from mmadapt.core.stats import paired_bootstrap
 from mmadapt.core.strategy import STACK_ORDER, get_modality
 from mmadapt.errors import MmadaptError
 from mmadapt.recipe import Recipe, parse_stack, stack_label
@@ -79,7 +81,8 @@ def compare(
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = Path(recipe.output_dir) / recipe.name / "compare" / stamp
     report_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    version_dirs: list[Path] = []
     for names in parsed:
         label = stack_label(names)
         path = report_dir / "stacks" / f"{label.replace('+', '-')}.yaml"
@@ -94,10 +97,78 @@ def compare(
             row[metric] = value
             row[f"{metric}_ci"] = [lo, hi]
         row.update({k: manifest["costs"].get(k) for k in COST_COLUMNS})
+        sheet = _copy_overview(manifest, recipe, report_dir, label)
+        if sheet:
+            row["samples"] = sheet
         rows.append(row)
+        version_dirs.append(Path(recipe.output_dir).resolve() / manifest["name"] / manifest["version"])
+    paired_vs_base(rows, version_dirs, seed=recipe.train.seed)
     result = CompareResult(rows, report_dir, modality.primary_metric)
     write_report(result, recipe)
     return result
+
+
+def _example_scores(version_dir: Path) -> dict[str, dict[str, Any]]:
+    path = version_dir / "predictions.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {str(r.get("id")): r for r in records if "id" in r}
+
+
+def paired_vs_base(rows: list[dict[str, Any]], version_dirs: Sequence[Path], seed: int = 0) -> None:
+    """Add ``<metric>_vs_base`` (mean paired difference to the base row over the same eval examples,
+    its 95% bootstrap CI and p-value) to every row, when the comparison has a ``base`` row.
+
+    The stacks share the eval examples and seeds, so the paired difference is the sharper test
+    of "better than the base" than two overlapping per-stack intervals.
+    """
+    labels = [row["stack"] for row in rows]
+    if "base" not in labels:
+        return
+    base = _example_scores(version_dirs[labels.index("base")])
+    metrics = metric_names(rows)
+    for row, folder in zip(rows, version_dirs):
+        if row["stack"] == "base":
+            continue
+        scores = _example_scores(folder)
+        ids = [i for i in base if i in scores]
+        for metric in metrics:
+            pairs = [(base[i].get(metric), scores[i].get(metric)) for i in ids]
+            pairs = [(a, b) for a, b in pairs if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+            if len(pairs) < 2:
+                continue
+            test = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+            row[f"{metric}_vs_base"] = {k: round(v, 4) for k, v in test.items()}
+
+
+def paired_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of 'Δ [lo, hi]' cells of each metric against the base (empty when there is none)."""
+    metrics = [m for m in metric_names(rows) if any(f"{m}_vs_base" in r for r in rows)]
+    out = []
+    for row in rows:
+        if row["stack"] == "base":
+            continue
+        shown = {"stack": row["stack"]}
+        for m in metrics:
+            t = row.get(f"{m}_vs_base")
+            shown[f"Δ {m}"] = "-" if t is None else f"{t['diff']:+.3f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] p={t['p_value']:.3f}"
+        out.append(shown)
+    return (out, ["stack", *[f"Δ {m}" for m in metrics]]) if metrics else ([], [])
+
+
+def _copy_overview(manifest: dict[str, Any], recipe: Recipe, report_dir: Path, label: str) -> str | None:
+    """Copy a stack's overview sample (its first ``samples`` file, e.g. a contact sheet) into the report."""
+    samples = manifest.get("samples") or []
+    if not samples:
+        return None
+    source = Path(recipe.output_dir).resolve() / manifest["name"] / manifest["version"] / samples[0]
+    if not source.is_file():
+        return None
+    target = report_dir / "samples" / f"{label.replace('+', '-')}{source.suffix}"
+    target.parent.mkdir(exist_ok=True)
+    shutil.copyfile(source, target)
+    return str(target.relative_to(report_dir))
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
@@ -141,6 +212,21 @@ def write_report(result: CompareResult, recipe: Recipe) -> None:
         "![quality against training cost](report.png)",
         "",
     ]
+    paired, paired_columns = paired_rows(result.rows)
+    if paired:
+        md += [
+            "## Against the base, example by example",
+            "",
+            "Mean paired difference to the base over the same eval examples (same seeds), 95% bootstrap CI, two-sided p.",
+            "",
+            table(paired, paired_columns, markdown=True),
+            "",
+        ]
+    sheets = [(row["stack"], row["samples"]) for row in result.rows if row.get("samples")]
+    if sheets:
+        md += ["## Samples", ""]
+        for label, rel in sheets:
+            md += [f"### {label}", "", f"![{label} samples]({rel})", ""]
     (result.report_dir / "report.md").write_text("\n".join(md))
     plot(result, result.report_dir / "report.png")
 

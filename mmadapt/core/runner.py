@@ -114,6 +114,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 }
             predictor = modality.predictor(stack)
             result = evaluate(modality, predictor, data, recipe, progress=progress)
+            samples = modality.write_samples(result.predictions, result.rows, writer.tmp)
             _write_predictions(writer.tmp / "predictions.jsonl", result)
             costs = {
                 "train_seconds": round(sum(f["train_seconds"] for f in fits.values()), 3),
@@ -135,6 +136,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 "parts": fits,
                 "metrics": result.metrics,
                 "ci95": {k: list(v) for k, v in result.ci.items()},
+                "samples": samples,
                 "costs": costs,
                 "versions": package_versions(),
             }

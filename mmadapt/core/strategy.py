@@ -170,6 +170,12 @@ class Modality(ABC):
 
         raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
 
+    def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
+        """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
+        generated images and a contact sheet for images; the first one is the overview a report shows.
+        It may add columns to ``rows`` (e.g. the image file of each example). The default writes none."""
+        return []
+
     def aggregate(self, rows: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
         """Corpus-level metrics from per-example rows; the default is the mean of each metric.
 

@@ -68,3 +68,126 @@ def tiny_causal_lm(folder: str | Path, *, corpus: Iterable[str] = DEFAULT_CORPUS
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _tiny_text_tower():
+    """(the embedded shapes-diffusion tokenizer, a 1-layer CLIP text config for it).
+
+    The tokenizer is read with ``from_pretrained(dir)``: transformers 5's
+    ``CLIPTokenizer(vocab_file=..., merges_file=...)`` silently ignores both files.
+    """
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from mmadapt.models.shapes import embedded_shapes_diffusion
+
+    tokenizer = CLIPTokenizer.from_pretrained(embedded_shapes_diffusion(), subfolder="tokenizer")
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+    )
+    return tokenizer, config
+
+
+def _tiny_vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        mid_block_add_attention=False,
+    )
+
+
+def _tiny_unet(sample_size: int, cross_dim: int, **extra):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=cross_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
+def tiny_diffusion_pipeline(folder: str | Path, *, seed: int = 0, sample_size: int = 8) -> Path:
+    """Write a tiny random ``StableDiffusionPipeline`` folder (UNet, 2x VAE, CLIP text encoder, DDIM)
+    to ``folder``; return it. Images are ``2 * sample_size`` pixels a side."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tokenizer, text_config = _tiny_text_tower()
+    torch.manual_seed(seed)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.0001,
+        beta_end=0.02,
+        clip_sample=False,
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(sample_size),
+        text_encoder=CLIPTextModel(text_config),
+        tokenizer=tokenizer,
+        unet=_tiny_unet(sample_size, text_config.hidden_size),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(Path(folder), safe_serialization=True)
+    return Path(folder)
+
+
+def tiny_sdxl_pipeline(folder: str | Path, *, seed: int = 0, sample_size: int = 8) -> Path:
+    """Write a tiny random ``StableDiffusionXLPipeline`` folder (two text encoders, a UNet with
+    SDXL's text-time embedding, Euler) to ``folder``; return it."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, text_config = _tiny_text_tower()
+    torch.manual_seed(seed)
+    time_dim = 8
+    unet = _tiny_unet(
+        sample_size,
+        2 * text_config.hidden_size,  # both encoders' hidden states, concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=text_config.projection_dim + 6 * time_dim,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(sample_size),
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(),
+    )
+    pipe.save_pretrained(Path(folder), safe_serialization=True)
+    return Path(folder)
