@@ -41,7 +41,11 @@ class SpeechAdapterStrategy(Strategy):
         from mmadapt.core.trainer import seed_everything
 
         seed_everything(self.recipe.train.seed)
-        targets = TARGETS.get(self.config.target_modules, self.config.target_modules) if isinstance(self.config.target_modules, str) else self.config.target_modules
+        targets = (
+            TARGETS.get(self.config.target_modules, self.config.target_modules)
+            if isinstance(self.config.target_modules, str)
+            else self.config.target_modules
+        )
         lora = LoraConfig(r=self.config.r, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout, target_modules=targets)
         model = get_peft_model(stack.model, lora)
         report = train_whisper(model, stack, data, ctx, "adapter", self.config.freeze_encoder, self.config.train)

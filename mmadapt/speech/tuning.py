@@ -29,7 +29,9 @@ def _prompt_terms(stack, example, rng: random.Random) -> list[str] | None:
     if stack.retriever is not None and stack.vocabulary:
         own = [t for t in example.meta.get("terms", []) if t in stack.vocabulary]
         others = [t for t in stack.vocabulary if t not in own]
-        terms = own + rng.sample(others, min(len(others), stack.retriever.config.top_k - len(own) if len(own) < stack.retriever.config.top_k else 2))
+        terms = own + rng.sample(
+            others, min(len(others), stack.retriever.config.top_k - len(own) if len(own) < stack.retriever.config.top_k else 2)
+        )
         rng.shuffle(terms)
         return fit_terms(stack, list(dict.fromkeys([*terms, *(stack.prompt_terms or [])])), stack.max_prompt_tokens)
     return stack.prompt_terms
