@@ -242,3 +242,28 @@ def test_batched_mixed_prompt_greedy_equals_generate_row_by_row(speech_recipe):
         )
         expected = [t for t in out[cut + 1 :] if t != special["eot"]]
         assert mixed[row] == expected, (row, term_sets[row])
+
+
+def test_retrieval_training_sequences_cover_both_passes(speech_recipe, tmp_path):
+    """With retrieval in the stack each train clip gives a prompt-less sequence (the first pass) and
+    one prompted with its own terms among distractors (the second pass); the loss is on the transcript."""
+    from mmadapt.speech.tuning import IGNORE, encode_examples
+
+    recipe, modality, stack, data = _stack(speech_recipe({"retrieval": {"top_k": 4}}))
+    part = tmp_path / "retrieval"
+    part.mkdir()
+    strategy = modality.strategies["retrieval"](recipe.strategies["retrieval"], recipe)
+    strategy.fit(stack, data, part, FitContext(recipe, tmp_path / "work", progress=False))
+    strategy.compose(stack, part)
+    encoded = encode_examples(stack, data, seed=0)
+    tok = stack.processor.tokenizer
+    special = special_ids(tok)
+    assert [source for *_x, source in encoded] == [i for i in range(len(data.train)) for _ in range(2)]
+    for k, example in enumerate(data.train):
+        (plain, plain_y, _), (prompted, prompted_y, _) = encoded[2 * k], encoded[2 * k + 1]
+        assert plain[0] == special["sot"] and prompted[0] == special["prev"]
+        prompt = tok.decode(prompted[1 : prompted.index(special["sot"])])
+        assert all(term in prompt for term in example.meta["terms"]), (prompt, example.meta["terms"])
+        for y in (plain_y, prompted_y):
+            said = [t for t in y if t != IGNORE]
+            assert tok.decode(said[:-1]).strip() == example.reference and said[-1] == special["eot"]
