@@ -201,9 +201,15 @@ def test_interrupted_lora_run_resumes_to_the_uninterrupted_result(speech_recipe,
     with pytest.raises(Interrupted):
         mmadapt.run(mmadapt.load_recipe(path), progress=False)
     assert not list((Path(straight.recipe.output_dir) / "killed").glob("v0*")), "an interrupted run publishes nothing"
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    saved = []
 
+    def save_and_count(folder, model, optimizer, step, losses):
+        saved.append(step)
+        real_save(folder, model, optimizer, step, losses)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_count)
     resumed = mmadapt.run(mmadapt.load_recipe(path), resume=True, progress=False)
+    assert saved == [6], "the resumed run went on from step 3, not from the start"
     assert resumed.manifest["parts"]["adapter"]["final_loss"] == pytest.approx(
         straight.manifest["parts"]["adapter"]["final_loss"], abs=1e-5
     )
