@@ -273,3 +273,25 @@ def test_retrieval_training_sequences_cover_both_passes(speech_recipe, tmp_path)
         for y in (plain_y, prompted_y):
             said = [t for t in y if t != IGNORE]
             assert tok.decode(said[:-1]).strip() == example.reference and said[-1] == special["eot"]
+
+
+def test_beam_search_goes_through_generate_with_each_rows_prompt(speech_recipe):
+    import torch
+
+    from mmadapt.speech.transcribe import Windows
+
+    recipe, _m, stack, data = _stack(speech_recipe({}, inference={"max_new_tokens": 10, "batch_size": 3, "num_beams": 2}))
+    stack.prompt_template = "Glossary: {terms}."
+    windows = Windows(stack, [e.input for e in data.train[:3]])
+    batch = windows.batches[0]
+    prompts = [None, prompt_token_ids(stack, ["Zentrix"]), prompt_token_ids(stack, ["Zentrix"])]
+    texts = windows.decode(windows.encode(batch), batch, prompts)
+    for row, n in enumerate(batch):
+        feats = stack.processor.feature_extractor(windows.items[n][1], sampling_rate=16000, return_tensors="pt").input_features
+        kwargs = {"prompt_ids": torch.tensor(prompts[row])} if prompts[row] else {}
+        out = stack.model.generate(input_features=feats, max_new_tokens=windows.limit(n), num_beams=2, **kwargs).tolist()[0]
+        special = special_ids(stack.processor.tokenizer)
+        if special["notimestamps"] in out:
+            out = out[max(i for i, t in enumerate(out) if t in (special["sot"], special["notimestamps"])) + 1 :]
+        expected = stack.processor.tokenizer.decode([t for t in out if t != special["eot"]], skip_special_tokens=True).strip()
+        assert texts[row] == expected, row
