@@ -15,6 +15,7 @@ class MmadaptError(Exception):
 
     def __init__(self, message: str, *, path: str | None = None, fix: str | None = None):
         self.path = str(path) if path is not None else None
+        self.message = message
         self.fix = fix
         parts = [f"{self.path}: {message}" if self.path else message]
         if fix:

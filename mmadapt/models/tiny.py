@@ -1,4 +1,4 @@
-"""Tiny random models built in-process from configs, for fast tests.
+"""Tiny random models built in-process from configs, for fast tests (a causal LM and a Whisper).
 
 Nothing here downloads anything: the tokenizer is a byte-level BPE trained in
 milliseconds on a few sentences, the model a 2-layer Llama with random weights.
@@ -191,3 +191,111 @@ def tiny_sdxl_pipeline(folder: str | Path, *, seed: int = 0, sample_size: int = 
     )
     pipe.save_pretrained(Path(folder), safe_serialization=True)
     return Path(folder)
+WHISPER_SPECIALS = (
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|transcribe|>",
+    "<|translate|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+)
+
+WHISPER_CORPUS = [
+    "Glossary: Zentrix, Kubelyn, Vextora, QPX-9, flarn cache.",
+    "restart the Zentrix gateway before the Kubelyn sync",
+    "the quick brown fox jumps over the lazy dog",
+    "open the grobble queue and check the snorvel index",
+]
+
+
+def tiny_whisper_tokenizer(corpus: Iterable[str] = WHISPER_CORPUS, vocab_size: int = 320):
+    """A Whisper tokenizer (byte-level BPE + Whisper's English control tokens, no timestamp tokens)
+    trained in-process; the control tokens come last, as in Whisper's vocabulary."""
+    import json
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import WhisperTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.add_special_tokens(list(WHISPER_SPECIALS))
+    with tempfile.TemporaryDirectory() as stage:
+        tok.save(f"{stage}/tokenizer.json")
+        config = {
+            "tokenizer_class": "WhisperTokenizer",
+            **{k: "<|endoftext|>" for k in ("bos_token", "eos_token", "unk_token", "pad_token")},
+            "add_prefix_space": False,
+            "model_max_length": 1024,
+            "extra_special_tokens": list(WHISPER_SPECIALS[1:]),
+        }
+        with open(f"{stage}/tokenizer_config.json", "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        return WhisperTokenizer.from_pretrained(stage)
+
+
+def tiny_whisper(folder: str | Path, *, corpus: Iterable[str] = WHISPER_CORPUS, seed: int = 0, init_std: float = 0.2) -> Path:
+    """Write a tiny random English-only Whisper (1+1 layers, width 32) with its processor to
+    ``folder``: same layout and generation config as the embedded conversion; return it.
+
+    Weights are drawn with std ``init_std`` (Whisper's default 0.02 gives near-uniform logits
+    through the tied output projection, which a LoRA on a width-32 decoder barely moves)."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    folder = Path(folder)
+    tokenizer = tiny_whisper_tokenizer(corpus)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    eot, sot, no_ts = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=448,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        decoder_start_token_id=sot,
+        suppress_tokens=[],
+        begin_suppress_tokens=[eot],
+        init_std=init_std,
+    )
+    model = WhisperForConditionalGeneration(config)
+    gen = GenerationConfig(
+        bos_token_id=eot,
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=448,
+        begin_suppress_tokens=[eot],
+        suppress_tokens=[],
+        forced_decoder_ids=[[1, no_ts]],
+    )
+    gen.no_timestamps_token_id = no_ts
+    gen.is_multilingual = False
+    gen.prev_sot_token_id = ids["<|startofprev|>"]
+    gen.return_timestamps = False
+    model.generation_config = gen
+    model.save_pretrained(folder, safe_serialization=True)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -75,7 +75,14 @@ class SpeechModality(Modality):
             folder = recipe.path(ref)
             meta = folder / "metadata.jsonl"
             if not folder.is_dir():
-                problems.append(v.error(folder, None, "an audio split is a folder with metadata.jsonl", "point data.train / data.eval at the folder"))
+                problems.append(
+                    v.error(
+                        folder,
+                        None,
+                        "an audio split is a folder with metadata.jsonl",
+                        "point data.train / data.eval at the folder",
+                    )
+                )
                 continue
             names = []
             for number, record in v.scan_jsonl(meta, problems, what="metadata.jsonl"):
@@ -88,26 +95,38 @@ class SpeechModality(Modality):
                     problems.append(v.error(meta, number, f"empty transcription for {name}", "add what is said in the clip"))
                 audio = (folder / name).resolve()
                 if folder.resolve() not in audio.parents:
-                    problems.append(v.error(meta, number, f"{name} points outside the split folder", "keep the audio inside the split folder"))
+                    problems.append(
+                        v.error(meta, number, f"{name} points outside the split folder", "keep the audio inside the split folder")
+                    )
                     continue
                 try:
                     load_audio(audio)  # the loader's own checks: missing, empty, undecodable, no samples, NaN
                     info = sf.info(str(audio))
                 except DataError as exc:
-                    problems.append(v.Problem(v.ERROR, str(meta), number, f"{name}: {v.Problem.from_error(exc).message}", exc.fix))
+                    problems.append(
+                        v.Problem(v.ERROR, str(meta), number, f"{name}: {v.Problem.from_error(exc).message}", exc.fix)
+                    )
                     continue
                 except Exception:  # noqa: BLE001 - decoded by torchaudio but no soundfile header: no rate/channel checks
                     info = None
                 if info is not None:
                     if info.samplerate != SAMPLE_RATE:
-                        problems.append(v.warning(meta, number, f"{name}: {info.samplerate} Hz, resampled to {SAMPLE_RATE} Hz on load"))
+                        problems.append(
+                            v.warning(meta, number, f"{name}: {info.samplerate} Hz, resampled to {SAMPLE_RATE} Hz on load")
+                        )
                     if info.channels != 1:
                         problems.append(v.warning(meta, number, f"{name}: {info.channels} channels, downmixed to mono on load"))
                     seconds = info.frames / info.samplerate if info.samplerate else 0.0
                     if seconds > CHUNK_SECONDS:
                         if split == "train":
-                            problems.append(v.error(meta, number, f"{name}: {seconds:.1f} s > {CHUNK_SECONDS:.0f} s: Whisper trains on one 30 s window",
-                                                    "cut it into clips of at most 30 s with their transcripts"))
+                            problems.append(
+                                v.error(
+                                    meta,
+                                    number,
+                                    f"{name}: {seconds:.1f} s > {CHUNK_SECONDS:.0f} s: Whisper trains on one 30 s window",
+                                    "cut it into clips of at most 30 s with their transcripts",
+                                )
+                            )
                         else:
                             problems.append(v.warning(meta, number, f"{name}: {seconds:.1f} s, transcribed in 30 s windows"))
                 hashes[split].append((v.file_sha256(audio), str(meta), number))
@@ -133,7 +152,9 @@ class SpeechModality(Modality):
 
         return save_model_folder(stack.model, out_dir, stack.processor)
 
-    def score(self, predictions: list[Prediction], examples: list[Example], metrics: Sequence[str], data: DataBundle) -> list[dict[str, Any]]:
+    def score(
+        self, predictions: list[Prediction], examples: list[Example], metrics: Sequence[str], data: DataBundle
+    ) -> list[dict[str, Any]]:
         terms = data.resources.get("vocabulary", [])
         rows = []
         for pred, ex in zip(predictions, examples):

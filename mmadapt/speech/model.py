@@ -22,7 +22,9 @@ def load_whisper(ref: str, *, trust_remote_code: bool = False, allow_pickle: boo
     check_safetensors_only(location, allow_pickle=allow_pickle)
     try:
         processor = WhisperProcessor.from_pretrained(location)
-        model = WhisperForConditionalGeneration.from_pretrained(location, dtype=torch.float32, use_safetensors=None if allow_pickle else True)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            location, dtype=torch.float32, use_safetensors=None if allow_pickle else True
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None
     model.eval()

@@ -70,7 +70,9 @@ class SpeechRetrievalStrategy(Strategy):
         if not stack.vocabulary:
             raise DataError("the retrieval strategy needs a vocabulary", path=self.recipe.source, fix="set data.vocabulary")
         index = EmbeddingIndex(meta={"embedder": SoundEmbedder.ref})
-        index.add(SoundEmbedder().encode(stack.vocabulary), [{"id": f"term-{i}", "term": t} for i, t in enumerate(stack.vocabulary)])
+        index.add(
+            SoundEmbedder().encode(stack.vocabulary), [{"id": f"term-{i}", "term": t} for i, t in enumerate(stack.vocabulary)]
+        )
         index.save(part_dir / "index")
         (part_dir / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
         return FitReport()
