@@ -69,3 +69,20 @@ def test_retrieval_beats_prompt_when_the_vocabulary_exceeds_the_prompt_budget(tm
     print(f"300 terms, 12 eval clips: B-WER prompt {b_prompt:.3f}, retrieval {b_retrieval:.3f}")
     assert b_retrieval < b_prompt - 0.1, (b_retrieval, b_prompt)
     assert retrieval["metrics"]["term_recall"] > prompt["metrics"]["term_recall"]
+
+
+def test_converted_whisper_transcribes_plain_english_below_10_percent_wer(tmp_path, monkeypatch):
+    """The CTranslate2 -> transformers conversion is sound: the base model on the 20 plain
+    (no domain term) espeak-ng sentences of datasets/speech-domain/plain, through `mmadapt run`."""
+    monkeypatch.chdir(ROOT)
+    plain = "datasets/speech-domain/plain"
+    result = CliRunner().invoke(
+        main,
+        ["run", str(RECIPE), "--set", f"output_dir={tmp_path}", "--set", f"data.eval={plain}", "--set", "strategies={}",
+         "--set", "eval.bootstrap=0", "--set", "eval.latency_samples=1", "--quiet", "--show", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "speech-domain-vocab" / "v0001")
+    assert manifest["costs"]["eval_examples"] == 20
+    print(f"plain English, 20 clips: WER {manifest['metrics']['wer']:.3f}")
+    assert manifest["metrics"]["wer"] < 0.10

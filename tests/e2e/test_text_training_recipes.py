@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
-    "--set", "train.steps=3", "--set", "train.warmup_steps=1", "--set", "train.checkpoint_every=2",
+    "--set", "train.steps=3", "--set", "train.warmup_steps=1", "--set", "train.checkpoint_every=2", "--set", "train.micro_batch_size=2",
     "--set", "eval.limit=3", "--set", "eval.bootstrap=0", "--set", "eval.latency_samples=1",
     "--set", "inference.max_new_tokens=12", "--quiet", "--show", "0",
 ]  # fmt: skip
