@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mmadapt import distributed
-from mmadapt.core.strategy import FitReport
+from mmadapt.core.strategy import FitContext, FitReport
 from mmadapt.errors import MmadaptError
 
 try:  # DTensor: the parameters and optimizer moments of an FSDP-sharded model
@@ -333,6 +333,31 @@ def _fsdp_unshard(record: _Sharded) -> None:
     for module, before in record.attributes:  # FSDP state, _is_fsdp_managed_module (generate() checks it) ...
         for key in [k for k in vars(module) if k not in before]:
             delattr(module, key)
+
+
+def train_strategy(
+    model: torch.nn.Module,
+    ctx: FitContext,
+    name: str,
+    *,
+    lengths: Sequence[int],
+    collate: Callable[[list[int]], tuple[Any, int]],
+    loss_fn: LossFn,
+    config,
+) -> FitReport:
+    """:func:`train` for the strategy ``name`` of a run: its checkpoints live in the run's
+    crash-surviving ``run_dir/<name>``, and ``--resume`` and progress bars follow the run."""
+    return train(
+        model,
+        lengths=lengths,
+        collate=collate,
+        loss_fn=loss_fn,
+        config=config,
+        checkpoint_dir=Path(ctx.run_dir) / name,
+        resume=ctx.resume,
+        progress=ctx.progress,
+        desc=f"{name} training",
+    )
 
 
 def train(

@@ -13,8 +13,6 @@ the loss is the per-example MSE, summed (the trainer divides by the step's examp
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from pydantic import Field
 
@@ -112,14 +110,4 @@ def train_denoiser(model, stack, data: DataBundle, ctx: FitContext, name: str, t
         pred = m(batch["xt"], batch["t"], encoder_hidden_states=batch["cond"]).sample
         return torch.nn.functional.mse_loss(pred.float(), batch["target"].float(), reduction="none").mean(dim=(1, 2, 3)).sum()
 
-    return trainer.train(
-        model,
-        lengths=[1] * len(refs),
-        collate=collate,
-        loss_fn=loss_fn,
-        config=config,
-        checkpoint_dir=Path(ctx.run_dir) / name,
-        resume=ctx.resume,
-        progress=ctx.progress,
-        desc=f"{name} training",
-    )
+    return trainer.train_strategy(model, ctx, name, lengths=[1] * len(refs), collate=collate, loss_fn=loss_fn, config=config)

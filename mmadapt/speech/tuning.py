@@ -17,7 +17,6 @@ of a LoRA step on a CPU. Inference still sees all 1500 states.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -139,14 +138,6 @@ def train_whisper(
             logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE, reduction="sum"
         )
 
-    return trainer.train(
-        model,
-        lengths=[len(x) for x, _y, _s in encoded],
-        collate=collate,
-        loss_fn=loss_fn,
-        config=config,
-        checkpoint_dir=Path(ctx.run_dir) / name,
-        resume=ctx.resume,
-        progress=ctx.progress,
-        desc=f"{name} training",
+    return trainer.train_strategy(
+        model, ctx, name, lengths=[len(x) for x, _y, _s in encoded], collate=collate, loss_fn=loss_fn, config=config
     )

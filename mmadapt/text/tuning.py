@@ -8,8 +8,6 @@ exactly what it will be served with.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from mmadapt.core import trainer
@@ -84,14 +82,12 @@ def train_text_model(model, stack, data: DataBundle, ctx: FitContext, name: str,
     config = overrides.apply(stack.recipe.train) if overrides is not None else stack.recipe.train
     encoded = encode_examples(stack, data, config.max_seq_len)
     device = next(model.parameters()).device
-    return trainer.train(
+    return trainer.train_strategy(
         model,
+        ctx,
+        name,
         lengths=[len(x) for x, _ in encoded],
         collate=make_collate(encoded, stack.tokenizer.pad_token_id, device),
         loss_fn=summed_lm_loss,
         config=config,
-        checkpoint_dir=Path(ctx.run_dir) / name,
-        resume=ctx.resume,
-        progress=ctx.progress,
-        desc=f"{name} training",
     )
