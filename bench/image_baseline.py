@@ -1,6 +1,6 @@
 """Baseline of the embedded image models against the brand-style set.
 
-    python bench/image_baseline.py [--out runs/bench/image_baseline] [--steps 25] [--guidance 5.0]
+    python bench/image_baseline.py [--out runs/bench/image_baseline] [--steps 25] [--guidance 5.0] [--diffusion DIR]
 
 Generates, with the embedded ``shapes-diffusion`` (no adaptation):
 
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--diffusion", type=Path, default=None, help="a shapes-diffusion folder to score instead of the shipped one"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     truth = [sw.render(s) for s in scenes]
     world = [im for im, _ in sw.generate(24, seed=31337)]
 
-    pipe = shapes.load_shapes_pipeline()
+    diffusion = args.diffusion or shapes.embedded_shapes_diffusion()
+    pipe = shapes.load_shapes_pipeline(diffusion)
     pipe.set_progress_bar_config(disable=True)
     emb = ev.ClipEmbedder.from_pretrained(shapes.embedded_shapes_clip())
 
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             np.mean([ev.palette_adherence(im, scene_colours(s)) for im, s in zip(captioned, scenes[1:] + scenes[:1])])
         ),
     }
-    training = json.loads((shapes.embedded_shapes_diffusion() / "training.json").read_text())
+    training = json.loads((diffusion / "training.json").read_text())
     result = {
         "steps": args.steps,
         "guidance": args.guidance,

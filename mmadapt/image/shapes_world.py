@@ -326,9 +326,8 @@ def _draw_double_border(draw: ImageDraw.ImageDraw, color, background, side: int)
         draw.rectangle([o, o, side - 1 - o, side - 1 - o], outline=color, width=width)
 
 
-def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
-    """Draw ``scene`` as an RGB image of ``size`` x ``size`` pixels."""
-    side = size * SUPERSAMPLE
+def _draw_scene(scene: Scene, side: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """Background, texture and shapes of ``scene`` on a ``side`` x ``side`` (supersampled) canvas."""
     bg = scene.rgb(scene.background)
     image = Image.new("RGB", (side, side), bg)
     draw = ImageDraw.Draw(image)
@@ -337,6 +336,14 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
     color = scene.rgb(scene.color)
     for fx, fy in centers:
         _draw_shape(draw, scene.shape, fx * side, fy * side, radius * side, scene.rotation, color, bg)
+    return image, draw
+
+
+def render(scene: Scene, size: int = DEFAULT_SIZE) -> Image.Image:
+    """Draw ``scene`` as an RGB image of ``size`` x ``size`` pixels."""
+    side = size * SUPERSAMPLE
+    bg = scene.rgb(scene.background)
+    image, draw = _draw_scene(scene, side)
     if scene.brand:
         _draw_double_border(draw, scene.rgb(scene.border_color or "coral"), bg, side)
     return image.resize((size, size), Image.Resampling.BOX)
@@ -370,6 +377,43 @@ def render_brand(n: int, seed: int = 0, size: int = DEFAULT_SIZE) -> list[tuple[
         scene = sample_brand_scene(rng)
         out.append((render(scene, size), caption(scene, None), scene))
     return out
+
+
+class _FreeColourScene(Scene):
+    """A scene whose colour names map to arbitrary RGB (``extra["rgb"]``)."""
+
+    def rgb(self, name: str) -> tuple[int, int, int]:
+        return self.extra["rgb"][name]
+
+
+def render_detail(rng: random.Random, size: int = DEFAULT_SIZE) -> Image.Image:
+    """A brand-naive image that teaches an autoencoder colour and 1-px detail in general.
+
+    A base-world scene whose every colour (shape, background, texture) is drawn uniformly
+    from the RGB cube, and, on about 60%, one to eight 1-px horizontal or vertical lines in
+    random colours at random positions (sometimes adjacent, at a 2-px period). No brand
+    palette, no frame, no caption: the autoencoder that trains on it learns to pass any
+    colour and any pixel-sized line through, not any style.
+    """
+
+    def colour() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    base = sample_scene(rng)
+    rgb = {name: colour() for name in BASE_PALETTE} | {"texture": colour()}
+    scene = _FreeColourScene(**{**base.__dict__, "brand": True, "texture_color": "texture", "extra": {"rgb": rgb}})
+    side = size * SUPERSAMPLE
+    image, draw = _draw_scene(scene, side)
+    if rng.random() < 0.6:
+        for _ in range(rng.randint(1, 8)):
+            at, start, stop = (rng.randrange(size) for _ in range(3))
+            lo, hi = sorted((start, stop))
+            lo, hi = (0, size - 1) if rng.random() < 0.5 else (lo, hi)
+            box = [lo * SUPERSAMPLE, at * SUPERSAMPLE, (hi + 1) * SUPERSAMPLE - 1, (at + 1) * SUPERSAMPLE - 1]
+            if rng.random() < 0.5:
+                box = [box[1], box[0], box[3], box[2]]
+            draw.rectangle(box, fill=colour())
+    return image.resize((size, size), Image.Resampling.BOX)
 
 
 def content_prompt(scene: Scene) -> str:

@@ -22,6 +22,19 @@ Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
    ``StableDiffusionPipeline`` folder (``DIR/shapes-diffusion``, DDIM scheduler with x0 clipping, see ``sampling_scheduler``)
    every few minutes and at the end.
 
+``--pixel-space`` trains the variant measured for the brand-style ceiling instead (not the
+shipped model): an ``AutoencoderKL`` with one block, i.e. no downsampling (latents 4x32x32,
+so diffusion is effectively in pixel space), trained on base-world renders mixed 1:1 with
+:func:`~mmadapt.image.shapes_world.render_detail` images (any RGB colour, random 1-px lines;
+no brand palette, no frame), and a 4-level UNet (32, 16, 8, 4 px; cross-attention at 8 and 4).
+Its autoencoder passes the brand references through at palette adherence 0.888 (the shipped
+VAE: 0.276), but 42 + 30 minutes of UNet training on 2 CPU cores left its samples grainy and
+its captions poorly followed (``datasets/brand-style/README.md``).
+
+``--text-encoder-from FOLDER`` skips the tokenizer and CLIP stages and takes the tokenizer and
+text tower of an exported pipeline instead (e.g. the shipped ``shapes-diffusion``), to
+retrain only the autoencoder and the UNet.
+
 ``--minutes`` is the total budget, split 14% / 4% / 7% / 75% over clip / clip_styles / vae / unet
 (each overridable, e.g. ``--unet-minutes``). Exports
 carry ``.mmadapt-hashes.json`` so :mod:`mmadapt.models.shapes` can verify them.
@@ -49,7 +62,9 @@ from mmadapt.image import shapes_world as sw
 IMAGE_SIZE = 32
 LATENT_SIZE = 16  # the VAE halves the side once
 LATENT_CHANNELS = 8
+PIXEL_LATENT_CHANNELS = 4  # --pixel-space: latents 4x32x32
 VAE_CROP = 16
+VAE_DETAIL_POOL = 8000  # --pixel-space: render_detail images mixed 1:1 with base-world renders
 SAMPLE_CLIP = 4.0  # |x0| bound of the sampler, in scaled latent units
 MAX_TOKENS = 24
 SPLIT = {"clip": 0.14, "clip_styles": 0.04, "vae": 0.07, "unet": 0.75}
@@ -166,29 +181,32 @@ def clip_config(tokenizer):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 
-def vae_config() -> dict:
+def vae_config(pixel_space: bool = False) -> dict:
+    blocks = 1 if pixel_space else 2
     return dict(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 48),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(32,) if pixel_space else (16, 48),
         layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=PIXEL_LATENT_CHANNELS if pixel_space else LATENT_CHANNELS,
         norm_num_groups=8,
         sample_size=IMAGE_SIZE,
         mid_block_add_attention=False,
     )
 
 
-def unet_config(cross_dim: int) -> dict:
+def unet_config(cross_dim: int, pixel_space: bool = False) -> dict:
+    plain = 2 if pixel_space else 1  # levels without attention: 32 and 16 px, or the 16x16 latent
+    channels = PIXEL_LATENT_CHANNELS if pixel_space else LATENT_CHANNELS
     return dict(
-        sample_size=LATENT_SIZE,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 64),
+        sample_size=IMAGE_SIZE if pixel_space else LATENT_SIZE,
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * plain,
+        block_out_channels=(16, 32, 64, 64) if pixel_space else (32, 64, 64),
         layers_per_block=1,
         cross_attention_dim=cross_dim,
         attention_head_dim=4,
@@ -405,11 +423,18 @@ def train_clip_styles(
     return model
 
 
-def train_vae(work: Path, data: SceneData, seconds: float, seed: int):
+def detail_images(n: int, seed: int) -> torch.Tensor:
+    """``n`` :func:`~mmadapt.image.shapes_world.render_detail` images in [-1, 1] (brand-naive)."""
+    rng = random.Random(seed)
+    pixels = np.stack([np.asarray(sw.render_detail(rng, IMAGE_SIZE)) for _ in range(n)])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_space: bool = False):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config(pixel_space))
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     ck = load_ckpt(work / "vae.pt")
     step, spent = 0, 0.0
@@ -420,19 +445,23 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int):
         if ck.get("done"):
             vae.register_to_config(scaling_factor=ck["scaling_factor"])
             return vae
+    detail = detail_images(VAE_DETAIL_POOL, seed + 5) if pixel_space else None
     gen = torch.Generator().manual_seed(seed + 7 + step)
     start, losses = time.time(), []
     vae.train()
     while spent + (time.time() - start) < seconds:
-        idx = torch.randint(0, len(data), (32,), generator=gen)
-        x = data.images(idx)
+        if detail is None:
+            x = data.images(torch.randint(0, len(data), (32,), generator=gen))
+        else:
+            idx = torch.randint(0, len(data), (16,), generator=gen)
+            x = torch.cat([data.images(idx), detail[torch.randint(0, len(detail), (16,), generator=gen)]])
         # fully convolutional, so random 16x16 crops teach it the same thing 4x cheaper
         top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - VAE_CROP + 1, (2,), generator=gen))
         x = x[:, :, top : top + VAE_CROP, left : left + VAE_CROP]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, 2e-3, 50, max(200, int(seconds / 0.4)))
+            group["lr"] = lr_at(step, 2e-3, 50, max(200, int(seconds / (0.12 if pixel_space else 0.4))))
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
+        rec = vae.decode(post.sample(gen) if pixel_space else post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
@@ -508,19 +537,34 @@ def export_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -
     replace_folder(tmp, out / "shapes-diffusion")
 
 
-def train_unet(
-    out: Path, work: Path, tokenizer, clip, vae, data: SceneData, seconds: float, seed: int, export_every: float = 600.0
-):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def text_tower(clip):
+    """The diffusion model's text encoder: a ``CLIPTextModel`` with ``clip``'s text weights."""
     from transformers import CLIPTextModel
 
     text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder
+
+
+def train_unet(
+    out: Path,
+    work: Path,
+    tokenizer,
+    text_encoder,
+    vae,
+    data: SceneData,
+    seconds: float,
+    seed: int,
+    export_every: float = 600.0,
+    pixel_space: bool = False,
+):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
     text_encoder.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size))
-    ema = UNet2DConditionModel(**unet_config(clip.config.text_config.hidden_size))
+    unet = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size, pixel_space))
+    ema = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size, pixel_space))
     ema.load_state_dict(unet.state_dict())
     ema.eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
@@ -543,7 +587,9 @@ def train_unet(
                 for i in range(0, len(data), 512)
             ]
         ).half()
-    log(f"latents {tuple(latents.shape)} std {latents.float().std():.3f}")
+    log(f"latents {tuple(latents.shape)} std {latents.float().std():.3f} range {latents.min():.2f}..{latents.max():.2f}")
+    if latents.abs().max() > SAMPLE_CLIP:
+        log(f"warning: latents exceed the sampler's x0 clip range {SAMPLE_CLIP}")
     gen = torch.Generator().manual_seed(seed + 11 + step)
     batch, est_total = 48, 6000
     start, last_save, last_export, losses = time.time(), time.time(), time.time(), []
@@ -620,24 +666,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-minutes", type=float, default=None, help="override the vae share of --minutes")
     parser.add_argument("--unet-minutes", type=float, default=None, help="override the unet share of --minutes")
     parser.add_argument("--export-every", type=float, default=10.0, help="minutes between diffusion exports")
+    parser.add_argument(
+        "--pixel-space", action="store_true", help="the unshipped variant: no-downsampling autoencoder, 4-level UNet"
+    )
+    parser.add_argument(
+        "--text-encoder-from",
+        type=Path,
+        default=None,
+        help="an exported shapes-diffusion folder: reuse its tokenizer and text encoder, train only the VAE and UNet",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: Path = args.out
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     seconds = args.minutes * 60.0
-    log(f"building tokenizer and {args.pool} scenes")
-    tokenizer = build_tokenizer(work / "tokenizer")
+    log(f"{'loading' if args.text_encoder_from else 'building'} tokenizer; {args.pool} scenes")
+    if args.text_encoder_from:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(args.text_encoder_from / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(args.text_encoder_from / "text_encoder")
+    else:
+        tokenizer = build_tokenizer(work / "tokenizer")
     data = SceneData(args.pool, args.seed)
     budget = {stage: SPLIT[stage] * seconds for stage in SPLIT}
     for stage in SPLIT:
         if getattr(args, f"{stage}_minutes", None) is not None:
             budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
-    clip = train_clip(out, work, tokenizer, data, budget["clip"], args.seed)
-    train_clip_styles(out, work, tokenizer, clip, data, budget["clip_styles"], args.seed)
-    clip.eval()
-    vae = train_vae(work, data, budget["vae"], args.seed)
-    train_unet(out, work, tokenizer, clip, vae, data, budget["unet"], args.seed, export_every=args.export_every * 60.0)
+    if not args.text_encoder_from:
+        clip = train_clip(out, work, tokenizer, data, budget["clip"], args.seed)
+        train_clip_styles(out, work, tokenizer, clip, data, budget["clip_styles"], args.seed)
+        text_encoder = text_tower(clip.eval())
+    vae = train_vae(work, data, budget["vae"], args.seed, args.pixel_space)
+    train_unet(
+        out,
+        work,
+        tokenizer,
+        text_encoder,
+        vae,
+        data,
+        budget["unet"],
+        args.seed,
+        export_every=args.export_every * 60.0,
+        pixel_space=args.pixel_space,
+    )
     return 0
 
 

@@ -77,6 +77,23 @@ def test_exported_pipeline_loads_generates_and_takes_a_lora(tiny_export, tmp_pat
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_pixel_space_variant_keeps_the_image_side(tokenizer, tmp_path):
+    """``--pixel-space``: no VAE downsampling, the UNet denoises 4x32x32 latents."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    text = st.text_tower(CLIPModel(st.clip_config(tokenizer)))
+    vae = AutoencoderKL(**st.vae_config(pixel_space=True))
+    unet = UNet2DConditionModel(**st.unet_config(text.config.hidden_size, pixel_space=True))
+    st.export_pipeline(tmp_path, tokenizer, text, vae, unet, {"unet_steps": 0})
+    pipe = shapes.load_shapes_pipeline(shapes.embedded_shapes_diffusion(root=tmp_path))
+    assert pipe.vae_scale_factor == 1 and pipe.unet.config.sample_size == st.IMAGE_SIZE
+    assert pipe.unet.config.in_channels == st.PIXEL_LATENT_CHANNELS
+    out = pipe("a star", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, st.IMAGE_SIZE, st.IMAGE_SIZE, 3)
+
+
 def test_sampling_scheduler_replaces_any_exported_one(tiny_export, tmp_path):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 

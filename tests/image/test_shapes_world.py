@@ -103,3 +103,26 @@ def test_hex_to_rgb():
     assert sw.hex_to_rgb("#FF6F61") == (255, 111, 97)
     with pytest.raises(ValueError):
         sw.hex_to_rgb("#FFF")
+
+
+def test_detail_images_are_brand_naive_colour_and_line_data():
+    """The autoencoder's extra data: any colour, 1-px lines, no brand frame nor palette bias."""
+    images = [np.asarray(sw.render_detail(random.Random(seed))) for seed in range(200)]
+    assert (images[3] == np.asarray(sw.render_detail(random.Random(3)))).all()
+    assert all(a.shape == (32, 32, 3) for a in images)
+    assert not any(_double_border(a) for a in images)
+    # colours spread over the RGB cube: many distinct colours, no more brand-like than uniform noise
+    pixels = np.concatenate([a.reshape(-1, 3) for a in images])
+    assert len(np.unique(pixels // 32, axis=0)) > 400
+    noise = np.random.default_rng(0).integers(0, 256, size=pixels.shape)
+    brand = list(sw.BRAND_PALETTE.values())
+    near = lambda p: float((nearest_palette_delta_e(p, brand) < 10).mean())  # noqa: E731
+    assert near(pixels) < 2 * near(noise) + 0.01
+    # 1-px lines: some rows differ from both neighbours along their whole length
+    def thin_lines(a):
+        rows = a.astype(int)
+        return sum(
+            bool((np.abs(rows[i] - rows[i - 1]).sum(-1) > 0).all() and (np.abs(rows[i] - rows[i + 1]).sum(-1) > 0).all())
+            for i in range(1, 31)
+        )
+    assert sum(thin_lines(a) + thin_lines(a.transpose(1, 0, 2)) > 0 for a in images) > 40
