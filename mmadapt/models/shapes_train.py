@@ -197,7 +197,7 @@ def vae_config(pixel_space: bool = False) -> dict:
     )
 
 
-def unet_config(cross_dim: int, pixel_space: bool = False) -> dict:
+def unet_config(cross_dim: int, pixel_space: bool = False, channels_per_level: tuple[int, ...] | None = None) -> dict:
     plain = 2 if pixel_space else 1  # levels without attention: 32 and 16 px, or the 16x16 latent
     channels = PIXEL_LATENT_CHANNELS if pixel_space else LATENT_CHANNELS
     return dict(
@@ -206,7 +206,7 @@ def unet_config(cross_dim: int, pixel_space: bool = False) -> dict:
         out_channels=channels,
         down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * plain,
-        block_out_channels=(16, 32, 64, 64) if pixel_space else (32, 64, 64),
+        block_out_channels=channels_per_level or ((16, 32, 64, 64) if pixel_space else (32, 64, 64)),
         layers_per_block=1,
         cross_attention_dim=cross_dim,
         attention_head_dim=4,
@@ -557,14 +557,16 @@ def train_unet(
     seed: int,
     export_every: float = 600.0,
     pixel_space: bool = False,
+    channels_per_level: tuple[int, ...] | None = None,
 ):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     text_encoder.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size, pixel_space))
-    ema = UNet2DConditionModel(**unet_config(text_encoder.config.hidden_size, pixel_space))
+    config = unet_config(text_encoder.config.hidden_size, pixel_space, channels_per_level)
+    unet = UNet2DConditionModel(**config)
+    ema = UNet2DConditionModel(**config)
     ema.load_state_dict(unet.state_dict())
     ema.eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
@@ -670,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
         "--pixel-space", action="store_true", help="the unshipped variant: no-downsampling autoencoder, 4-level UNet"
     )
     parser.add_argument(
+        "--unet-channels",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=None,
+        help="UNet channels per level, e.g. 24,48,64,64 (default 32,64,64; 16,32,64,64 with --pixel-space)",
+    )
+    parser.add_argument(
         "--text-encoder-from",
         type=Path,
         default=None,
@@ -710,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         export_every=args.export_every * 60.0,
         pixel_space=args.pixel_space,
+        channels_per_level=args.unet_channels,
     )
     return 0
 

@@ -85,7 +85,8 @@ def test_pixel_space_variant_keeps_the_image_side(tokenizer, tmp_path):
     torch.manual_seed(0)
     text = st.text_tower(CLIPModel(st.clip_config(tokenizer)))
     vae = AutoencoderKL(**st.vae_config(pixel_space=True))
-    unet = UNet2DConditionModel(**st.unet_config(text.config.hidden_size, pixel_space=True))
+    unet = UNet2DConditionModel(**st.unet_config(text.config.hidden_size, pixel_space=True, channels_per_level=(8, 16, 16, 16)))
+    assert list(unet.config.block_out_channels) == [8, 16, 16, 16]
     st.export_pipeline(tmp_path, tokenizer, text, vae, unet, {"unet_steps": 0})
     pipe = shapes.load_shapes_pipeline(shapes.embedded_shapes_diffusion(root=tmp_path))
     assert pipe.vae_scale_factor == 1 and pipe.unet.config.sample_size == st.IMAGE_SIZE
