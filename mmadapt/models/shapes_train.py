@@ -28,7 +28,7 @@ so diffusion is effectively in pixel space), trained on base-world renders mixed
 :func:`~mmadapt.image.shapes_world.render_detail` images (any RGB colour, random 1-px lines;
 no brand palette, no frame), and a 4-level UNet (32, 16, 8, 4 px; cross-attention at 8 and 4).
 Its autoencoder passes the brand references through at palette adherence 0.888 (the shipped
-VAE: 0.276), but 42 + 30 minutes of UNet training on 2 CPU cores left its samples grainy and
+VAE: 0.276), but 42 + 25 minutes of UNet training on 2 CPU cores left its samples grainy and
 its captions poorly followed (``datasets/brand-style/README.md``).
 
 ``--text-encoder-from FOLDER`` skips the tokenizer and CLIP stages and takes the tokenizer and
@@ -690,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     seconds = args.minutes * 60.0
     log(f"{'loading' if args.text_encoder_from else 'building'} tokenizer; {args.pool} scenes")
+    budget = {stage: SPLIT[stage] * seconds for stage in SPLIT}
+    for stage in SPLIT:
+        if getattr(args, f"{stage}_minutes", None) is not None:
+            budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
+    data = SceneData(args.pool, args.seed)
     if args.text_encoder_from:
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -697,12 +702,6 @@ def main(argv: list[str] | None = None) -> int:
         text_encoder = CLIPTextModel.from_pretrained(args.text_encoder_from / "text_encoder")
     else:
         tokenizer = build_tokenizer(work / "tokenizer")
-    data = SceneData(args.pool, args.seed)
-    budget = {stage: SPLIT[stage] * seconds for stage in SPLIT}
-    for stage in SPLIT:
-        if getattr(args, f"{stage}_minutes", None) is not None:
-            budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
-    if not args.text_encoder_from:
         clip = train_clip(out, work, tokenizer, data, budget["clip"], args.seed)
         train_clip_styles(out, work, tokenizer, clip, data, budget["clip_styles"], args.seed)
         text_encoder = text_tower(clip.eval())
