@@ -3,7 +3,8 @@
 Any diffusers text-to-image pipeline loads: ``embedded:shapes-diffusion`` (through
 :func:`mmadapt.models.shapes.load_shapes_pipeline`, which restores its x0-clipping
 sampler), a hub id (from the local Hugging Face cache when offline) or a local folder
-(``AutoPipelineForText2Image``, falling back to ``DiffusionPipeline``). The *denoiser*
+(``AutoPipelineForText2Image``, falling back to ``DiffusionPipeline``; a saved scheduler
+that clips x0 to a range it chose keeps that clipping, see :func:`restore_chosen_clipping`). The *denoiser*
 is whatever the pipeline calls it: ``pipe.unet`` (SD 1.x/2.x, SDXL) or
 ``pipe.transformer`` (SD3, Flux, PixArt ...).
 """
@@ -67,6 +68,7 @@ def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
                 pipe = DiffusionPipeline.from_pretrained(location, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
             raise load_error(ref, exc) from None
+        restore_chosen_clipping(pipe, location)
     name = denoiser_name(pipe)
     pipe.set_progress_bar_config(disable=True)
     index = Path(location) / "model_index.json"
@@ -79,6 +81,27 @@ def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
         "parameters": int(sum(p.numel() for p in denoiser.parameters())),
     }
     return pipe, info
+
+
+def restore_chosen_clipping(pipe, location: str) -> None:
+    """Give ``pipe`` back the x0 clipping its saved scheduler config chose.
+
+    ``StableDiffusionPipeline.__init__`` (and its img2img/inpaint siblings) turn any
+    scheduler's ``clip_sample`` off: a fix for old Stable Diffusion configs that carried
+    DDIM's default ``clip_sample: true`` (range 1) by mistake. A config that sets a
+    ``clip_sample_range`` other than that default asked for clipping on purpose (e.g. a
+    retrained ``shapes-diffusion`` folder: its small model's first steps predict x0 far
+    outside the latent range), so its scheduler is rebuilt from the saved config.
+    """
+    saved = Path(location) / "scheduler" / "scheduler_config.json"
+    if not saved.is_file() or getattr(pipe.scheduler.config, "clip_sample", True):
+        return
+    try:
+        config = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return
+    if config.get("clip_sample") is True and config.get("clip_sample_range", 1.0) != 1.0:
+        pipe.scheduler = type(pipe.scheduler).from_config(config)
 
 
 def fresh_scheduler(scheduler_class, config):

@@ -256,3 +256,19 @@ def test_an_sdxl_pipeline_serves_prompt_and_retrieval_and_refuses_training_in_on
     with pytest.raises(ModelError, match="training the denoiser of StableDiffusionXLPipeline is not supported yet"):
         run(load_recipe(recipe_file(tmp_path, sdxl, brand_subset, {"adapter": {}})), progress=False)
     assert [p.name for p in (tmp_path / "runs" / "tiny-image").glob("v0*")] == ["v0001"]  # the refused run wrote nothing
+
+
+@pytest.mark.parametrize(("clip_range", "kept"), [(4.0, True), (1.0, False)])
+def test_a_folder_keeps_the_x0_clipping_its_scheduler_chose(tmp_path, tiny_pipe, clip_range, kept):
+    """StableDiffusionPipeline turns clip_sample off on load; a range other than DDIM's default 1 was chosen."""
+    from mmadapt.image.model import load_pipeline
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_pipe, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(clip_sample=True, clip_sample_range=clip_range)
+    config_file.write_text(json.dumps(config))
+    pipe, _ = load_pipeline(str(folder))
+    assert pipe.scheduler.config.clip_sample is kept
+    assert pipe.scheduler.config.clip_sample_range == clip_range
