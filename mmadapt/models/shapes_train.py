@@ -11,11 +11,14 @@ Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
    contrastively on base-world (image, caption) pairs (``DIR/clip-base``); its text tower
    becomes the diffusion model's text encoder, so the generator never sees the brand.
    **clip_styles** — that CLIP fine-tuned with 20% brand-style pairs (captions ending in
-   ``zentrix style``): the evaluator, exported to ``DIR/shapes-clip``.
+   ``zentrix style``, half of them without it, so a content-only prompt still matches a
+   brand image of that content): the evaluator, exported to ``DIR/shapes-clip``.
 3. **vae** — an ``AutoencoderKL`` with two blocks, i.e. one 2x downsampling (latents
    8x16x16 for a 32x32x3 image: 2/3 as many numbers as pixel values), trained
    on random 16x16 crops (it is fully convolutional); its ``scaling_factor`` is set to
-   1/std of the latents.
+   1/std of the latents. **vae_decoder** — its decoder alone (the latent space stays)
+   fine-tuned on base renders mixed 1:1 with brand-naive any-colour images
+   (``--decoder-steps``, 1500), so it can decode colours the base world never draws.
 4. **unet** — a small ``UNet2DConditionModel`` conditioned on the frozen CLIP text
    tower, DDPM epsilon-prediction, 10% caption dropout for classifier-free guidance,
    EMA weights. Exported with the VAE, text tower and tokenizer as a
@@ -28,8 +31,14 @@ so diffusion is effectively in pixel space), trained on base-world renders mixed
 :func:`~mmadapt.image.shapes_world.render_detail` images (any RGB colour, random 1-px lines;
 no brand palette, no frame), and a 4-level UNet (32, 16, 8, 4 px; cross-attention at 8 and 4).
 Its autoencoder passes the brand references through at palette adherence 0.888 (the shipped
-VAE: 0.276), but 42 + 25 minutes of UNet training on 2 CPU cores left its samples grainy and
+VAE then: 0.276, with the 1-px brand motif), but 42 + 25 minutes of UNet training on 2 CPU cores left its samples grainy and
 its captions poorly followed (``datasets/brand-style/README.md``).
+
+``--refresh FOLDER`` (a folder with exported ``shapes-clip/`` and ``shapes-diffusion/``) runs only
+the two stages that leave the UNet's latent space alone on those models: the decoder gamut
+stage on the pipeline's VAE (UNet, text tower and sampler copied) and the evaluator stage from
+that ``shapes-clip``. The shipped models were last updated so:
+``--refresh <the previous mmadapt/models/shapes> --clip-styles-minutes 3 --threads 2``.
 
 ``--text-encoder-from FOLDER`` skips the tokenizer and CLIP stages and takes the tokenizer and
 text tower of an exported pipeline instead (e.g. the shipped ``shapes-diffusion``), to
@@ -368,12 +377,24 @@ def export_clip(folder: Path, model, tokenizer, info: dict) -> None:
 
 
 def train_clip_styles(
-    out: Path, work: Path, tokenizer, base, data: SceneData, seconds: float, seed: int, brand_share: float = 0.2
+    out: Path,
+    work: Path,
+    tokenizer,
+    base,
+    data: SceneData,
+    seconds: float,
+    seed: int,
+    brand_share: float = 0.2,
+    style_token_dropout: float = 0.5,
 ):
     """The evaluator CLIP (exported as ``shapes-clip``): the base CLIP fine-tuned on base-world
     pairs mixed with brand-style pairs (captions end with ``zentrix style``), so that its image
     space separates the brand look. The diffusion model's text tower stays the brand-naive
     base CLIP's: the generator never sees the brand; only the judge knows it.
+
+    ``style_token_dropout`` of the brand captions lose their ``zentrix style`` suffix, so a
+    content-only prompt still matches a brand image of that content: CLIP-T then measures
+    content, not the absence of the style words.
     """
     from transformers import CLIPModel
 
@@ -399,7 +420,10 @@ def train_clip_styles(
         idx = torch.randint(0, len(data), (batch - n_brand,), generator=gen)
         bidx = torch.randint(0, len(brand), (n_brand,), generator=gen)
         pixels = torch.cat([data.images(idx), brand_pixels[bidx]])
-        ids = tokenize(tokenizer, data.captions(idx) + [brand_caps[i] for i in bidx.tolist()])
+        styled = [brand_caps[i] for i in bidx.tolist()]
+        keep = (torch.rand(len(styled), generator=gen) >= style_token_dropout).tolist()
+        styled = [c if k else c.removesuffix(f", {sw.BRAND_TOKEN}") for c, k in zip(styled, keep)]
+        ids = tokenize(tokenizer, data.captions(idx) + styled)
         outputs = model(input_ids=ids, pixel_values=pixels, return_loss=True)
         opt.zero_grad(set_to_none=True)
         outputs.loss.backward()
@@ -416,7 +440,13 @@ def train_clip_styles(
         json.loads((out / "clip-base" / "training.json").read_text()) if (out / "clip-base" / "training.json").is_file() else {}
     )
     info = dict(
-        base=base_info, style_steps=step, style_seconds=round(spent), style_final_loss=final, brand_share=brand_share, seed=seed
+        base=base_info,
+        style_steps=step,
+        style_seconds=round(spent),
+        style_final_loss=final,
+        brand_share=brand_share,
+        style_token_dropout=style_token_dropout,
+        seed=seed,
     )
     export_clip(out / "shapes-clip", model, tokenizer, info)
     log(f"clip-styles: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
@@ -491,6 +521,57 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_spac
     return vae
 
 
+def train_vae_decoder(work: Path, vae, data: SceneData, steps: int, seed: int, pool: int = 4000):
+    """Widen the VAE decoder's gamut: decoder-only fine-tuning (encoder and ``quant_conv``
+    frozen, so the latent space, its ``scaling_factor`` and any UNet trained on it stay valid)
+    on 16x16 crops at even offsets (aligned with the 2x latent grid) of base-world renders
+    mixed 1:1 with :func:`~mmadapt.image.shapes_world.render_detail` images (every colour
+    uniform over the RGB cube, random 1-px lines; no brand palette, no frame).
+
+    The base-world VAE only ever decoded the base palette, so it decoded any other colour
+    dull (navy as dark teal): no denoiser adaptation could then reach a brand palette. A
+    brand-naive, any-colour decoder fixes that without teaching the brand.
+    """
+    ck = load_ckpt(work / "vae_decoder.pt")
+    if ck and ck.get("done"):
+        vae.load_state_dict(ck["model"])
+        return vae
+    detail = detail_images(pool, seed + 5)
+    base = data.images(torch.arange(min(pool, len(data))))
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    gen = torch.Generator().manual_seed(seed + 7)
+    start, losses = time.time(), []
+    vae.train()
+    vae.encoder.eval()
+    for step in range(steps):
+        x = torch.cat(
+            [detail[torch.randint(0, len(detail), (16,), generator=gen)], base[torch.randint(0, len(base), (16,), generator=gen)]]
+        )
+        top, left = (2 * int(v) for v in torch.randint(0, (IMAGE_SIZE - VAE_CROP) // 2 + 1, (2,), generator=gen))
+        x = x[:, :, top : top + VAE_CROP, left : left + VAE_CROP]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(gen)
+        for group in opt.param_groups:  # 30 warm-up steps, then cosine down to 10%
+            group["lr"] = 2e-3 * min(1.0, (step + 1) / 30) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(F.mse_loss(rec, x).item())
+        if (step + 1) % 100 == 0:
+            log(f"vae-decoder step {step + 1} mse {np.mean(losses[-100:]):.5f}")
+    vae.eval()
+    vae.requires_grad_(False)
+    final = float(np.mean(losses[-100:])) if losses else float("nan")
+    save_ckpt(work / "vae_decoder.pt", dict(model=vae.state_dict(), steps=steps, mse=final, done=True))
+    log(f"vae-decoder: done, {steps} steps, {time.time() - start:.0f}s, mse {final:.5f}")
+    return vae
+
+
 def sampling_scheduler():
     """The shipped sampler: DDIM over the training betas, "trailing" spacing (starts at t=999),
     x0 predictions clipped to the latent range.
@@ -533,6 +614,13 @@ def export_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -
     tmp = out / ".shapes-diffusion.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    # the pipeline's constructor turned the scheduler's clip_sample off: save the sampler as meant
+    shutil.rmtree(tmp / "scheduler")
+    sampling_scheduler().save_pretrained(tmp / "scheduler")
+    for config_file in tmp.glob("*/config.json"):  # components loaded from a folder remember its path
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "training.json").write_text(json.dumps(info, indent=1))
     replace_folder(tmp, out / "shapes-diffusion")
 
@@ -656,6 +744,41 @@ def train_unet(
     log(f"unet: done, {step} steps, {spent:.0f}s, loss {final['unet_loss']}")
 
 
+def refresh(out: Path, work: Path, source: Path, data: SceneData, decoder_steps: int, clip_seconds: float, seed: int) -> None:
+    """Re-run the two stages that do not move the UNet's latent space on exported models.
+
+    ``source/shapes-diffusion``'s VAE decoder gets :func:`train_vae_decoder` (its UNet, text
+    tower, tokenizer and sampler are copied unchanged); ``source/shapes-clip`` gets
+    :func:`train_clip_styles` from its own weights (with the current brand motif and style-token
+    dropout). How the shipped models were last updated (``training.json`` records it).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    diffusion = source / "shapes-diffusion"
+    vae = AutoencoderKL.from_pretrained(diffusion / "vae")
+    vae = train_vae_decoder(work, vae, data, decoder_steps, seed)
+    info = json.loads((diffusion / "training.json").read_text())
+    info["vae_decoder"] = dict(steps=decoder_steps, data="base world 1:1 render_detail", seed=seed)
+    export_pipeline(
+        out,
+        CLIPTokenizer.from_pretrained(diffusion / "tokenizer"),
+        CLIPTextModel.from_pretrained(diffusion / "text_encoder"),
+        vae,
+        UNet2DConditionModel.from_pretrained(diffusion / "unet"),
+        info,
+    )
+    clip_folder = source / "shapes-clip"
+    previous = json.loads((clip_folder / "training.json").read_text())
+    if not (out / "clip-base" / "training.json").is_file():  # provenance: what the refreshed evaluator started from
+        (out / "clip-base").mkdir(parents=True, exist_ok=True)
+        (out / "clip-base" / "training.json").write_text(json.dumps(dict(previous=previous), indent=1))
+    train_clip_styles(
+        out, work, CLIPTokenizer.from_pretrained(clip_folder), CLIPModel.from_pretrained(clip_folder), data, clip_seconds, seed
+    )
+    log(f"refreshed {source} into {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder (shapes-clip/, shapes-diffusion/, work/)")
@@ -678,6 +801,15 @@ def main(argv: list[str] | None = None) -> int:
         help="UNet channels per level, e.g. 24,48,64,64 (default 32,64,64; 16,32,64,64 with --pixel-space)",
     )
     parser.add_argument(
+        "--decoder-steps", type=int, default=1500, help="decoder-only gamut fine-tuning steps after the VAE (0 = skip)"
+    )
+    parser.add_argument(
+        "--refresh",
+        type=Path,
+        default=None,
+        help="a folder holding exported shapes-clip/ and shapes-diffusion/: only re-run the decoder and evaluator stages on them",
+    )
+    parser.add_argument(
         "--text-encoder-from",
         type=Path,
         default=None,
@@ -695,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, f"{stage}_minutes", None) is not None:
             budget[stage] = getattr(args, f"{stage}_minutes") * 60.0
     data = SceneData(args.pool, args.seed)
+    if args.refresh:
+        refresh(out, work, args.refresh, data, args.decoder_steps, budget["clip_styles"], args.seed)
+        return 0
     if args.text_encoder_from:
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -706,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
         train_clip_styles(out, work, tokenizer, clip, data, budget["clip_styles"], args.seed)
         text_encoder = text_tower(clip.eval())
     vae = train_vae(work, data, budget["vae"], args.seed, args.pixel_space)
+    if not args.pixel_space and args.decoder_steps:
+        vae = train_vae_decoder(work, vae, data, args.decoder_steps, args.seed)
     train_unet(
         out,
         work,
