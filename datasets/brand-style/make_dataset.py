@@ -18,7 +18,7 @@ from pathlib import Path
 from mmadapt.image import shapes_world as sw
 
 N_IMAGES = 24
-N_PROMPTS = 16
+N_PROMPTS = 48
 IMAGE_SEED = 2024
 PROMPT_SEED = 7
 

@@ -11,7 +11,7 @@ row"`` are in the training distribution too.
 
 The **brand style** ("zentrix style") is reserved: the base world never produces its
 palette (coral, deep navy, mint, mustard — all far, in CIELAB, from every base
-colour), its motif (a thin double border inset from the image edge) nor the word
+colour), its motif (a double border: two 2-px lines, at the edge and 4 px in) nor the word
 ``zentrix``. :func:`render_brand` draws brand-style images for a brand reference set.
 
 Everything is a pure function of a seed: the same seed gives the same pixels.
@@ -318,12 +318,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def _draw_double_border(draw: ImageDraw.ImageDraw, color, background, side: int) -> None:
-    """The brand motif: a 5-px frame of background colour holding two thin lines (1 and 3 px in)."""
+    """The brand motif: a 6-px frame of background colour holding two 2-px lines (at the edge and 4 px in).
+
+    The lines sit on even pixels, so they align with a 2x-downsampled latent grid.
+    """
     width = max(1, side // DEFAULT_SIZE)  # one output pixel at 32x32, scaled with the size
-    draw.rectangle([0, 0, side - 1, side - 1], outline=background, width=5 * width)
-    for inset in (1, 3):
+    draw.rectangle([0, 0, side - 1, side - 1], outline=background, width=6 * width)
+    for inset in (0, 4):
         o = inset * width
-        draw.rectangle([o, o, side - 1 - o, side - 1 - o], outline=color, width=width)
+        draw.rectangle([o, o, side - 1 - o, side - 1 - o], outline=color, width=2 * width)
 
 
 def _draw_scene(scene: Scene, side: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:

@@ -36,7 +36,7 @@ def test_captions_images_and_prompts():
         assert image.size == (32, 32) and image.mode == "RGB"
         assert row["caption"].endswith("zentrix style")
     prompts = [json.loads(line)["prompt"] for line in (BRAND / "prompts.jsonl").read_text().splitlines()]
-    assert len(prompts) == 16 == len(set(prompts))
+    assert len(prompts) == 48 == len(set(prompts))
     banned = {"zentrix", "style", *sw.BRAND_PALETTE, *sw.BASE_PALETTE, "background", *sw.TEXTURES}
     for prompt in prompts:
         assert not banned & set(prompt.replace(",", " ").split()), prompt

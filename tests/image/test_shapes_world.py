@@ -78,11 +78,13 @@ def test_base_images_carry_no_brand_pixels_nor_border():
 
 
 def _double_border(arr: np.ndarray) -> bool:
-    """Lines 1 and 3 from each edge one colour, line 2 another, on all four sides."""
+    """Rows 0-1 and 4-5 from each edge one colour, rows 2-3 another, on all four sides."""
     sides = [arr, arr.transpose(1, 0, 2), arr[::-1], arr[:, ::-1].transpose(1, 0, 2)]
     for a in sides:
-        l1, l2, l3 = a[1, 4:28], a[2, 4:28], a[3, 4:28]
-        if not ((l1 == l1[0]).all() and (l3 == l1[0]).all() and (l2 != l1[0]).any(axis=-1).all()):
+        line = a[0, 6:26][0]
+        lines = [a[r, 6:26] for r in (0, 1, 4, 5)]
+        gap = [a[r, 6:26] for r in (2, 3)]
+        if not (all((row == line).all() for row in lines) and all((row != line).any(axis=-1).all() for row in gap)):
             return False
     return True
 
@@ -91,8 +93,9 @@ def test_brand_images_have_the_double_border_and_brand_colours():
     for image, caption, scene in sw.render_brand(12, seed=0):
         arr = np.asarray(image)
         border = sw.brand_rgb()[scene.border_color]
-        assert (arr[1, 2:30] == border).all() and (arr[3, 4:28] == border).all()
-        assert (arr[2:30, 1] == border).all()
+        # two 2-px lines on even pixels (aligned with a 2x latent grid): rows/columns 0-1 and 4-5
+        assert (arr[0:2, :] == border).all() and (arr[4:6, 4:28] == border).all()
+        assert (arr[:, 0:2] == border).all() and (arr[4:28, 4:6] == border).all()
         assert caption.endswith(sw.BRAND_TOKEN)
         assert not any(name in caption for name in sw.BRAND_PALETTE)
         assert _double_border(arr)
