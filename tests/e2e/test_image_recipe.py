@@ -1,10 +1,11 @@
 """The shipped brand-style recipe through the real CLI on the embedded shapes models: the brand LoRA
-(the recipe's compare settings) is more on-brand than the base model on the same prompts
-and seeds, and still draws what was asked."""
+and the full fine-tune (the recipe's compare settings) are more on-brand than the base model on
+the same prompts and seeds, by palette and by CLIP-I, and still draw what was asked."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,25 @@ def _run(out: Path, *overrides: str) -> list[dict]:
     return [json.loads(line) for line in (version / "predictions.jsonl").read_text().splitlines()]
 
 
-def test_brand_lora_is_more_on_brand_than_the_base(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def base_predictions(tmp_path_factory):
+    here = os.getcwd()
+    os.chdir(ROOT)  # the recipe's data paths are relative to the repository
+    try:
+        return _run(tmp_path_factory.mktemp("base"), "--set", "strategies={}")
+    finally:
+        os.chdir(here)
+
+
+@pytest.mark.parametrize("strategy", ["adapter", "full"])
+def test_brand_tuning_is_more_on_brand_than_the_base(strategy, base_predictions, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    adapter = yaml.safe_load(RECIPE.read_text())["compare"]["strategies"]["adapter"]
-    base = _run(tmp_path / "base", "--set", "strategies={}")
-    lora = _run(
-        tmp_path / "lora", f"--set=strategies={json.dumps({'adapter': adapter})}"
-    )  # 600 steps: fewer (400) do not move CLIP-I
-    assert [r["id"] for r in base] == [r["id"] for r in lora] and len(base) == 16
-    clip_i = paired_bootstrap([r["clip_i"] for r in base], [r["clip_i"] for r in lora])
-    assert clip_i["ci_low"] > 0, clip_i  # closer to the brand references, prompt by prompt
-    clip_t = np.mean([r["clip_t"] for r in lora]) / np.mean([r["clip_t"] for r in base])
-    assert clip_t > 0.9, clip_t  # and still what the prompt asked for
+    config = yaml.safe_load(RECIPE.read_text())["compare"]["strategies"][strategy]
+    tuned = _run(tmp_path / strategy, f"--set=strategies={json.dumps({strategy: config})}")
+    base = base_predictions
+    assert [r["id"] for r in base] == [r["id"] for r in tuned] and len(base) == 48
+    for metric in ("palette_adherence", "clip_i"):  # closer to the brand, prompt by prompt
+        diff = paired_bootstrap([r[metric] for r in base], [r[metric] for r in tuned])
+        assert diff["ci_low"] > 0, (metric, diff)
+    clip_t = np.mean([r["clip_t"] for r in tuned]) / np.mean([r["clip_t"] for r in base])
+    assert clip_t > 0.85, clip_t  # and still what the prompt asked for (measured: LoRA 0.92, full 0.95)
