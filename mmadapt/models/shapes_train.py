@@ -386,6 +386,7 @@ def train_clip_styles(
     seed: int,
     brand_share: float = 0.2,
     style_token_dropout: float = 0.5,
+    base_info: dict | None = None,
 ):
     """The evaluator CLIP (exported as ``shapes-clip``): the base CLIP fine-tuned on base-world
     pairs mixed with brand-style pairs (captions end with ``zentrix style``), so that its image
@@ -394,7 +395,8 @@ def train_clip_styles(
 
     ``style_token_dropout`` of the brand captions lose their ``zentrix style`` suffix, so a
     content-only prompt still matches a brand image of that content: CLIP-T then measures
-    content, not the absence of the style words.
+    content, not the absence of the style words. ``base_info`` (recorded in ``training.json``)
+    is what ``base`` was trained as; by default ``DIR/clip-base/training.json``.
     """
     from transformers import CLIPModel
 
@@ -436,9 +438,9 @@ def train_clip_styles(
     spent += time.time() - start
     final = float(np.mean(losses[-25:])) if losses else float("nan")
     save_ckpt(work / "clip_styles.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True))
-    base_info = (
-        json.loads((out / "clip-base" / "training.json").read_text()) if (out / "clip-base" / "training.json").is_file() else {}
-    )
+    if base_info is None:
+        trained = out / "clip-base" / "training.json"
+        base_info = json.loads(trained.read_text()) if trained.is_file() else {}
     info = dict(
         base=base_info,
         style_steps=step,
@@ -586,12 +588,15 @@ def sampling_scheduler():
     return DDIMScheduler(**scheduler_config(), clip_sample=True, clip_sample_range=SAMPLE_CLIP, timestep_spacing="trailing")
 
 
+def save_sampling_scheduler(folder: Path) -> None:
+    """Write :func:`sampling_scheduler` as ``folder/scheduler`` (replacing what is there)."""
+    shutil.rmtree(folder / "scheduler", ignore_errors=True)
+    sampling_scheduler().save_pretrained(folder / "scheduler")
+
+
 def use_sampling_scheduler(folder: Path) -> None:
     """Rewrite ``folder``'s scheduler as :func:`sampling_scheduler` and refresh its hashes."""
-    import shutil as _shutil
-
-    _shutil.rmtree(folder / "scheduler", ignore_errors=True)
-    sampling_scheduler().save_pretrained(folder / "scheduler")
+    save_sampling_scheduler(folder)
     index = json.loads((folder / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -614,9 +619,7 @@ def export_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -
     tmp = out / ".shapes-diffusion.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    # the pipeline's constructor turned the scheduler's clip_sample off: save the sampler as meant
-    shutil.rmtree(tmp / "scheduler")
-    sampling_scheduler().save_pretrained(tmp / "scheduler")
+    save_sampling_scheduler(tmp)  # the pipeline's constructor turned the scheduler's clip_sample off
     for config_file in tmp.glob("*/config.json"):  # components loaded from a folder remember its path
         config = json.loads(config_file.read_text())
         if config.pop("_name_or_path", None) is not None:
@@ -769,12 +772,15 @@ def refresh(out: Path, work: Path, source: Path, data: SceneData, decoder_steps:
         info,
     )
     clip_folder = source / "shapes-clip"
-    previous = json.loads((clip_folder / "training.json").read_text())
-    if not (out / "clip-base" / "training.json").is_file():  # provenance: what the refreshed evaluator started from
-        (out / "clip-base").mkdir(parents=True, exist_ok=True)
-        (out / "clip-base" / "training.json").write_text(json.dumps(dict(previous=previous), indent=1))
     train_clip_styles(
-        out, work, CLIPTokenizer.from_pretrained(clip_folder), CLIPModel.from_pretrained(clip_folder), data, clip_seconds, seed
+        out,
+        work,
+        CLIPTokenizer.from_pretrained(clip_folder),
+        CLIPModel.from_pretrained(clip_folder),
+        data,
+        clip_seconds,
+        seed,
+        base_info=dict(previous=json.loads((clip_folder / "training.json").read_text())),
     )
     log(f"refreshed {source} into {out}")
 
