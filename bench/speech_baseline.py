@@ -9,7 +9,7 @@ Rows of the printed table:
 
 Greedy decoding; new tokens are bounded by ``--max-new-tokens`` and by 6 tokens per second of
 the batch's longest clip + 8 (tiny.en can loop: one looping clip would otherwise add ~90 errors). Audio longer than 30 s is
-transcribed window by window. Metrics: :mod:`mmadapt.evaluation.speech` (WER after Whisper's
+transcribed window by window. Metrics: :mod:`mmadapt.modalities.speech.metrics` (WER after Whisper's
 English normaliser with the vocabulary terms protected).
 
     HF_HUB_OFFLINE=1 python bench/speech_baseline.py [--json out.json] [--limit N] [--threads 1]
@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmadapt.evaluation.speech import score_corpus  # noqa: E402
+from mmadapt.modalities.speech.audio import SAMPLE_RATE, chunk_audio, load_audio  # noqa: E402
+from mmadapt.modalities.speech.metrics import score_corpus  # noqa: E402
 from mmadapt.models.ct2_whisper import embedded_whisper_tiny_en  # noqa: E402
-from mmadapt.speech.audio import SAMPLE_RATE, chunk_audio, load_audio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "datasets" / "speech-domain"

@@ -5,7 +5,7 @@ prompt) in one process, one after the other, and the script prints each one's th
 audio seconds per wall-clock second and their ratio (mmadapt / pipeline), with each side's WER
 so that a speed-up cannot come from cutting transcripts short.
 
-* mmadapt: ``mmadapt.speech.transcribe.transcribe`` with the shipped recipe's ``inference``
+* mmadapt: ``mmadapt.modalities.speech.predict.transcribe`` with the shipped recipe's ``inference``
   section (windows of similar length batched, ``max_new_tokens`` bounded by the audio's
   length, ``torch.inference_mode``), reading and resampling each file itself;
 * pipeline: ``transformers.pipeline("automatic-speech-recognition", model=<same folder>)``
@@ -46,8 +46,8 @@ def read_split(split: str, limit: int | None) -> list[dict]:
 
 def mmadapt_side(paths: list[str], batch_size: int | None):
     import mmadapt
-    from mmadapt.core.strategy import get_modality
-    from mmadapt.speech.transcribe import transcribe
+    from mmadapt.modalities.speech.predict import transcribe
+    from mmadapt.protocols import get_modality
 
     overrides = ["strategies={}"] + ([f"inference.batch_size={batch_size}"] if batch_size else [])
     recipe = mmadapt.load_recipe(RECIPE, overrides=overrides)
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mmadapt.evaluation.speech import score_corpus
-    from mmadapt.speech.audio import SAMPLE_RATE, load_audio
+    from mmadapt.modalities.speech.audio import SAMPLE_RATE, load_audio
+    from mmadapt.modalities.speech.metrics import score_corpus
 
     rows = read_split(args.split, args.limit)
     paths = [r["path"] for r in rows]

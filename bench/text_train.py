@@ -21,11 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmadapt.core import trainer  # noqa: E402
+from mmadapt.engine import trainer  # noqa: E402
+from mmadapt.modalities.text import TextModality  # noqa: E402
+from mmadapt.modalities.text.adapter import TextAdapterConfig, peft_config  # noqa: E402
+from mmadapt.modalities.text.tuning import IGNORE, encode_examples, make_collate, summed_lm_loss  # noqa: E402
 from mmadapt.recipe import load_recipe  # noqa: E402
-from mmadapt.text import TextModality  # noqa: E402
-from mmadapt.text.adapter import TextAdapterConfig, peft_config  # noqa: E402
-from mmadapt.text.tuning import IGNORE, encode_examples, make_collate, summed_lm_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,15 +23,15 @@ def __getattr__(name):  # lazy: importing mmadapt does not import torch
 
         return load_recipe
     if name == "run":
-        from mmadapt.core.runner import run
+        from mmadapt.engine.runner import run
 
         return run
     if name == "load_artifact":
-        from mmadapt.core.runner import load_artifact
+        from mmadapt.engine.runner import load_artifact
 
         return load_artifact
     if name == "evaluate":
-        from mmadapt.core.evaluate import evaluate
+        from mmadapt.engine.evaluate import evaluate
 
         return evaluate
     raise AttributeError(f"module 'mmadapt' has no attribute {name!r}")

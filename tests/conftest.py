@@ -34,7 +34,7 @@ def tiny_lm(tmp_path_factory) -> Path:
     """A tiny random causal LM folder (safetensors + tokenizer with a chat template), built once."""
     import torch
 
-    from mmadapt.models.tiny import tiny_causal_lm
+    from tests.fixtures.tiny import tiny_causal_lm
 
     torch.set_num_threads(1)
     return tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))

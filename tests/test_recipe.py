@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from mmadapt.cli import main
 from mmadapt.errors import RecipeError
+from mmadapt.modalities.text import TextModality
 from mmadapt.recipe import load_recipe
-from mmadapt.text import TextModality
 
 
 def _set(path, value):

@@ -3,7 +3,7 @@
     python datasets/brand-style/make_dataset.py [--out datasets/brand-style]
 
 Deterministic: the same code writes the same bytes. Images come from
-``mmadapt.image.shapes_world.render_brand`` (brand palette + double-border motif, never
+``tools.shapes_world.render_brand`` (brand palette + double-border motif, never
 produced by the base shapes world); eval prompts name content only (count, shape,
 placement) and carry no style or colour words.
 """
@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
-from mmadapt.image import shapes_world as sw
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tools/ is not installed: run from the checkout
+
+from tools import shapes_world as sw  # noqa: E402
 
 N_IMAGES = 24
 N_PROMPTS = 48

@@ -9,8 +9,8 @@
   fine-tune, so the generator has never seen the brand, DDIM scheduler with x0
   clipping: use 25 steps and guidance ~5).
 
-Both were trained by ``python -m mmadapt.models.shapes_train`` on the procedurally
-generated shapes world (:mod:`mmadapt.image.shapes_world`); no download is involved.
+Both were trained by ``python -m tools.shapes_train`` on the procedurally
+generated shapes world (:mod:`tools.shapes_world`); no download is involved.
 Each shipped folder carries ``.mmadapt-hashes.json``; the loaders verify every file
 against it and refuse a folder that does not match (a one-line ``ModelError``).
 """
@@ -23,7 +23,7 @@ from mmadapt.errors import ModelError
 from mmadapt.models.cache import HASHES_FILE, verify
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
-TRAIN_COMMAND = "python -m mmadapt.models.shapes_train --out DIR --minutes 60"
+TRAIN_COMMAND = "python -m tools.shapes_train --out DIR --minutes 60"
 
 
 def _verified(name: str, root: Path | None = None) -> Path:
@@ -68,7 +68,7 @@ def load_shapes_pipeline(folder: Path | None = None):
     ``StableDiffusionPipeline.__init__`` turns a scheduler's ``clip_sample`` off (a legacy
     fix for old Stable Diffusion configs). This small model needs the x0 clipping its
     ``scheduler/scheduler_config.json`` asks for (see
-    ``mmadapt.models.shapes_train.sampling_scheduler``), so the scheduler is re-read from
+    ``tools.shapes_train.sampling_scheduler``), so the scheduler is re-read from
     that file and set after construction. Code that loads the folder itself should do the
     same: ``pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")``.
     """

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from scipy.stats import binomtest
 
 from mmadapt.cli import main
-from mmadapt.core.ab import ab_test, compare_scores, sign_test
-from mmadapt.core.runner import run
+from mmadapt.engine.runner import run
 from mmadapt.errors import MmadaptError
+from mmadapt.govern.ab import ab_test, compare_scores, sign_test
 from mmadapt.recipe import load_recipe
 
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core.advise import RULES, Constraints, advise, advise_recipe, read_report
 from mmadapt.errors import DataError, MmadaptError
+from mmadapt.govern.advise import RULES, Constraints, advise, advise_recipe, read_report
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs/advise.md"
@@ -269,7 +269,7 @@ def test_cli_needs_examples_without_a_recipe_and_prints_json():
 @pytest.mark.slow  # two compare subprocesses (~15 s on 2 shared cores)
 def test_a_real_compare_report_feeds_the_advice(tmp_path, tiny_lm, monkeypatch):
     """compare runs base and a full fine-tune of a tiny model (one process each); advise reads its report.json."""
-    from mmadapt.core.compare import compare
+    from mmadapt.govern.compare import compare
     from mmadapt.recipe import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

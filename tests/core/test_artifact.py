@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from mmadapt.core.artifact import (
+from mmadapt.engine.artifact import (
     MANIFEST,
     ArtifactWriter,
     check_safetensors_only,
@@ -20,8 +20,8 @@ from mmadapt.core.artifact import (
     read_manifest,
     versions,
 )
-from mmadapt.core.registry import current_version, list_versions, show
 from mmadapt.errors import ArtifactError
+from mmadapt.govern.registry import current_version, list_versions, show
 
 
 def _commit(out, name="r", metrics=None, payload=b"weights"):
@@ -121,7 +121,7 @@ def test_unwritable_output_dir_is_one_line(tmp_path):
 KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
-    from mmadapt.core.artifact import ArtifactWriter
+    from mmadapt.engine.artifact import ArtifactWriter
     writer = ArtifactWriter(sys.argv[1], "r")
     part = writer.part_dir("full")
     with open(part / "model.safetensors", "wb") as handle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmadapt.core.compare import paired_rows, paired_vs_base
+from mmadapt.govern.compare import paired_rows, paired_vs_base
 
 
 def _version(folder: Path, scores: list[float]) -> Path:

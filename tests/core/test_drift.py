@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core.drift import detect, drift, drift_texts, mmd2, rbf_bandwidth, read_new_inputs
-from mmadapt.core.strategy import Example
 from mmadapt.errors import DataError
+from mmadapt.govern.drift import detect, drift, drift_texts, mmd2, rbf_bandwidth, read_new_inputs
+from mmadapt.protocols import Example
 from mmadapt.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core import registry
-from mmadapt.core.artifact import ArtifactWriter
-from mmadapt.core.runner import run
+from mmadapt.engine.artifact import ArtifactWriter
+from mmadapt.engine.runner import run
 from mmadapt.errors import MmadaptError
+from mmadapt.govern import registry
 from mmadapt.recipe import load_recipe
 
 

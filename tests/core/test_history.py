@@ -9,10 +9,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mmadapt.cli import main
-from mmadapt.core import registry
-from mmadapt.core.artifact import ArtifactWriter
-from mmadapt.core.history import history, write_history
+from mmadapt.engine.artifact import ArtifactWriter
 from mmadapt.errors import ArtifactError
+from mmadapt.govern import registry
+from mmadapt.govern.history import history, write_history
 from mmadapt.recipe import load_recipe
 
 BARS = {"fact_accuracy": 0.7}

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core.artifact import ArtifactWriter
-from mmadapt.core.registry import current_version, diff, list_versions, read_audit, rollback, show
+from mmadapt.engine.artifact import ArtifactWriter
 from mmadapt.errors import ArtifactError
+from mmadapt.govern.registry import current_version, diff, list_versions, read_audit, rollback, show
 
 
 def _version(out, steps, accuracy, fingerprint):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmadapt.core import trainer
-from mmadapt.recipe import TrainConfig
+from mmadapt.config import TrainConfig
+from mmadapt.engine import trainer
 
 
 def test_batch_plan_is_a_function_of_the_step():

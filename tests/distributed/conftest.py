@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mmadapt.models.tiny import tiny_causal_lm
+from tests.fixtures.tiny import tiny_causal_lm
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from _dist_helpers import clean_env
 
-from mmadapt import distributed
-from mmadapt.core import trainer
-from mmadapt.core.batch import read_inputs
+from mmadapt.config import TrainConfig
+from mmadapt.engine import distributed, trainer
+from mmadapt.engine.batch import read_inputs
 from mmadapt.errors import MmadaptError, RecipeError
-from mmadapt.recipe import TrainConfig, load_recipe
+from mmadapt.recipe import load_recipe
 
 
 def test_layout_comes_from_the_launcher_environment(monkeypatch):

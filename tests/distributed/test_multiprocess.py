@@ -34,8 +34,8 @@ def _manifest(stdout: str) -> dict:
 
 def _greedy_ids(version_dir: Path, questions: list[str]) -> list[list[int]]:
     """Greedy token ids of the saved adapter (forced to 8 new tokens, so an early end proves nothing)."""
-    from mmadapt.core.runner import load_artifact
-    from mmadapt.text.generate import chat_texts
+    from mmadapt.engine.runner import load_artifact
+    from mmadapt.modalities.text.predict import chat_texts
 
     loaded = load_artifact(version_dir)
     stack = loaded.stack

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core.artifact import versions
-from mmadapt.core.stats import paired_bootstrap
+from mmadapt.engine.artifact import versions
+from mmadapt.engine.stats import paired_bootstrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core.artifact import read_manifest, versions
+from mmadapt.engine.artifact import read_manifest, versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import mmadapt
 from mmadapt.cli import main
-from mmadapt.core.artifact import read_manifest, versions
+from mmadapt.engine.artifact import read_manifest, versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

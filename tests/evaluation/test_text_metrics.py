@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmadapt.evaluation.text import exact_match, fact_accuracy, rouge_l, score_text, token_f1, tokens
+from mmadapt.modalities.text.metrics import exact_match, fact_accuracy, rouge_l, score_text, token_f1, tokens
 
 
 def test_tokens_split_letter_and_digit_runs():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmadapt.image import shapes_world as sw
+from tools import shapes_world as sw
 
 BRAND = Path(__file__).resolve().parents[2] / "datasets" / "brand-style"
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from mmadapt.core.validate import validate_data
+from mmadapt.engine.validate import validate_data
 from mmadapt.errors import DataError, RecipeError
-from mmadapt.image.data import read_image, read_prompts, read_references
+from mmadapt.modalities.image.data import read_image, read_prompts, read_references
 from mmadapt.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from mmadapt.errors import DataError
-from mmadapt.evaluation import image as ev
-from mmadapt.image import shapes_world as sw
+from mmadapt.modalities.image import metrics as ev
+from tools import shapes_world as sw
 
 
 def solid(rgb, size=8):
@@ -73,7 +73,7 @@ def test_shipped_palette_matches_the_world():
 def tiny_clip():
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from mmadapt.models.shapes_train import bytes_to_unicode
+    from tools.shapes_train import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 
-from mmadapt.core.runner import load_artifact, run
+from mmadapt.engine.runner import load_artifact, run
 from mmadapt.errors import ModelError
 from mmadapt.recipe import load_recipe
 
@@ -29,7 +29,7 @@ PROMPTS = ["two circles in a row", "a star at the top left", "three squares in a
 def tiny_pipe(tmp_path_factory) -> Path:
     import torch
 
-    from mmadapt.models.tiny import tiny_diffusion_pipeline
+    from tests.fixtures.tiny import tiny_diffusion_pipeline
 
     torch.set_num_threads(1)
     return tiny_diffusion_pipeline(tmp_path_factory.mktemp("tiny-sd"))
@@ -106,7 +106,7 @@ def test_prompt_and_retrieval_write_a_complete_artifact(tmp_path, tiny_pipe, bra
 
 
 def test_images_do_not_depend_on_the_batch(tmp_path, tiny_pipe, brand_subset):
-    from mmadapt.core.strategy import get_modality
+    from mmadapt.protocols import get_modality
 
     recipe = load_recipe(recipe_file(tmp_path, tiny_pipe, brand_subset, {}))
     modality = get_modality("image")
@@ -120,7 +120,7 @@ def test_images_do_not_depend_on_the_batch(tmp_path, tiny_pipe, brand_subset):
 RELOAD = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from mmadapt.core.runner import load_artifact
+from mmadapt.engine.runner import load_artifact
 art = load_artifact(sys.argv[1])
 art.predictor.predict([sys.argv[2]])[0].output.save(sys.argv[3])
 """
@@ -149,7 +149,7 @@ def test_lora_is_diffusers_format_and_reloads_in_a_new_process(tmp_path, tiny_pi
     assert np.abs(pixels(out) - pixels(evaluated)).max() <= 1  # max pixel difference <= 1/255
 
     # the scale knob: 0 gives the base model's image, 1 the trained one
-    from mmadapt.core.strategy import get_modality
+    from mmadapt.protocols import get_modality
 
     modality = get_modality("image")
     base = modality.predictor(modality.new_stack(recipe.with_stack([]))).predict([PROMPTS[0]])[0].output
@@ -184,7 +184,7 @@ def test_full_saves_the_denoiser_as_safetensors_and_reloads(tmp_path, tiny_pipe,
 
 
 def test_bad_base_models_are_one_line_model_errors(tmp_path, tiny_pipe, brand_subset):
-    from mmadapt.image.model import load_pipeline
+    from mmadapt.modalities.image.model import load_pipeline
 
     with pytest.raises(ModelError, match="not a local folder, a hub id"):
         load_pipeline(str(tmp_path / "nowhere"))
@@ -203,7 +203,7 @@ def test_bad_base_models_are_one_line_model_errors(tmp_path, tiny_pipe, brand_su
 
 
 def test_a_crashed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_pipe, brand_subset, monkeypatch):
-    from mmadapt.core import trainer
+    from mmadapt.engine import trainer
 
     weights = "adapter/adapter/pytorch_lora_weights.safetensors"
     (tmp_path / "a").mkdir()
@@ -228,7 +228,7 @@ def test_a_crashed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_
 
 
 def test_clip_embedders_load_safetensors_only(tmp_path, monkeypatch):
-    from mmadapt.image.retrieval import load_clip
+    from mmadapt.modalities.image.retrieval import load_clip
 
     monkeypatch.delenv("MMADAPT_TRUST_REMOTE_PICKLE", raising=False)
     with pytest.raises(ModelError, match="may load pickle weights; mmadapt loads safetensors only"):
@@ -244,7 +244,7 @@ def test_clip_embedders_load_safetensors_only(tmp_path, monkeypatch):
 
 
 def test_an_sdxl_pipeline_serves_prompt_and_retrieval_and_refuses_training_in_one_line(tmp_path, brand_subset):
-    from mmadapt.models.tiny import tiny_sdxl_pipeline
+    from tests.fixtures.tiny import tiny_sdxl_pipeline
 
     sdxl = tiny_sdxl_pipeline(tmp_path / "tiny-sdxl")
     stack = {"prompt": {"template": "{prompt}, zentrix style"}, "retrieval": {"top_k": 2}}
@@ -261,7 +261,7 @@ def test_an_sdxl_pipeline_serves_prompt_and_retrieval_and_refuses_training_in_on
 @pytest.mark.parametrize(("clip_range", "kept"), [(4.0, True), (1.0, False)])
 def test_a_folder_keeps_the_x0_clipping_its_scheduler_chose(tmp_path, tiny_pipe, clip_range, kept):
     """StableDiffusionPipeline turns clip_sample off on load; a range other than DDIM's default 1 was chosen."""
-    from mmadapt.image.model import load_pipeline
+    from mmadapt.modalities.image.model import load_pipeline
 
     folder = tmp_path / "sd"
     shutil.copytree(tiny_pipe, folder)

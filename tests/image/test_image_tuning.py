@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from mmadapt.image.tuning import DiffusionTuning, min_snr_weights, offset_noise
+from mmadapt.modalities.image.tuning import DiffusionTuning, min_snr_weights, offset_noise
 
 
 def test_min_snr_weights_follow_the_paper():

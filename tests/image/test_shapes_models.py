@@ -10,8 +10,8 @@ import torch
 
 from mmadapt.errors import ModelError
 from mmadapt.models import shapes
-from mmadapt.models import shapes_train as st
 from mmadapt.models.cache import HASHES_FILE
+from tools import shapes_train as st
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,8 +183,8 @@ def test_shipped_models_are_verified_and_small():
 
 @pytest.mark.slow
 def test_shipped_clip_aligns_text_and_separates_brand():
-    from mmadapt.evaluation import image as ev
-    from mmadapt.image import shapes_world as sw
+    from mmadapt.modalities.image import metrics as ev
+    from tools import shapes_world as sw
 
     emb = ev.ClipEmbedder.from_pretrained(shapes.embedded_shapes_clip())
     pairs = sw.generate(32, seed=777, drop_attributes=False)
@@ -211,7 +211,7 @@ def test_shipped_vae_decodes_the_brand_palette():
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from mmadapt.evaluation import image as ev
+    from mmadapt.modalities.image import metrics as ev
 
     brand = ROOT / "datasets" / "brand-style"
     refs = [Image.open(p).convert("RGB") for p in sorted((brand / "images").glob("*.png"))]
@@ -226,8 +226,8 @@ def test_shipped_vae_decodes_the_brand_palette():
 
 @pytest.mark.slow
 def test_shipped_diffusion_draws_what_it_is_told():
-    from mmadapt.evaluation import image as ev
-    from mmadapt.image import shapes_world as sw
+    from mmadapt.modalities.image import metrics as ev
+    from tools import shapes_world as sw
 
     pipe = shapes.load_shapes_pipeline()
     prompts = [

@@ -341,7 +341,7 @@ def test_converted_model_decodes_like_the_ctranslate2_runtime(converted_tiny_en)
 
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from mmadapt.speech.audio import load_audio
+    from mmadapt.modalities.speech.audio import load_audio
 
     plain = Path(__file__).resolve().parents[2] / "datasets" / "speech-domain" / "plain"
     rows = [json.loads(line) for line in (plain / "metadata.jsonl").read_text().splitlines()][:6]

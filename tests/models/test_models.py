@@ -58,7 +58,7 @@ def test_pickle_only_folder_is_refused(tmp_path):
 
 
 def test_load_causal_lm_refuses_pickle_only_folder(tmp_path):
-    from mmadapt.text.model import load_causal_lm
+    from mmadapt.modalities.text.model import load_causal_lm
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
@@ -130,7 +130,7 @@ def test_a_failed_build_leaves_no_entry(cache):
 def test_tiny_causal_lm_loads(tiny_lm):
     import torch
 
-    from mmadapt.text.model import load_causal_lm
+    from mmadapt.modalities.text.model import load_causal_lm
 
     assert (tiny_lm / "model.safetensors").is_file()
     model, tokenizer, info = load_causal_lm(str(tiny_lm))

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.core import validate as v
+from mmadapt.engine import validate as v
 from mmadapt.recipe import load_recipe
 
 
@@ -208,8 +208,8 @@ def test_speech_missing_metadata_and_folder(tmp_path, write_recipe):
 
 def test_base_method_reports_the_loader_error(bad_text):
     """A modality without its own checks (e.g. image, for now) gets load_data's one error."""
-    from mmadapt.core.strategy import Modality
-    from mmadapt.text import TextModality
+    from mmadapt.modalities.text import TextModality
+    from mmadapt.protocols import Modality
 
     path, _ = bad_text
     problems = Modality.validate_data(TextModality(), load_recipe(path))

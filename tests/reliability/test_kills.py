@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmadapt.core.artifact import MANIFEST, versions
-from mmadapt.core.registry import current_version, list_versions
-from mmadapt.core.runner import load_artifact
+from mmadapt.engine.artifact import MANIFEST, versions
+from mmadapt.engine.runner import load_artifact
+from mmadapt.govern.registry import current_version, list_versions
 from mmadapt.recipe import load_recipe
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mmadapt.cli import main
-from mmadapt.core.artifact import versions
+from mmadapt.engine.artifact import versions
 from mmadapt.errors import ModelError
+from mmadapt.modalities.text.model import load_causal_lm
 from mmadapt.models.resolve import TRUST_PICKLE_ENV, check_safetensors_only, pickle_trusted
-from mmadapt.text.model import load_causal_lm
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmadapt.cli import _output_errors, main
-from mmadapt.core.artifact import ArtifactWriter, versions
-from mmadapt.core.registry import current_version
-from mmadapt.core.runner import load_artifact
+from mmadapt.cli.main import _output_errors, main
+from mmadapt.engine.artifact import ArtifactWriter, versions
+from mmadapt.engine.runner import load_artifact
 from mmadapt.errors import ArtifactError
+from mmadapt.govern.registry import current_version
 
 
 def _mount_tmpfs(path: Path, size: str, *options: str) -> None:

@@ -82,7 +82,7 @@ def render() -> str:
         "",
         "All problems of a recipe's data are reported at once, one table row each, with file and line. "
         "Errors exit 2, warnings alone exit 0; validation writes nothing. "
-        "Library: `mmadapt.core.validate.validate_data(recipe) -> list[Problem]`; a modality adds its checks in "
+        "Library: `mmadapt.engine.validate.validate_data(recipe) -> list[Problem]`; a modality adds its checks in "
         "`Modality.validate_data` (the default reports `load_data`'s one error; image will adopt it).",
         "",
         _row(["modality", "bad input", "reported at", "severity (exit)", "message contains"]),

@@ -32,7 +32,7 @@ def tiny_whisper_dir(tmp_path_factory):
     """A tiny random Whisper folder (model + processor with an in-process tokenizer), built once."""
     import torch
 
-    from mmadapt.models.tiny import tiny_whisper
+    from tests.fixtures.tiny import tiny_whisper
 
     torch.set_num_threads(1)
     return tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from mmadapt.errors import DataError
-from mmadapt.speech.audio import SAMPLE_RATE, audio_duration, chunk_audio, iter_chunks, load_audio, resample, to_mono
+from mmadapt.modalities.speech.audio import SAMPLE_RATE, audio_duration, chunk_audio, iter_chunks, load_audio, resample, to_mono
 
 
 def _dominant_freq(x: np.ndarray, rate: int) -> float:

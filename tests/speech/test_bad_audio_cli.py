@@ -12,7 +12,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from mmadapt.cli import main
-from mmadapt.speech.audio import load_audio
+from mmadapt.modalities.speech.audio import load_audio
 
 FAST = ["--quiet", "--show", "0", "--set", "eval.bootstrap=0", "--set", "eval.latency_samples=0"]
 

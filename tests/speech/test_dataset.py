@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from mmadapt.evaluation.speech import normalize_with_spans
+from mmadapt.modalities.speech.metrics import normalize_with_spans
 
 ROOT = Path(__file__).resolve().parents[2] / "datasets" / "speech-domain"
 

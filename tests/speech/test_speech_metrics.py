@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmadapt.evaluation.speech import (
+from mmadapt.modalities.speech.metrics import (
     aggregate,
     align_words,
     cer,

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 import mmadapt
-from mmadapt.core import trainer
-from mmadapt.core.strategy import FitContext, get_modality
+from mmadapt.engine import trainer
+from mmadapt.modalities.speech.data import read_vocabulary
+from mmadapt.modalities.speech.predict import fit_terms, prompt_text, prompt_token_ids, special_ids
+from mmadapt.modalities.speech.prompt import SpeechPromptConfig, SpeechPromptStrategy
+from mmadapt.modalities.speech.retrieval import SpeechRetrievalConfig, TermRetriever
+from mmadapt.protocols import FitContext, get_modality
 from mmadapt.retrieval import EmbeddingIndex
 from mmadapt.retrieval.embedders import SoundEmbedder
-from mmadapt.speech.data import read_vocabulary
-from mmadapt.speech.prompt import SpeechPromptConfig, SpeechPromptStrategy
-from mmadapt.speech.retrieval import SpeechRetrievalConfig, TermRetriever
-from mmadapt.speech.transcribe import fit_terms, prompt_text, prompt_token_ids, special_ids
 
 DATASET = Path(__file__).resolve().parents[2] / "datasets" / "speech-domain"
 VOCAB_300 = DATASET / "vocabulary-300.txt"
@@ -223,7 +223,7 @@ def test_batched_mixed_prompt_greedy_equals_generate_row_by_row(speech_recipe):
     """One batch with a different prompt per row decodes each row exactly as generate() does alone."""
     import torch
 
-    from mmadapt.speech.transcribe import Windows, greedy_decode
+    from mmadapt.modalities.speech.predict import Windows, greedy_decode
 
     recipe, _m, stack, data = _stack(speech_recipe({}, inference={"max_new_tokens": 12, "batch_size": 4}))
     stack.prompt_template = "Glossary: {terms}."
@@ -253,7 +253,7 @@ def test_batched_mixed_prompt_greedy_equals_generate_row_by_row(speech_recipe):
 def test_retrieval_training_sequences_cover_both_passes(speech_recipe, tmp_path):
     """With retrieval in the stack each train clip gives a prompt-less sequence (the first pass) and
     one prompted with its own terms among distractors (the second pass); the loss is on the transcript."""
-    from mmadapt.speech.tuning import IGNORE, encode_examples
+    from mmadapt.modalities.speech.tuning import IGNORE, encode_examples
 
     recipe, modality, stack, data = _stack(speech_recipe({"retrieval": {"top_k": 4}}))
     part = tmp_path / "retrieval"
@@ -278,7 +278,7 @@ def test_retrieval_training_sequences_cover_both_passes(speech_recipe, tmp_path)
 def test_beam_search_goes_through_generate_with_each_rows_prompt(speech_recipe):
     import torch
 
-    from mmadapt.speech.transcribe import Windows
+    from mmadapt.modalities.speech.predict import Windows
 
     recipe, _m, stack, data = _stack(speech_recipe({}, inference={"max_new_tokens": 10, "batch_size": 3, "num_beams": 2}))
     stack.prompt_template = "Glossary: {terms}."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mmadapt.text.prompt import PromptConfig, build_messages
+from mmadapt.modalities.text.prompt import PromptConfig, build_messages
 
 
 class FakeStack:  # the attributes build_messages reads (a plain object, not a mocked library)

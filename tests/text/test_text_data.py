@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mmadapt.errors import DataError
-from mmadapt.text.data import _chunk_words, fingerprint, read_jsonl_split, read_knowledge
+from mmadapt.modalities.text.data import _chunk_words, fingerprint, read_jsonl_split, read_knowledge
 
 
 def test_reads_examples_with_ids_and_meta(text_data):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import mmadapt
-from mmadapt.core.artifact import versions
+from mmadapt.engine.artifact import versions
 
 
 def _recipe(make_recipe, write_recipe, tiny_lm, tmp_path, strategies):

@@ -1,0 +1,5 @@
+import sys
+
+from mmadapt.cli.main import main
+
+sys.exit(main())

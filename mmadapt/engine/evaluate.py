@@ -1,0 +1,64 @@
+"""Evaluate a predictor on a recipe's eval split: quality metrics with CIs, latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmadapt.engine.meters import Stopwatch, latency_percentiles
+from mmadapt.protocols import DataBundle, Modality, Prediction, Predictor
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    rows: list[dict[str, Any]]
+    predictions: list[Prediction]
+    costs: dict[str, Any] = field(default_factory=dict)
+
+
+def aggregate(modality: Modality, rows: list[dict[str, Any]], metrics: list[str], resamples: int, seed: int = 0) -> tuple[dict, dict]:
+    """The modality's corpus metrics and percentile-bootstrap 95% CIs (rows resampled with replacement)."""
+    means = {k: round(v, 4) for k, v in modality.aggregate(rows, metrics).items() if v is not None}
+    cis: dict[str, tuple[float, float]] = {}
+    if not rows:
+        return means, cis
+    if resamples <= 0 or len(rows) == 1:
+        return means, {k: (v, v) for k, v in means.items()}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in means}
+    for _ in range(resamples):
+        picked = [rows[i] for i in rng.integers(0, len(rows), size=len(rows))]
+        for k, v in modality.aggregate(picked, metrics).items():
+            if k in samples and v is not None:
+                samples[k].append(v)
+    for k, values in samples.items():
+        if values:
+            cis[k] = (round(float(np.quantile(values, 0.025)), 4), round(float(np.quantile(values, 0.975)), 4))
+    return means, cis
+
+
+def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe, *, progress: bool = True) -> EvalResult:
+    """Predict every eval example (batched), score it, and time ``latency_samples`` inputs one by one."""
+    examples = data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
+    metrics = list(recipe.eval.metrics or modality.default_metrics)
+    with Stopwatch() as watch:
+        predictions = predictor.predict([e.input for e in examples], progress=progress)
+    rows = modality.score(predictions, examples, metrics, data)
+    means, cis = aggregate(modality, rows, metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
+
+    latencies = []
+    for example in examples[: recipe.eval.latency_samples]:
+        start = time.perf_counter()
+        predictor.predict([example.input], progress=False)
+        latencies.append(time.perf_counter() - start)
+    costs = {
+        "eval_seconds": round(watch.seconds, 3),
+        "eval_examples": len(examples),
+        **latency_percentiles(latencies),
+    }
+    return EvalResult(means, cis, rows, predictions, costs)

@@ -1,0 +1,172 @@
+"""Run one recipe: resolve model and data, fit the stack, evaluate, save the artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmadapt.engine import distributed
+from mmadapt.engine.artifact import ArtifactWriter, read_manifest
+from mmadapt.engine.evaluate import EvalResult, evaluate
+from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
+from mmadapt.errors import ArtifactError
+from mmadapt.protocols import FitContext, Modality, Predictor, Stack, get_modality
+from mmadapt.recipe import Recipe, recipe_from_resolved
+
+PACKAGES = ("mmadapt", "torch", "transformers", "peft", "diffusers", "sentence-transformers", "open-clip-torch", "torchaudio")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    version_dir: Path
+    manifest: dict[str, Any]
+    evaluation: EvalResult
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        return self.manifest["costs"]
+
+
+def _work_dir(recipe: Recipe) -> Path:
+    """Scratch space that survives a crash (training checkpoints for --resume), keyed by recipe hash."""
+    return Path(recipe.output_dir) / recipe.name / ".work" / recipe.hash()[:16]
+
+
+def _write_predictions(path: Path, result: EvalResult) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row, pred in zip(result.rows, result.predictions):
+            record = dict(row)
+            if isinstance(pred.output, (str, int, float)):
+                record.setdefault("output", pred.output)
+            record["sources"] = pred.sources
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _fit_on_worker(recipe: Recipe, resume: bool) -> None:
+    """A rank other than 0 of a multi-process run: fit the stack with the others (its parts are scratch)."""
+    modality = get_modality(recipe.modality)
+    data = modality.load_data(recipe)
+    stack = modality.new_stack(recipe)
+    ctx = FitContext(recipe=recipe, run_dir=_work_dir(recipe), resume=resume, progress=False)
+    with tempfile.TemporaryDirectory(prefix=f"mmadapt-rank{distributed.rank()}-") as scratch:
+        for name in recipe.stack:
+            strategy = modality.strategies[name](recipe.strategies[name], recipe)
+            part = Path(scratch) / name
+            part.mkdir()
+            strategy.fit(stack, data, part, ctx)
+            strategy.compose(stack, part)
+            stack.applied.append(name)
+
+
+def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult | None:
+    """Fit the recipe's stack, evaluate it and write a new artifact version; return what was measured.
+
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) every rank fits (trains together);
+    rank 0 alone evaluates, writes the artifact and returns the result; the other ranks wait
+    for it at a barrier and return None.
+    """
+    if distributed.initialize() and not distributed.is_main():
+        _fit_on_worker(recipe, resume)
+        distributed.barrier()
+        return None
+    modality = get_modality(recipe.modality)
+    work = _work_dir(recipe)
+    with PeakMemory() as memory, Stopwatch() as total:
+        data = modality.load_data(recipe)
+        stack = modality.new_stack(recipe)
+        with ArtifactWriter(recipe.output_dir, recipe.name) as writer:
+            ctx = FitContext(recipe=recipe, run_dir=work, resume=resume, progress=progress)
+            fits: dict[str, Any] = {}
+            for name in recipe.stack:
+                strategy = modality.strategies[name](recipe.strategies[name], recipe)
+                part = writer.part_dir(name)
+                report = strategy.fit(stack, data, part, ctx)
+                strategy.compose(stack, part)
+                stack.applied.append(name)
+                fits[name] = {
+                    "trainable_params": report.trainable_params,
+                    "train_seconds": round(report.train_seconds, 3),
+                    "steps": report.steps,
+                    "final_loss": report.final_loss,
+                    "bytes": folder_bytes(part),
+                }
+            predictor = modality.predictor(stack)
+            result = evaluate(modality, predictor, data, recipe, progress=progress)
+            samples = modality.write_samples(result.predictions, result.rows, writer.tmp)
+            _write_predictions(writer.tmp / "predictions.jsonl", result)
+            costs = {
+                "train_seconds": round(sum(f["train_seconds"] for f in fits.values()), 3),
+                "trainable_params": sum(f["trainable_params"] for f in fits.values()),
+                "artifact_bytes": sum(f["bytes"] for f in fits.values()),
+                **result.costs,
+            }
+            manifest = {
+                "format": 1,
+                "name": recipe.name,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "modality": recipe.modality,
+                "stack": recipe.stack,
+                "recipe": recipe.resolved(),
+                "recipe_hash": recipe.hash(),
+                "recipe_source": recipe.source,
+                "data": {"fingerprint": data.fingerprint, "files": data.files, "paths": recipe.data_paths},
+                "base_model": {"ref": recipe.base_model, **getattr(stack, "base_info", {})},
+                "parts": fits,
+                "metrics": result.metrics,
+                "ci95": {k: list(v) for k, v in result.ci.items()},
+                "samples": samples,
+                "costs": costs,
+                "versions": package_versions(),
+            }
+            costs["peak_rss_mib"] = round(memory.peak_mib, 1)  # peak so far: all fitting and evaluation
+            costs["total_seconds"] = round(time.perf_counter() - total.start, 3)
+            version_dir = writer.commit(manifest)
+    distributed.barrier()  # multi-process: the other ranks exit once the artifact is written
+    return RunResult(recipe, version_dir, read_manifest(version_dir), result)
+
+
+@dataclass
+class LoadedArtifact:
+    manifest: dict[str, Any]
+    recipe: Recipe
+    modality: Modality
+    stack: Stack
+    predictor: Predictor
+
+
+def load_artifact(version_dir: str | Path) -> LoadedArtifact:
+    """Rebuild the composed stack saved in ``version_dir`` and return its predictor."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    recipe = recipe_from_resolved(manifest["recipe"], manifest.get("data", {}).get("paths"))
+    modality = get_modality(recipe.modality)
+    stack = modality.new_stack(recipe)
+    for name in recipe.stack:
+        part = version_dir / name
+        if not part.is_dir():
+            raise ArtifactError(f"the {name} part is missing", path=version_dir, fix="re-run the recipe")
+        modality.strategies[name](recipe.strategies[name], recipe).compose(stack, part)
+        stack.applied.append(name)
+    return LoadedArtifact(manifest, recipe, modality, stack, modality.predictor(stack))

@@ -1,0 +1,470 @@
+"""The one training loop behind every ``adapter`` and ``full`` strategy, all modalities.
+
+A modality supplies the model, the examples' lengths, a ``collate`` that turns a list
+of example indices into (batch, count of loss items), and a ``loss`` of (model, batch)
+-> the loss *summed* over those items. The loop owns everything else:
+
+* a deterministic batch plan: for each epoch a seeded permutation, grouped by length
+  within windows (less padding), so the batch of any step is known from the step alone;
+* gradient accumulation (``batch_size`` examples per optimizer step in micro-batches of
+  ``micro_batch_size``), the loss normalised over the whole step's tokens;
+* AdamW (fused/foreach where available), warmup then cosine/linear/constant schedule,
+  gradient clipping;
+* resumable checkpoints every ``checkpoint_every`` steps: trainable weights, optimizer
+  moments and RNG state as safetensors (no pickles), written atomically, so a resumed
+  run reproduces an uninterrupted one;
+* multi-process runs (torchrun / accelerate launch, see :mod:`mmadapt.engine.distributed`): the
+  model is wrapped in DDP (or sharded with FSDP, ``train.distributed.strategy``), each rank
+  takes every ``world``-th index of the step's batch so the global batch stays
+  ``batch_size``, the loss is normalised by the item count summed over ranks (N processes
+  compute the gradient of 1 process), gradients are clipped after they are synced, and
+  only rank 0 writes checkpoints;
+* ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mmadapt.engine import distributed
+from mmadapt.errors import MmadaptError
+from mmadapt.protocols import FitContext, FitReport
+
+try:  # DTensor: the parameters and optimizer moments of an FSDP-sharded model
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # pragma: no cover - torch without distributed
+    DTensor = None  # type: ignore[assignment,misc]
+    distribute_tensor = None  # type: ignore[assignment]
+
+CHECKPOINT = "checkpoint"
+GROUP_WINDOW = 4  # batches per length-grouping window: enough to cut padding, small enough to keep batches random
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class BatchPlan:
+    """Which examples form the micro-batches of each optimizer step, known from the step alone."""
+
+    lengths: Sequence[int]
+    batch_size: int
+    micro_batch_size: int
+    seed: int = 0
+    _epochs: dict[int, list[int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            raise ValueError("no training examples")
+        self.micro_batch_size = min(self.micro_batch_size, self.batch_size)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """A seeded permutation; within windows of a few batches, examples of similar length are
+        put in the same batch (less padding), then the batches are shuffled again."""
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.lengths)).tolist()
+            window = self.batch_size * GROUP_WINDOW
+            batches: list[list[int]] = []
+            for start in range(0, len(order), window):
+                chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
+                batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            shuffled = [batches[i] for i in rng.permutation(len(batches))]
+            self._epochs = {epoch: [i for batch in shuffled for i in batch]}  # keep one epoch in memory
+        return self._epochs[epoch]
+
+    def step_indices(self, step: int) -> list[int]:
+        """The ``batch_size`` example indices of optimizer step ``step`` (0-based), wrapping epochs."""
+        n = len(self.lengths)
+        start = step * self.batch_size
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), n)
+            order = self._epoch_order(epoch)
+            out.extend(order[offset : offset + self.batch_size - len(out)])
+        return out
+
+    def rank_indices(self, step: int, rank: int = 0, world: int = 1) -> list[int]:
+        """Rank ``rank``'s share of step ``step``: every ``world``-th index (lengths balanced across ranks)."""
+        return self.step_indices(step)[rank::world]
+
+    def micro_batches(self, step: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+        """The micro-batches this rank runs at ``step`` (sorted by length, ``micro_batch_size`` each)."""
+        indices = sorted(self.rank_indices(step, rank, world), key=lambda i: self.lengths[i])
+        return [indices[i : i + self.micro_batch_size] for i in range(0, len(indices), self.micro_batch_size)]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if params and params[0].is_cuda:
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(params, **kwargs)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _is_dtensor(value: Any) -> bool:
+    return DTensor is not None and isinstance(value, DTensor)
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on this rank (an FSDP shard is gathered: every rank must call this)."""
+    value = value.detach()
+    return value.full_tensor() if _is_dtensor(value) else value
+
+
+def _like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``target`` (sharded the same way when ``target`` is a DTensor)."""
+    if _is_dtensor(target):
+        return distribute_tensor(full.to(target.device_mesh.device_type, target.dtype), target.device_mesh, target.placements)
+    return full.to(target.device, target.dtype)
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
+    """Atomically replace ``folder/checkpoint`` with the state after ``step`` optimizer steps.
+
+    In a multi-process run every rank calls this (sharded tensors are gathered) and rank 0 writes.
+    """
+    named = _named_trainable(model)
+    weights = {k: _full(v).contiguous().cpu() for k, v in named.items()}
+    id_to_name = {id(p): k for k, p in named.items()}
+    moments: dict[str, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            name = id_to_name[id(p)]
+            for key, value in state.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                moments[f"{name}::{key}"] = _full(tensor).contiguous().cpu()
+    if not distributed.is_main():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(weights, str(tmp / "weights.safetensors"))
+        save_file(moments or {"__empty__": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "losses": losses, "python_random": repr(random.getstate())})
+        )
+    except BaseException:  # disk full, read-only, interrupted: no half checkpoint left taking space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    target = folder / CHECKPOINT
+    old = folder / f".{CHECKPOINT}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _remove_leftovers(folder)  # this save's .old, and any left by a process killed mid-save
+
+
+def _remove_leftovers(folder: Path, *, including_current: bool = False) -> None:
+    for stale in [*folder.glob(f".{CHECKPOINT}.tmp-*"), *folder.glob(f".{CHECKPOINT}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    if including_current:
+        shutil.rmtree(folder / CHECKPOINT, ignore_errors=True)
+
+
+def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
+    """The complete checkpoint of the highest step in ``folder`` with its state.
+
+    Normally ``checkpoint/``. A process killed between the two renames of
+    :func:`save_checkpoint` leaves only ``.checkpoint.old-<pid>`` (the previous one) and
+    ``.checkpoint.tmp-<pid>`` (the new one, complete once its ``state.json``, written last,
+    parses): either is a whole checkpoint, so ``--resume`` loses nothing.
+    """
+    candidates = [folder / CHECKPOINT, *folder.glob(f".{CHECKPOINT}.tmp-*"), *folder.glob(f".{CHECKPOINT}.old-*")]
+    best = None
+    for candidate in candidates:
+        try:
+            state = json.loads((candidate / "state.json").read_text())
+            step = int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # missing, or torn by the kill: not a checkpoint
+        if best is None or step > best[1]["step"]:
+            best = (candidate, {**state, "step": step})
+    return best
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]] | None:
+    """Restore the last checkpoint in ``folder``; return (step, losses) or None when there is none."""
+    found = _newest_checkpoint(folder)
+    if found is None:
+        return None
+    target, state = found
+    weights = load_file(str(target / "weights.safetensors"))
+    named = _named_trainable(model)
+    missing = set(named) - set(weights)
+    if missing:
+        raise RuntimeError(f"checkpoint in {target} does not match the model (missing {sorted(missing)[:3]})")
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(_like(weights[name], param))
+    moments = load_file(str(target / "optimizer.safetensors"))
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = next(k for k, v in named.items() if v is p)
+            entries = {key.split("::", 1)[1]: v for key, v in moments.items() if key.split("::", 1)[0] == name}
+            if entries:
+                optimizer.state[p] = {k: _like(v, p) if k != "step" else v for k, v in entries.items()}
+    rng = load_file(str(target / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["step"]), list(state["losses"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (tensors in dicts, lists, tuples) on ``device``."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+@dataclass
+class _Sharded:
+    """What ``fully_shard`` changed on a model, to give back a plain module after training."""
+
+    slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter]]
+    classes: list[tuple[torch.nn.Module, type]]
+    hooks: list[tuple[torch.nn.Module, str, set]]
+    attributes: list[tuple[torch.nn.Module, set]]
+
+
+def _fsdp_shard(model: torch.nn.Module) -> _Sharded:
+    """Shard ``model`` with FSDP2: each element of its ModuleLists (the layers) is a unit, the rest the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    modules = list(model.modules())
+    record = _Sharded(
+        slots=[(m, leaf, p) for m in modules for leaf, p in m._parameters.items() if p is not None],
+        classes=[(m, type(m)) for m in modules],
+        hooks=[(m, attr, set(getattr(m, attr).keys())) for m in modules for attr in _HOOK_DICTS if hasattr(m, attr)],
+        attributes=[(m, set(vars(m))) for m in modules],
+    )
+    units = [child for m in modules if isinstance(m, torch.nn.ModuleList) for child in m]
+    for unit in reversed(units):  # inner units before the ones that hold them
+        if any(p.numel() for p in unit.parameters()):
+            fully_shard(unit)
+    fully_shard(model)
+    return record
+
+
+def _fsdp_unshard(record: _Sharded) -> None:
+    """Gather the trained weights into the model's original parameters and take FSDP off (every rank)."""
+    gathered: dict[int, torch.Tensor] = {}
+    for module, leaf, original in record.slots:
+        current = module._parameters.get(leaf)
+        if current is None:
+            continue
+        if id(current) not in gathered:
+            gathered[id(current)] = _full(current)
+        with torch.no_grad():
+            original.data = gathered[id(current)].to(original.dtype).clone()
+        original.grad = None
+        module._parameters[leaf] = original
+    for module, cls in record.classes:
+        module.__class__ = cls
+    for module, attr, before in record.hooks:
+        hooks = getattr(module, attr)
+        for key in [k for k in hooks if k not in before]:
+            del hooks[key]
+    for module, before in record.attributes:  # FSDP state, _is_fsdp_managed_module (generate() checks it) ...
+        for key in [k for k in vars(module) if k not in before]:
+            delattr(module, key)
+
+
+def train_strategy(
+    model: torch.nn.Module,
+    ctx: FitContext,
+    name: str,
+    *,
+    lengths: Sequence[int],
+    collate: Callable[[list[int]], tuple[Any, int]],
+    loss_fn: LossFn,
+    config,
+) -> FitReport:
+    """:func:`train` for the strategy ``name`` of a run: its checkpoints live in the run's
+    crash-surviving ``run_dir/<name>``, and ``--resume`` and progress bars follow the run."""
+    return train(
+        model,
+        lengths=lengths,
+        collate=collate,
+        loss_fn=loss_fn,
+        config=config,
+        checkpoint_dir=Path(ctx.run_dir) / name,
+        resume=ctx.resume,
+        progress=ctx.progress,
+        desc=f"{name} training",
+    )
+
+
+def train(
+    model: torch.nn.Module,
+    *,
+    lengths: Sequence[int],
+    collate: Callable[[list[int]], tuple[Any, int]],
+    loss_fn: LossFn,
+    config,
+    checkpoint_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "training",
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitReport:
+    """Train ``model``'s trainable parameters for ``config.steps`` optimizer steps.
+
+    ``config`` is the recipe's ``train`` section. ``collate`` returns a micro-batch and
+    the number of loss items in it (e.g. answer tokens); ``loss_fn`` returns the loss
+    *summed* over them; the loop divides by the step's total, so gradient accumulation
+    equals one big batch — and, summed over ranks, N processes equal one.
+    """
+    seed_everything(config.seed)
+    world, rank = distributed.world_size(), distributed.rank()
+    strategy = getattr(getattr(config, "distributed", None), "strategy", "ddp")
+    precision = getattr(config, "precision", "fp32")
+    if world > 1 and config.batch_size % world:
+        raise MmadaptError(
+            f"train.batch_size {config.batch_size} is not a multiple of the {world} processes",
+            fix=f"set train.batch_size to a multiple of {world} (it is the global batch)",
+        )
+    device = distributed.device() if world > 1 else None
+    if device is not None and device.type == "cuda":
+        model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError("the model has no trainable parameters")
+    net: torch.nn.Module = model  # what forward passes go through
+    ddp = sharded = None
+    if world > 1 and strategy == "fsdp":
+        sharded = _fsdp_shard(model)
+    elif world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device is not None and device.type == "cuda" else None
+        # buffers (rotary tables ...) are equal on every rank; no broadcast per forward
+        net = ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config.lr, config.weight_decay)
+    plan = BatchPlan(lengths, config.batch_size, config.micro_batch_size or config.batch_size, config.seed)
+    start_step, losses = 0, []
+    if resume:
+        restored = load_checkpoint(checkpoint_dir, model, optimizer)
+        if restored:
+            start_step, losses = restored
+    elif distributed.is_main() and checkpoint_dir.is_dir():
+        _remove_leftovers(checkpoint_dir, including_current=True)
+    if rank:
+        distributed.seed_rank(config.seed + start_step)  # dropout differs per rank, reproducibly
+    device_type = next(iter(params)).device.type
+    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    model.train()
+    began = time.perf_counter()
+    show = progress and distributed.is_main()
+    bar = tqdm(total=config.steps, initial=start_step, desc=desc, unit="step", disable=not show, leave=False)
+    for step in range(start_step, config.steps):
+        factor = lr_factor(step, config.steps, config.warmup_steps, config.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * factor
+        micro = [collate(indices) for indices in plan.micro_batches(step, rank, world)]
+        total_items = sum(count for _batch, count in micro)
+        if world > 1:
+            total_items = int(distributed.all_reduce_sum(total_items)[0])
+        step_loss = 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for k, (batch, _count) in enumerate(micro):  # one graph alive at a time: memory stays that of one micro-batch
+            last = k == len(micro) - 1
+            if device is not None:
+                batch = _to_device(batch, device)
+            if sharded is not None:
+                model.set_requires_gradient_sync(last)
+            with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext(), autocast:
+                loss = loss_fn(net, batch) / max(total_items, 1)
+            step_loss += float(loss.detach())
+            if world > 1:
+                loss = loss * world  # DDP and FSDP average gradients over ranks; we want their sum
+            loss.backward()
+        if world > 1:
+            step_loss = distributed.all_reduce_sum(step_loss)[0]
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        losses.append(round(step_loss, 6))
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if on_step:
+            on_step(step + 1, step_loss)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            save_checkpoint(checkpoint_dir, model, optimizer, step + 1, losses)
+    bar.close()
+    del ddp, net
+    if sharded is not None:
+        _fsdp_unshard(sharded)
+    distributed.barrier()  # rank 0's checkpoint is on disk before anyone goes on
+    model.eval()
+    return FitReport(
+        trainable_params=int(sum(p.numel() for p in params)),
+        train_seconds=time.perf_counter() - began,
+        steps=config.steps,
+        final_loss=losses[-1] if losses else None,
+        log=[{"step": i + 1, "loss": v} for i, v in enumerate(losses)],
+    )

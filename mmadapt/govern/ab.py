@@ -1,0 +1,212 @@
+"""A/B test of two artifact versions of one recipe on the same eval examples.
+
+Both versions are loaded (:func:`~mmadapt.engine.runner.load_artifact`), predict the
+recipe's eval split, and are scored per example with the modality's ``score``. Each
+metric's paired difference (B - A) gets a paired-bootstrap 95% confidence interval
+(:func:`~mmadapt.engine.stats.paired_bootstrap`) and an exact two-sided sign test. The
+verdict, from B's point of view:
+
+* ``better`` / ``worse``: the CI excludes 0 (bootstrap; or p < 1 - level for the sign test)
+  on the side where the metric improves (higher is better, except error rates such as WER);
+* ``no evidence``: otherwise.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmadapt.engine.stats import paired_bootstrap
+from mmadapt.errors import ArtifactError, MmadaptError
+from mmadapt.govern.registry import recipe_dir, resolve_version
+from mmadapt.protocols import Example, get_modality
+
+# Metrics where a smaller value is better; a modality may add its own with ``lower_is_better``.
+LOWER_IS_BETTER = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
+METHODS = ("bootstrap", "sign")
+
+
+def lower_is_better(metric: str, modality: Any = None) -> bool:
+    extra = frozenset(getattr(modality, "lower_is_better", ()) or ())
+    return metric in LOWER_IS_BETTER or metric in extra
+
+
+def sign_test(diffs: Sequence[float]) -> dict[str, float]:
+    """Exact two-sided sign test on the non-zero paired differences."""
+    pos = sum(1 for d in diffs if d > 0)
+    neg = sum(1 for d in diffs if d < 0)
+    n = pos + neg
+    if n == 0:
+        return {"positive": 0, "negative": 0, "p_value": 1.0}
+    k = min(pos, neg)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return {"positive": pos, "negative": neg, "p_value": float(min(1.0, 2 * tail))}
+
+
+@dataclass
+class MetricDiff:
+    metric: str
+    n: int  # paired examples with a value in both versions
+    mean_a: float
+    mean_b: float
+    diff: float  # mean of B - A
+    ci_low: float
+    ci_high: float
+    p_bootstrap: float
+    p_sign: float
+    b_wins: int  # examples where B scores better (in the metric's direction)
+    a_wins: int
+    higher_is_better: bool
+    verdict: str  # better | worse | no evidence  (B compared with A)
+
+
+@dataclass
+class ABResult:
+    recipe: str
+    a: str
+    b: str
+    method: str
+    level: float
+    examples: int
+    primary_metric: str
+    metrics: list[MetricDiff]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per example: id, a/b outputs and scores
+
+    @property
+    def primary(self) -> MetricDiff:
+        for m in self.metrics:
+            if m.metric == self.primary_metric:
+                return m
+        return self.metrics[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("rows")
+        return out
+
+
+def verdict(diff: float, ci: tuple[float, float], p_sign: float, higher_is_better: bool, method: str, level: float) -> str:
+    if method == "sign":
+        if p_sign >= 1.0 - level or diff == 0:
+            return "no evidence"
+        improved = diff > 0
+    else:
+        lo, hi = ci
+        if lo <= 0.0 <= hi:
+            return "no evidence"
+        improved = lo > 0.0
+    if not higher_is_better:
+        improved = not improved
+    return "better" if improved else "worse"
+
+
+def compare_scores(
+    rows_a: list[dict[str, Any]],
+    rows_b: list[dict[str, Any]],
+    metrics: Sequence[str],
+    *,
+    modality: Any = None,
+    method: str = "bootstrap",
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[MetricDiff]:
+    """Per-metric paired comparison of two lists of per-example score rows (same order, same examples)."""
+    if method not in METHODS:
+        raise MmadaptError(f"unknown test {method!r}", fix=f"use one of: {', '.join(METHODS)}")
+    out = []
+    for metric in metrics:
+        pairs = [
+            (float(ra[metric]), float(rb[metric]))
+            for ra, rb in zip(rows_a, rows_b, strict=True)
+            if ra.get(metric) is not None and rb.get(metric) is not None
+        ]
+        if not pairs:
+            continue
+        a = [p[0] for p in pairs]
+        b = [p[1] for p in pairs]
+        boot = paired_bootstrap(a, b, resamples=resamples, level=level, seed=seed)
+        diffs = [y - x for x, y in pairs]
+        sign = sign_test(diffs)
+        higher = not lower_is_better(metric, modality)
+        b_wins = sign["positive"] if higher else sign["negative"]
+        a_wins = sign["negative"] if higher else sign["positive"]
+        ci = (boot["ci_low"], boot["ci_high"])
+        out.append(
+            MetricDiff(
+                metric=metric,
+                n=len(pairs),
+                mean_a=sum(a) / len(a),
+                mean_b=sum(b) / len(b),
+                diff=boot["diff"],
+                ci_low=ci[0],
+                ci_high=ci[1],
+                p_bootstrap=boot["p_value"],
+                p_sign=sign["p_value"],
+                b_wins=int(b_wins),
+                a_wins=int(a_wins),
+                higher_is_better=higher,
+                verdict=verdict(boot["diff"], ci, sign["p_value"], higher, method, level),
+            )
+        )
+    return out
+
+
+def _score_version(version_dir: Path, modality, examples: list[Example], metrics, data, progress: bool):
+    from mmadapt.engine.runner import load_artifact
+
+    loaded = load_artifact(version_dir)
+    if loaded.recipe.modality != modality.name:
+        raise ArtifactError(
+            f"is a {loaded.recipe.modality} artifact, the recipe is {modality.name}", path=version_dir,
+            fix="compare versions of the same recipe",
+        )
+    predictions = loaded.predictor.predict([e.input for e in examples], progress=progress)
+    rows = modality.score(predictions, examples, metrics, data)
+    outputs = [p.output if isinstance(p.output, (str, int, float)) else None for p in predictions]
+    del loaded, predictions
+    gc.collect()
+    return rows, outputs
+
+
+def ab_test(
+    recipe,
+    a: str,
+    b: str,
+    *,
+    method: str = "bootstrap",
+    resamples: int = 2000,
+    level: float = 0.95,
+    progress: bool = False,
+) -> ABResult:
+    """Load versions ``a`` and ``b`` of ``recipe``, predict its eval split with both, compare per metric."""
+    if method not in METHODS:
+        raise MmadaptError(f"unknown test {method!r}", fix=f"use one of: {', '.join(METHODS)}")
+    rdir = recipe_dir(recipe.output_dir, recipe.name)
+    dir_a, dir_b = resolve_version(rdir, a), resolve_version(rdir, b)
+    modality = get_modality(recipe.modality)
+    data = modality.load_data(recipe)
+    examples = data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
+    metrics = list(recipe.eval.metrics or modality.default_metrics)
+    rows_a, out_a = _score_version(dir_a, modality, examples, metrics, data, progress)
+    rows_b, out_b = _score_version(dir_b, modality, examples, metrics, data, progress)
+    diffs = compare_scores(
+        rows_a, rows_b, metrics, modality=modality, method=method, resamples=resamples, level=level, seed=recipe.train.seed
+    )
+    if not diffs:
+        raise MmadaptError(
+            "no metric could be scored on both versions", path=recipe.source,
+            fix="check the eval split has what the metrics need (e.g. key_fact for fact_accuracy)",
+        )
+    rows = []
+    for ex, ra, rb, oa, ob in zip(examples, rows_a, rows_b, out_a, out_b):
+        row: dict[str, Any] = {"id": ex.id, "output_a": oa, "output_b": ob}
+        for m in metrics:
+            row[f"{m}_a"], row[f"{m}_b"] = ra.get(m), rb.get(m)
+        rows.append(row)
+    primary = modality.primary_metric if modality.primary_metric in metrics else diffs[0].metric
+    return ABResult(recipe.name, dir_a.name, dir_b.name, method, level, len(examples), primary, diffs, rows)

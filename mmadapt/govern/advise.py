@@ -1,0 +1,461 @@
+"""Which stack to ship, and in which order to try the others: constraints + measurements -> advice.
+
+A pure-Python rules engine. Every rule has an id, and its table is in ``docs/advise.md``
+(the test suite checks the two agree). Rules come in four kinds, applied in this order:
+
+* ``hard``: exclude a stack (no knowledge base -> no retrieval; no GPU -> nothing that trains;
+  measured latency over the budget ...);
+* ``operational``: add to or take from a stack's score for what it costs to run and govern
+  (restricted data, knowledge that changes often, weekly releases). Always applied;
+* ``prior``: what usually holds for quality and training cost when nothing is measured
+  (few examples -> no full fine-tune, a weaker adapter; thousands of examples on a stable task
+  -> adapter). Applied only to stacks without a measured primary metric: a measurement
+  supersedes a prior;
+* ``measured``: with a compare report, stacks whose 95% CI of the primary metric overlaps
+  the best stack's are *tied with the best* and ranked first, by score and then by cost
+  (no evidence that the dearer one is better -> the cheaper one); the others follow, best first.
+
+Without a report, stacks are ranked by score, then by cost (cheapest first).
+Every reason names its source: ``constraint:<option>`` or
+``measured:<report file>:<stack>.<figure>=<value>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmadapt.errors import DataError, MmadaptError
+from mmadapt.govern.ab import lower_is_better
+
+PRIVACY = ("public", "internal", "restricted")
+CADENCE = ("weekly", "quarterly")
+KNOWLEDGE = ("often", "rarely")
+DEFAULT_STACKS = ("prompt", "prompt+retrieval", "prompt+adapter", "prompt+retrieval+adapter", "prompt+full")
+COST = {"prompt": 1, "retrieval": 2, "adapter": 4, "full": 8}  # a-priori cost of each part
+
+FEW_EXAMPLES = 100
+MANY_EXAMPLES = 1000
+FULL_EXAMPLES = 10_000
+FULL_GPU_HOURS = 24.0
+TIGHT_LATENCY_MS = 500.0
+
+# id -> (kind, when, effect, why). docs/advise.md holds the same table for readers.
+RULES: dict[str, tuple[str, str, str, str]] = {
+    "D1": ("hard", "the recipe has no `data.knowledge`", "exclude stacks with retrieval",
+           "retrieval needs a knowledge base to index"),
+    "D2": ("hard", "examples = 0", "exclude stacks that train (adapter, full)", "nothing to train on"),
+    "E1": ("prior", f"examples < {FEW_EXAMPLES}", "exclude full",
+           "too few examples to train every weight without memorising them"),
+    "G1": ("hard", "gpu-hours = 0", "exclude stacks that train", "no compute budget for training"),
+    "G2": ("hard", "report: train_seconds / 3600 > gpu-hours", "exclude that stack",
+           "one training run costs more than the budget (as measured)"),
+    "L2": ("hard", "report: latency_p95_ms > latency-ms", "exclude that stack",
+           "measured tail latency is over the budget"),
+    "B1": ("hard", "recipe `eval.min` and report: a stack misses a bar while another meets all",
+           "exclude the stacks that miss", "it could never be promoted"),
+    "P1": ("operational", "privacy = restricted", "stacks that train -3; retrieval +1",
+           "weights memorise training data: a trained artifact becomes restricted data itself and forgetting "
+           "a record means retraining; an index keeps records deletable and behind access control"),
+    "K1": ("operational", "knowledge-changes = often", "retrieval +2; stacks that train -1",
+           "an index is rebuilt in seconds when facts change; facts in weights are stale until the next training"),
+    "C1": ("operational", "release-cadence = weekly", "stacks that train -1",
+           "every release retrains and re-evaluates weights; prompt and index changes ship without training"),
+    "E2": ("prior", f"examples < {FEW_EXAMPLES}", "adapter -2",
+           "an adapter overfits a few dozen examples; a prompt uses them as few-shot turns"),
+    "E3": ("prior", f"examples >= {MANY_EXAMPLES} and knowledge-changes != often", "adapter +2",
+           "a stable task with thousands of examples is what LoRA learns well, with no per-request retrieval cost"),
+    "E4": ("prior", f"examples >= {FULL_EXAMPLES}, gpu-hours >= {FULL_GPU_HOURS:g}, privacy != restricted",
+           "full +1 (else full -2)",
+           "all weights pay off only with much data and compute; otherwise LoRA reaches similar quality for less"),
+    "L1": ("prior", f"latency-ms < {TIGHT_LATENCY_MS:g}", "retrieval -1",
+           "retrieval adds an embedding, a search and top_k passages of prompt to every request"),
+    "M1": ("measured", "report: a stack's CI overlaps the best stack's CI", "rank it with the best, by score then cost",
+           "overlapping 95% CIs are no evidence that the dearer stack is better: prefer the cheaper"),
+    "M2": ("measured", "report: a stack's CI lies wholly on the worse side of the best's", "rank it after the tied group",
+           "measured to be worse than the best"),
+}
+
+
+@dataclass
+class Constraints:
+    """What the team can spend and must respect. ``None`` = not given (the rules on it do not fire)."""
+
+    examples: int | None = None
+    privacy: str = "internal"
+    latency_ms: float | None = None
+    gpu_hours: float | None = None
+    release_cadence: str | None = None
+    knowledge_changes: str | None = None
+    has_knowledge: bool | None = None  # from a recipe: does data.knowledge exist?
+    bars: dict[str, float] = field(default_factory=dict)  # from a recipe's eval.min
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.privacy not in PRIVACY:
+            problems.append(f"privacy {self.privacy!r} is not one of {', '.join(PRIVACY)}")
+        if self.release_cadence is not None and self.release_cadence not in CADENCE:
+            problems.append(f"release cadence {self.release_cadence!r} is not one of {', '.join(CADENCE)}")
+        if self.knowledge_changes is not None and self.knowledge_changes not in KNOWLEDGE:
+            problems.append(f"knowledge changes {self.knowledge_changes!r} is not one of {', '.join(KNOWLEDGE)}")
+        for name in ("examples", "latency_ms", "gpu_hours"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                problems.append(f"{name.replace('_', '-')} must be >= 0 (got {value})")
+        if problems:
+            raise MmadaptError("; ".join(problems), fix="see mmadapt advise --help")
+
+
+@dataclass
+class Reason:
+    rule: str
+    stacks: list[str]  # the stacks it touched ([] = about the advice as a whole)
+    text: str
+    sources: list[str]
+
+    def __str__(self) -> str:
+        where = f" ({', '.join(self.stacks)})" if self.stacks else ""
+        return f"{self.rule}{where}: {self.text} [{'; '.join(self.sources)}]"
+
+
+@dataclass
+class Candidate:
+    stack: str
+    score: int = 0
+    cost: int = 0
+    excluded: bool = False
+    measured: dict[str, Any] | None = None  # the report row
+    tier: int = 0  # 0 = tied with the best measured stack (or unmeasured ranking), 1 = worse, 2 = no figure
+
+
+@dataclass
+class Advice:
+    recommended: str | None
+    alternatives: list[str]  # in the order to try them
+    excluded: dict[str, list[str]]  # stack -> rule ids that excluded it
+    reasons: list[Reason]
+    scores: dict[str, int]
+    primary_metric: str | None = None
+    report: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def order(self) -> list[str]:
+        return ([self.recommended] if self.recommended else []) + self.alternatives
+
+    def reasons_for(self, stack: str) -> list[Reason]:
+        return [r for r in self.reasons if stack in r.stacks or not r.stacks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- stacks
+
+
+def parts(stack: str) -> set[str]:
+    return set() if stack == "base" else {p.strip() for p in stack.split("+") if p.strip()}
+
+
+def trains(stack: str) -> bool:
+    return bool(parts(stack) & {"adapter", "full"})
+
+
+def stack_cost(stack: str) -> int:
+    return sum(COST.get(p, 0) for p in parts(stack))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- report
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A ``report.json`` written by ``mmadapt compare``: its rows and primary metric."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("compare report not found", path=path, fix="run mmadapt compare RECIPE first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable compare report: {exc}", path=path, fix="pass the report.json mmadapt compare wrote") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "stack" in r for r in rows):
+        raise DataError("no rows with a 'stack' in the report", path=path, fix="pass the report.json mmadapt compare wrote")
+    return data
+
+
+def latest_report(output_dir: str | Path, name: str) -> Path | None:
+    """The newest ``compare/*/report.json`` of a recipe, if any."""
+    found = sorted((Path(output_dir) / name / "compare").glob("*/report.json"))
+    return found[-1] if found else None
+
+
+def _primary(report: Mapping[str, Any], fallback: str | None) -> str | None:
+    if report.get("primary_metric"):
+        return str(report["primary_metric"])
+    if fallback:
+        return fallback
+    for row in report["rows"]:
+        for key in row:
+            if f"{key}_ci" in row:
+                return key
+    return None
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def advise(
+    constraints: Constraints,
+    report: Mapping[str, Any] | None = None,
+    *,
+    report_name: str = "report.json",
+    stacks: Sequence[str] | None = None,
+    primary_metric: str | None = None,
+) -> Advice:
+    """Apply the rules of :data:`RULES` to ``constraints`` (and a compare ``report``); return the advice."""
+    c = constraints
+    reasons: list[Reason] = []
+    excluded: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    metric = _primary(report, primary_metric) if report else primary_metric
+
+    if report:
+        cands = {str(r["stack"]): Candidate(str(r["stack"]), cost=stack_cost(str(r["stack"])), measured=r) for r in report["rows"]}
+    else:
+        cands = {s: Candidate(s, cost=stack_cost(s)) for s in (stacks or DEFAULT_STACKS)}
+
+    def measured_src(stack: str, key: str) -> str:
+        return f"measured:{report_name}:{stack}.{key}={_fmt(cands[stack].measured.get(key))}"
+
+    def has_figure(stack: str) -> bool:
+        row = cands[stack].measured
+        return bool(row) and metric is not None and row.get(metric) is not None
+
+    def fire(rule: str, touched: list[str], text: str, sources: list[str], *, exclude: bool = False, delta: int = 0) -> None:
+        touched = [s for s in touched if s in cands and not cands[s].excluded]
+        if not touched:
+            return
+        for s in touched:
+            if exclude:
+                cands[s].excluded = True
+                excluded.setdefault(s, []).append(rule)
+            cands[s].score += delta
+        reasons.append(Reason(rule, touched, text, sources))
+
+    every = list(cands)
+    retrieval = [s for s in every if "retrieval" in parts(s)]
+    training = [s for s in every if trains(s)]
+    adapters = [s for s in every if "adapter" in parts(s)]
+    fulls = [s for s in every if "full" in parts(s)]
+    n = c.examples
+
+    # ---- hard rules
+    if c.has_knowledge is False:
+        fire("D1", retrieval, "the recipe has no knowledge base to retrieve from", ["constraint:recipe.data.knowledge"], exclude=True)
+    if n is not None and n == 0:
+        fire("D2", training, "no training examples", ["constraint:examples=0"], exclude=True)
+    if n is not None and n < FEW_EXAMPLES:
+        fire("E1", [s for s in fulls if not has_figure(s)], f"{n} examples are too few to train every weight without memorising them",
+             [f"constraint:examples={n}"], exclude=True)
+    if c.gpu_hours is not None and c.gpu_hours == 0:
+        fire("G1", training, "no GPU budget for training", ["constraint:gpu-hours=0"], exclude=True)
+    if report:
+        for s in every:
+            row = cands[s].measured
+            seconds = row.get("train_seconds")
+            if c.gpu_hours is not None and seconds is not None and seconds / 3600.0 > c.gpu_hours:
+                fire("G2", [s], f"one training run took {seconds / 3600.0:.2f} h, over the {c.gpu_hours:g} GPU-hour budget",
+                     [measured_src(s, "train_seconds"), f"constraint:gpu-hours={c.gpu_hours:g}"], exclude=True)
+            p95 = row.get("latency_p95_ms")
+            if c.latency_ms is not None and p95 is not None and p95 > c.latency_ms:
+                fire("L2", [s], f"p95 latency {p95:.0f} ms is over the {c.latency_ms:g} ms budget",
+                     [measured_src(s, "latency_p95_ms"), f"constraint:latency-ms={c.latency_ms:g}"], exclude=True)
+        if c.bars:
+            missing = {}
+            for s in every:
+                row = cands[s].measured
+                miss = [f"{m} {row[m]:.2f} < {bar:.2f}" if row.get(m) is not None else f"{m} not measured"
+                        for m, bar in c.bars.items() if row.get(m) is None or row[m] < bar]
+                if miss:
+                    missing[s] = miss
+            meeting = [s for s in every if s not in missing and not cands[s].excluded]
+            if meeting:
+                for s, miss in missing.items():
+                    srcs = [measured_src(s, m) for m in c.bars if m in cands[s].measured] + ["constraint:recipe.eval.min"]
+                    fire("B1", [s], f"misses eval.min ({'; '.join(miss)})", srcs, exclude=True)
+            else:
+                warnings.append(
+                    "no stack meets eval.min ("
+                    + ", ".join(f"{m} >= {b:.2f}" for m, b in c.bars.items())
+                    + "): the advice ranks what was measured; more or better data, or a stronger stack, is needed"
+                )
+
+    # ---- operational rules
+    if c.privacy == "restricted":
+        fire("P1", training, "weights memorise training data: a trained artifact becomes restricted data too, "
+             "and forgetting a record means retraining",
+             ["constraint:privacy=restricted"], delta=-3)
+        fire("P1", retrieval, "an index keeps restricted records deletable and behind access control "
+             "(enforce the data's permissions at retrieval time)", ["constraint:privacy=restricted"], delta=+1)
+    if c.knowledge_changes == "often":
+        fire("K1", retrieval, "facts change often: re-index in seconds instead of retraining",
+             ["constraint:knowledge-changes=often"], delta=+2)
+        fire("K1", training, "facts learnt into weights go stale until the next training run",
+             ["constraint:knowledge-changes=often"], delta=-1)
+    if c.release_cadence == "weekly":
+        fire("C1", training, "a weekly release means training and re-evaluating weights every week",
+             ["constraint:release-cadence=weekly"], delta=-1)
+
+    # ---- priors (superseded by a measured primary metric)
+    unmeasured = [s for s in every if not has_figure(s)]
+    if n is not None and n < FEW_EXAMPLES:
+        fire("E2", [s for s in adapters if s in unmeasured], f"{n} examples: an adapter would overfit; use them as few-shot turns",
+             [f"constraint:examples={n}"], delta=-2)
+    if n is not None and n >= MANY_EXAMPLES and c.knowledge_changes != "often":
+        fire("E3", [s for s in adapters if s in unmeasured],
+             f"{n} examples of a stable task: what LoRA learns well, with no per-request retrieval cost",
+             [f"constraint:examples={n}"] + ([f"constraint:knowledge-changes={c.knowledge_changes}"] if c.knowledge_changes else []),
+             delta=+2)
+    full_pays = (
+        n is not None and n >= FULL_EXAMPLES and c.gpu_hours is not None and c.gpu_hours >= FULL_GPU_HOURS
+        and c.privacy != "restricted"
+    )
+    if n is not None or c.gpu_hours is not None:
+        if full_pays:
+            fire("E4", [s for s in fulls if s in unmeasured], "enough data and compute for full fine-tuning to pay off",
+                 [f"constraint:examples={n}", f"constraint:gpu-hours={c.gpu_hours:g}"], delta=+1)
+        else:
+            srcs = [f"constraint:examples={n}"] if n is not None else []
+            srcs += [f"constraint:gpu-hours={c.gpu_hours:g}"] if c.gpu_hours is not None else []
+            fire("E4", [s for s in fulls if s in unmeasured],
+                 f"full fine-tuning pays off from ~{FULL_EXAMPLES} examples and ~{FULL_GPU_HOURS:g} GPU-hours; LoRA first",
+                 srcs, delta=-2)
+    if c.latency_ms is not None and c.latency_ms < TIGHT_LATENCY_MS:
+        fire("L1", [s for s in retrieval if s in unmeasured],
+             f"a {c.latency_ms:g} ms budget is tight for an extra embedding, search and longer prompt",
+             [f"constraint:latency-ms={c.latency_ms:g}"], delta=-1)
+
+    # ---- ranking
+    live = [cands[s] for s in every if not cands[s].excluded]
+    if report and metric is not None:
+        figured = [x for x in live if has_figure(x.stack)]
+        for x in live:
+            if not has_figure(x.stack):
+                x.tier = 2
+        if figured:
+            sign = -1.0 if lower_is_better(metric) else 1.0  # WER-like metrics: smaller is better
+            best = max(figured, key=lambda x: (sign * x.measured[metric], -x.cost))
+            b_lo, b_hi = _ci(best.measured, metric)
+            for x in figured:
+                lo, hi = _ci(x.measured, metric)
+                x.tier = 0 if hi >= b_lo and lo <= b_hi else 1
+            live.sort(key=lambda x: _rank_key(x, metric, sign))
+            tied = [x for x in live if x.tier == 0]
+            chosen = tied[0]
+            if chosen.stack != best.stack:
+                fire("M1", [chosen.stack, best.stack],
+                     f"{metric} of {chosen.stack} {_val_ci(chosen.measured, metric)} overlaps {best.stack} "
+                     f"{_val_ci(best.measured, metric)}: no evidence {best.stack} is better; {chosen.stack} "
+                     + ("is cheaper" if chosen.cost < best.cost else "fits the constraints better")
+                     + f" (train_seconds {_fmt(chosen.measured.get('train_seconds'))} vs {_fmt(best.measured.get('train_seconds'))})",
+                     [measured_src(chosen.stack, metric), measured_src(best.stack, metric),
+                      measured_src(chosen.stack, "train_seconds"), measured_src(best.stack, "train_seconds")])
+            else:
+                others = [x.stack for x in tied if x.stack != best.stack]
+                fire("M1", [best.stack],
+                     f"best measured {metric} {_val_ci(best.measured, metric)}"
+                     + (f", tied within CIs with {', '.join(others)}" if others else ", no other stack within its CI"),
+                     [measured_src(best.stack, metric)])
+            worse = [x.stack for x in live if x.tier == 1]
+            if worse:
+                side = "above" if sign < 0 else "below"
+                fire("M2", worse, f"{metric} CI wholly {side} {best.stack}'s {_val_ci(best.measured, metric)}",
+                     [measured_src(s, metric) for s in worse])
+    else:
+        live.sort(key=lambda x: (-x.score, x.cost))
+
+    order = [x.stack for x in live]
+    if not order:
+        warnings.append("every stack is excluded by the constraints: relax one (see the reasons)")
+    return Advice(
+        recommended=order[0] if order else None,
+        alternatives=order[1:],
+        excluded=excluded,
+        reasons=reasons,
+        scores={s: cands[s].score for s in every},
+        primary_metric=metric,
+        report=report_name if report else None,
+        warnings=warnings,
+    )
+
+
+def _rank_key(x: Candidate, metric: str, sign: float = 1.0) -> tuple:
+    """Tied with the best: by score, then a-priori cost, then measured cost. Worse: by the metric. No figure: last."""
+    row = x.measured or {}
+    if x.tier == 0:
+        return (0, -x.score, x.cost, row.get("train_seconds") or 0.0, row.get("artifact_bytes") or 0)
+    if x.tier == 1:
+        return (1, -sign * float(row[metric]), -x.score, x.cost, 0)
+    return (2, -x.score, x.cost, 0.0, 0)
+
+
+def _ci(row: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    value = float(row[metric])
+    ci = row.get(f"{metric}_ci") or [None, None]
+    lo = value if ci[0] is None else float(ci[0])
+    hi = value if len(ci) < 2 or ci[1] is None else float(ci[1])
+    return lo, hi
+
+
+def _val_ci(row: Mapping[str, Any], metric: str) -> str:
+    lo, hi = _ci(row, metric)
+    return f"{float(row[metric]):.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def advise_recipe(
+    recipe=None,
+    *,
+    examples: int | None = None,
+    privacy: str = "internal",
+    latency_ms: float | None = None,
+    gpu_hours: float | None = None,
+    release_cadence: str | None = None,
+    knowledge_changes: str | None = None,
+    report_path: str | Path | None = None,
+) -> Advice:
+    """Advice for a recipe (optional): its train size, knowledge base and bars fill in what is not given;
+    its newest compare report is used when ``report_path`` is None."""
+    has_knowledge, bars, stacks, primary = None, {}, None, None
+    if recipe is not None:
+        from mmadapt.protocols import STACK_ORDER, get_modality
+
+        modality = get_modality(recipe.modality)
+        primary = modality.primary_metric
+        has_knowledge = bool(getattr(recipe.data, "knowledge", None))
+        bars = dict(recipe.eval.min)
+        available = [s for s in STACK_ORDER if s in modality.strategies]
+        stacks = [s for s in DEFAULT_STACKS if parts(s) <= set(available)]
+        if examples is None:
+            examples = len(modality.load_data(recipe).train)
+        if report_path is None:
+            report_path = latest_report(recipe.output_dir, recipe.name)
+    if examples is None:
+        raise MmadaptError("how many training examples?", fix="pass --examples N (or a RECIPE to count them)")
+    constraints = Constraints(
+        examples=examples, privacy=privacy, latency_ms=latency_ms, gpu_hours=gpu_hours,
+        release_cadence=release_cadence, knowledge_changes=knowledge_changes, has_knowledge=has_knowledge, bars=bars,
+    )
+    report = read_report(report_path) if report_path else None
+    return advise(
+        constraints, report, report_name=Path(report_path).name if report_path else "report.json",
+        stacks=stacks, primary_metric=primary,
+    )

@@ -1,0 +1,87 @@
+"""The adapter strategy for images: a brand-style LoRA on the denoiser's attention projections.
+
+LoRA (peft, through diffusers' ``add_adapter``) on ``to_q``, ``to_k``, ``to_v`` and
+``to_out.0`` of every attention block of the UNet (or transformer), trained with the
+noise-prediction loss on the references and their captions in the shared loop
+(:mod:`mmadapt.modalities.image.tuning`). Saved in the diffusers LoRA format
+(``pytorch_lora_weights.safetensors`` via ``save_lora_weights``), loaded with
+``pipe.load_lora_weights``; ``scale`` weighs it at inference (0 = the base model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from mmadapt.errors import ArtifactError
+from mmadapt.modalities.image.tuning import DiffusionTuning, train_denoiser
+from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
+
+ADAPTER_DIR = "adapter"
+ADAPTER_NAME = "brand"
+WEIGHTS = "pytorch_lora_weights.safetensors"
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class ImageAdapterConfig(DiffusionTuning):
+    method: str = Field("lora", pattern="^lora$", description="lora")
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    alpha: int = Field(8, ge=1, le=4096, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION), description="denoiser module names")
+    scale: float = Field(1.0, ge=0.0, le=4.0, description="LoRA weight at inference")
+
+
+class ImageAdapterStrategy(Strategy):
+    name = "adapter"
+    config_model = ImageAdapterConfig
+    trains = True
+
+    def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft import LoraConfig
+        from peft.utils import get_peft_model_state_dict
+
+        from mmadapt.engine.trainer import seed_everything
+
+        seed_everything(self.recipe.train.seed)  # the LoRA init is part of the run's determinism
+        denoiser = stack.unet
+        denoiser.requires_grad_(False)
+        lora = LoraConfig(
+            r=self.config.r,
+            lora_alpha=self.config.alpha,
+            lora_dropout=self.config.dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(self.config.target_modules),
+        )
+        denoiser.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        try:
+            report = train_denoiser(denoiser, stack, data, ctx, "adapter", self.config)
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME))
+            folder = part_dir / ADAPTER_DIR
+            type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
+        finally:
+            denoiser.delete_adapters(ADAPTER_NAME)  # compose() applies exactly what was saved
+        (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
+        return report
+
+    def compose(self, stack, part_dir: Path) -> None:
+        folder = part_dir / ADAPTER_DIR
+        if not (folder / WEIGHTS).is_file():
+            raise ArtifactError("adapter weights are missing", path=folder, fix="re-run the recipe")
+        try:
+            scale = json.loads((part_dir / "adapter.json").read_text())["scale"]
+        except (OSError, ValueError, KeyError):
+            scale = self.config.scale
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": it has none by design
+        try:
+            stack.pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=ADAPTER_NAME)
+        finally:
+            diffusers_logging.set_verbosity(level)
+        stack.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[float(scale)])
+        stack.lora_scale = float(scale)

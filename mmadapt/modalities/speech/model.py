@@ -1,0 +1,52 @@
+"""Loading Whisper for the speech modality, and the speech stack."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
+from mmadapt.protocols import Stack
+
+
+def load_whisper(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
+    """(model, processor, info) for a Whisper reference (embedded alias, hub id or folder).
+
+    Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    """
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    location = resolve_model(ref)
+    allow_pickle = pickle_trusted(allow_pickle)
+    check_safetensors_only(location, allow_pickle=allow_pickle)
+    try:
+        processor = WhisperProcessor.from_pretrained(location)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            location, dtype=torch.float32, use_safetensors=None if allow_pickle else True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise load_error(ref, exc) from None
+    model.eval()
+    config_path = Path(location) / "config.json"
+    info = {
+        "resolved": location,
+        "revision": hashlib.sha256(config_path.read_bytes()).hexdigest()[:16] if config_path.is_file() else None,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    return model, processor, info
+
+
+class SpeechStack(Stack):
+    """Live state of a speech stack: Whisper, its processor, a static prompt and a term retriever."""
+
+    def __init__(self, recipe, model, processor, base_info, vocabulary):
+        super().__init__(recipe)
+        self.model = model
+        self.processor = processor
+        self.base_info = base_info
+        self.vocabulary: list[str] = vocabulary
+        self.prompt_terms: list[str] | None = None  # static decoder prompt (prompt strategy)
+        self.prompt_template = "{terms}"
+        self.max_prompt_tokens = 200
+        self.retriever = None  # per-utterance terms (retrieval strategy)

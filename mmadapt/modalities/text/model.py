@@ -1,0 +1,58 @@
+"""Loading a causal LM and its tokenizer for the text modality, and the text stack."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mmadapt.errors import ModelError
+from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
+from mmadapt.protocols import Stack
+
+
+def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
+    """(model, tokenizer, info) for a model reference; the tokenizer pads on the left for generation.
+
+    Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve_model(ref)
+    allow_pickle = pickle_trusted(allow_pickle)
+    check_safetensors_only(location, allow_pickle=allow_pickle)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise load_error(ref, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError("the tokenizer has no chat template", path=ref, fix="use an instruct/chat model")
+    model.eval()
+    config_path = Path(location) / "config.json"
+    info = {
+        "resolved": location,
+        "revision": hashlib.sha256(config_path.read_bytes()).hexdigest()[:16] if config_path.is_file() else None,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+    return model, tokenizer, info
+
+
+class TextStack(Stack):
+    """Live state of a text stack: model, tokenizer, prompt and retriever."""
+
+    def __init__(self, recipe, model, tokenizer, base_info):
+        super().__init__(recipe)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_info = base_info
+        self.system: str | None = None
+        self.template = "{question}"
+        self.few_shot: list[tuple[str, str]] = []
+        self.retriever = None
+        self.context_template = "Context:\n{context}\n\n{question}"

@@ -1,0 +1,55 @@
+"""Batched generation for the text stack: retrieve, build chats, left-pad, generate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mmadapt.modalities.text.prompt import build_messages
+from mmadapt.modalities.text.retrieval import passage_text
+from mmadapt.protocols import Prediction
+
+
+def chat_texts(stack, questions: Sequence[str]) -> tuple[list[str], list[list[dict]]]:
+    """The rendered prompts (generation prompt appended) and the passages retrieved for each."""
+    retrieved = stack.retriever.retrieve(questions) if stack.retriever is not None else [[] for _ in questions]
+    texts = []
+    for question, hits in zip(questions, retrieved):
+        messages = build_messages(stack, question, [passage_text(h) for h in hits])
+        texts.append(stack.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    return texts, retrieved
+
+
+class TextPredictor:
+    def __init__(self, stack):
+        self.stack = stack
+        self.settings = stack.recipe.inference  # TextInference
+
+    @torch.inference_mode()
+    def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+        stack, cfg = self.stack, self.settings
+        tok, model = stack.tokenizer, stack.model
+        model.eval()
+        texts, retrieved = chat_texts(stack, inputs)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+        outputs: dict[int, str] = {}
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        device = next(model.parameters()).device
+        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+        if cfg.temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if cfg.repetition_penalty != 1.0:
+            gen_kwargs["repetition_penalty"] = cfg.repetition_penalty
+        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
+            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, **gen_kwargs)
+            new = out[:, enc["input_ids"].shape[1] :]
+            for i, ids in zip(batch, new):
+                outputs[i] = tok.decode(ids, skip_special_tokens=True).strip()
+        return [
+            Prediction(outputs[i], sources=[h["id"] for h in retrieved[i]]) for i in range(len(texts))
+        ]
