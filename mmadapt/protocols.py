@@ -1,4 +1,4 @@
-"""The one strategy protocol shared by every modality.
+"""The two contracts of mmadapt — :class:`Strategy` and :class:`Modality` — and the one registry of modalities.
 
 A recipe names a modality and a *stack* of strategies drawn from one vocabulary:
 ``prompt``, ``retrieval``, ``adapter``, ``full``. The runner fits them in
@@ -10,8 +10,16 @@ A recipe names a modality and a *stack* of strategies drawn from one vocabulary:
   a predictor reads: base model, prompt builder, retriever ...).
 
 The runner always composes from the part it has just written, so what is evaluated is
-exactly what reloads from disk. A :class:`Modality` plugs in its data loader, its stack,
-its predictor and its metrics; shared code never branches on the modality's name.
+exactly what reloads from disk.
+
+A :class:`Modality` declares everything shared code needs to know about it: its recipe
+sections, its one data parser, its stack and predictor, its metrics and which way each one
+is better, which retrieval resource a recipe of it has, what stands for an input in drift,
+how batch reads inputs and writes outputs, and what the CLI shows of a prediction. Shared
+code (engine/, govern/, cli/) asks the registered modality and never branches on its name
+or guesses with ``getattr``. :func:`register_modality` (or the ``mmadapt.modalities`` entry
+point group of an installed package) is the one place a modality is registered; the three
+built-in ones are listed in :data:`MODALITIES`.
 """
 
 from __future__ import annotations
@@ -90,8 +98,9 @@ class FitContext:
 class Stack:
     """The live state of a composed stack; a modality subclasses it with its fields."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, base_info: dict[str, Any] | None = None):
         self.recipe = recipe
+        self.base_info: dict[str, Any] = dict(base_info or {})  # what was loaded: written to the manifest
         self.applied: list[str] = []
 
 
@@ -100,7 +109,7 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     config_model: ClassVar[type[StrictModel]]
-    trains: ClassVar[bool] = False  # True when fit() updates model weights
+    trains: ClassVar[bool]  # True when fit() updates model weights (advise, compute budgets)
 
     def __init__(self, config: StrictModel, recipe: Recipe):
         self.config = config
@@ -116,7 +125,17 @@ class Strategy(ABC):
 
 
 class Modality(ABC):
-    """What a modality registers: strategies, recipe sections, data, stack, predictor, metrics."""
+    """What a modality declares. Shared code reads these and nothing else.
+
+    Class attributes (checked by :func:`register_modality`):
+
+    * ``name``, ``strategies`` (stack name -> :class:`Strategy` class), ``data_model`` and
+      ``inference_model`` (the recipe's ``data:`` / ``inference:`` sections; ``data_model``
+      has an ``eval`` field: the held-out split);
+    * ``metrics``, ``default_metrics``, ``primary_metric`` and ``lower_is_better`` (the metrics
+      where a smaller value is better, e.g. WER; every other metric is higher-is-better);
+    * ``input_keys``: the keys of a batch JSONL record that hold its input, first found wins.
+    """
 
     name: ClassVar[str]
     strategies: ClassVar[dict[str, type[Strategy]]]
@@ -125,25 +144,24 @@ class Modality(ABC):
     metrics: ClassVar[tuple[str, ...]]
     default_metrics: ClassVar[tuple[str, ...]]
     primary_metric: ClassVar[str]
+    lower_is_better: ClassVar[frozenset[str]]
+    input_keys: ClassVar[tuple[str, ...]]
+
+    # ---- data
+    @abstractmethod
+    def load_data(self, recipe: Recipe) -> DataBundle:
+        """Parse the recipe's data; one :class:`~mmadapt.errors.DataError` on the first bad file."""
 
     @abstractmethod
-    def load_data(self, recipe: Recipe) -> DataBundle: ...
-
     def validate_data(self, recipe: Recipe) -> list:
-        """Every problem of the recipe's data as :class:`mmadapt.engine.validate.Problem` s (errors and warnings).
+        """Every problem of the recipe's data (:class:`mmadapt.engine.validate.Problem`), through the same parser."""
 
-        A modality overrides this to report all problems at once, with file and line; this
-        default tries :meth:`load_data` and reports its one error (or nothing).
-        """
-        from mmadapt.engine.validate import Problem
-        from mmadapt.errors import MmadaptError
+    @abstractmethod
+    def retrieval_source(self, recipe: Recipe) -> str | None:
+        """The resource the ``retrieval`` strategy searches in this recipe (knowledge base, vocabulary,
+        reference images), as the path written in the recipe; None when the recipe has none."""
 
-        try:
-            self.load_data(recipe)
-        except MmadaptError as exc:
-            return [Problem.from_error(exc)]
-        return []
-
+    # ---- model
     @abstractmethod
     def new_stack(self, recipe: Recipe) -> Stack:
         """Load the base model into a fresh stack."""
@@ -151,24 +169,12 @@ class Modality(ABC):
     @abstractmethod
     def predictor(self, stack: Stack) -> Predictor: ...
 
+    # ---- evaluation
     @abstractmethod
     def score(
         self, predictions: list[Prediction], examples: list[Example], metrics: Sequence[str], data: DataBundle
     ) -> list[dict[str, Any]]:
         """One row per example: ``{"id": ..., "<metric>": value, ...}`` (plus any detail columns)."""
-
-    def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
-        """Write the composed stack's weights into ``out_dir`` as one servable model folder
-        (adapters merged, safetensors); return what was merged. See :mod:`mmadapt.engine.export`."""
-        from mmadapt.errors import ArtifactError
-
-        raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
-
-    def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
-        """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
-        generated images and a contact sheet for images; the first one is the overview a report shows.
-        It may add columns to ``rows`` (e.g. the image file of each example). The default writes none."""
-        return []
 
     def aggregate(self, rows: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
         """Corpus-level metrics from per-example rows; the default is the mean of each metric.
@@ -183,21 +189,139 @@ class Modality(ABC):
                 out[metric] = float(sum(values) / len(values))
         return out
 
+    # ---- drift
+    @abstractmethod
+    def drift_texts(self, examples: Sequence[Example]) -> list[str]:
+        """The text that stands for each example's input when drift embeds inputs
+        (a question; a clip's transcript; an image prompt)."""
+
+    @abstractmethod
+    def drift_terms(self, data: DataBundle) -> list[str]:
+        """Domain words drift counts as known besides the train split's own (a vocabulary); may be empty."""
+
+    @abstractmethod
+    def drift_embedder(self, recipe: Recipe) -> str | None:
+        """The text embedder drift embeds :meth:`drift_texts` with for this recipe (e.g. its retrieval
+        embedder, whose space the passages share); None for drift's default (MiniLM)."""
+
+    # ---- batch and CLI
+    @abstractmethod
+    def output_json(self, output: Any, index: int, files_dir: Path) -> Any:
+        """A prediction's output as a JSON value for a batch output line (objects such as images
+        are written under ``files_dir``, named by ``index``, and their path returned)."""
+
+    @abstractmethod
+    def show(self, input: Any, prediction: Prediction) -> str:
+        """What the CLI prints for one prediction (a few lines; no trailing newline)."""
+
+    # ---- optional
+    def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
+        """Write the composed stack's weights into ``out_dir`` as one servable model folder
+        (adapters merged, safetensors); return what was merged. See :mod:`mmadapt.engine.export`."""
+        from mmadapt.errors import ArtifactError
+
+        raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
+
+    def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
+        """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
+        generated images and a contact sheet for images; the first one is the overview a report shows.
+        It may add columns to ``rows`` (e.g. the image file of each example). The default writes none."""
+        return []
+
+
+# ---------------------------------------------------------------- the registry
 
 MODALITIES: dict[str, str] = {
     "text": "mmadapt.modalities.text:TextModality",
-    "speech": "mmadapt.modalities.speech:SpeechModality",
     "image": "mmadapt.modalities.image:ImageModality",
+    "speech": "mmadapt.modalities.speech:SpeechModality",
 }
+ENTRY_POINT_GROUP = "mmadapt.modalities"  # an installed package registers a modality as NAME = "module:Class"
+_REQUIRED = ("name", "strategies", "inference_model", "data_model", "metrics", "default_metrics", "primary_metric",
+             "lower_is_better", "input_keys")
+_loaded: dict[str, Modality] = {}
+_entry_points_read = False
+
+
+def register_modality(name: str, target: str | type[Modality]) -> None:
+    """Register a modality as ``name`` -> ``"package.module:Class"`` (imported on first use) or a class.
+
+    The recipe schema, ``run``, ``compare``, ``advise``, ``ab``, ``drift``, ``batch`` and the CLI
+    all find it here. A class is stored by its import path, so processes that ``compare`` starts
+    import the same one.
+    """
+    if not isinstance(target, str):
+        target = f"{target.__module__}:{target.__qualname__}"
+    if ":" not in target:
+        raise ValueError(f"modality target {target!r} must be 'package.module:Class'")
+    MODALITIES[name] = target
+    _loaded.pop(name, None)
+
+
+def _read_entry_points() -> None:
+    global _entry_points_read
+    if _entry_points_read:
+        return
+    _entry_points_read = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        MODALITIES.setdefault(ep.name, ep.value)
+
+
+def modality_names() -> list[str]:
+    """Every registered modality's name (built-in, registered in-process, or by an entry point)."""
+    _read_entry_points()
+    return list(MODALITIES)
+
+
+def registry_snapshot() -> dict[str, str]:
+    """The registrations, to replay in another process (:func:`restore_registry`)."""
+    _read_entry_points()
+    return dict(MODALITIES)
+
+
+def restore_registry(snapshot: dict[str, str]) -> None:
+    for name, target in snapshot.items():
+        if MODALITIES.get(name) != target:
+            register_modality(name, target)
+
+
+def check_modality(cls: type[Modality]) -> None:
+    """The contract a registered class must meet: every declaration present and consistent."""
+    missing = [attr for attr in _REQUIRED if not hasattr(cls, attr)]
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    problems = []
+    if missing:
+        problems.append(f"declares no {', '.join(missing)}")
+    if abstract:
+        problems.append(f"does not implement {', '.join(abstract)}")
+    if not missing:
+        unknown = [m for m in (*cls.default_metrics, cls.primary_metric, *cls.lower_is_better) if m not in cls.metrics]
+        if unknown:
+            problems.append(f"names metrics it does not list in `metrics`: {', '.join(unknown)}")
+        bad = [s for s in cls.strategies if s not in STACK_ORDER]
+        if bad:
+            problems.append(f"strategies {bad} are not in the vocabulary {STACK_ORDER}")
+        untyped = [s for s, k in cls.strategies.items() if not hasattr(k, "trains")]
+        if untyped:
+            problems.append(f"strategies {untyped} do not say whether they train (`trains`)")
+        if "eval" not in cls.data_model.model_fields:
+            problems.append("its data_model has no `eval` field (the held-out split)")
+    if problems:
+        raise TypeError(f"modality {cls.__module__}.{cls.__qualname__} " + "; ".join(problems))
 
 
 def get_modality(name: str) -> Modality:
     """The registered modality called ``name`` (imported lazily: text needs no diffusers)."""
     from mmadapt.errors import RecipeError
 
+    if name in _loaded:
+        return _loaded[name]
+    _read_entry_points()
     target = MODALITIES.get(name)
     if target is None:
-        raise RecipeError(f"unknown modality {name!r}", fix=f"use one of: {', '.join(sorted(MODALITIES))}")
+        raise RecipeError(f"unknown modality {name!r}", fix=f"use one of: {', '.join(MODALITIES)}")
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -206,7 +330,17 @@ def get_modality(name: str) -> Modality:
             f"modality {name!r} is not available in this installation ({exc})",
             fix="pip install 'mmadapt[embedded]'",
         ) from exc
-    return getattr(module, attr)()
+    cls = getattr(module, attr)
+    check_modality(cls)
+    _loaded[name] = cls()
+    return _loaded[name]
+
+
+def strategy_trains(name: str, modality: Modality | None = None) -> bool:
+    """Whether strategy ``name`` trains weights: in ``modality``, or (no modality) in any registered one."""
+    if modality is not None:
+        return modality.strategies[name].trains if name in modality.strategies else False
+    return any(get_modality(m).strategies[name].trains for m in modality_names() if name in get_modality(m).strategies)
 
 
 def ordered(names: Sequence[str]) -> list[str]:

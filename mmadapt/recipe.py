@@ -17,14 +17,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mmadapt.config import CompareConfig, EvalConfig, StrictModel, TrainConfig
 from mmadapt.errors import RecipeError
-from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, ordered
+from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, modality_names, ordered
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_RECIPE_BYTES = 1 << 20
@@ -35,7 +35,7 @@ class RecipeTop(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    modality: Literal["text", "image", "speech"]
+    modality: str = Field(description="a registered modality (mmadapt.protocols.modality_names())")
     base_model: str = Field(min_length=1, max_length=4096)
     data: dict[str, Any]
     strategies: dict[str, Any] = Field(description="the stack; {} evaluates the base model alone (the floor)")
@@ -50,6 +50,14 @@ class RecipeTop(StrictModel):
     @classmethod
     def _not_null_sections(cls, value: dict[str, Any]) -> dict[str, Any]:
         return {k: ({} if v is None else v) for k, v in value.items()}
+
+    @field_validator("modality")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        names = modality_names()
+        if value not in names:
+            raise ValueError(f"Input should be one of {', '.join(repr(n) for n in names)}")
+        return value
 
 
 class Recipe(BaseModel):

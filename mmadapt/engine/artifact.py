@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mmadapt.engine.atomic import fsync_dir, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
+from mmadapt.engine.versions import CURRENT, VERSION_RE, committed, versions  # noqa: F401 - re-exported
 from mmadapt.errors import ArtifactError
 
 MANIFEST = "manifest.json"
-CURRENT = "current"
-VERSION_RE = re.compile(r"^v(\d{4,})$")
 FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -34,56 +34,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def versions(recipe_dir: Path) -> list[str]:
-    """The complete versions under ``recipe_dir``, oldest first."""
-    if not recipe_dir.is_dir():
-        return []
-    found = [p.name for p in recipe_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name) and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda name: int(VERSION_RE.match(name).group(1)))
 
 
 def clean_stale_temporaries(recipe_dir: Path) -> list[Path]:
@@ -141,11 +91,9 @@ class ArtifactWriter:
         manifest = {**manifest, "version": version}
         try:
             write_json_atomic(self.tmp / MANIFEST, manifest)
-            _fsync_dir(self.tmp)
+            fsync_dir(self.tmp)
             os.rename(self.tmp, target)
-            _fsync_dir(self.recipe_dir)
-            from mmadapt.govern.registry import committed  # governance: current-pointer policy + audit log
-
+            fsync_dir(self.recipe_dir)
             committed(self.recipe_dir, version, manifest, make_current)
         except OSError as exc:
             raise ArtifactError(

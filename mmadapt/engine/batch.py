@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from typing import Any
 from mmadapt.engine import distributed
 from mmadapt.engine.artifact import MANIFEST, read_manifest, write_json_atomic, write_text_atomic
 from mmadapt.errors import DataError, MmadaptError
+from mmadapt.protocols import get_modality
 
-INPUT_KEYS = ("input", "question", "prompt", "audio", "path", "text")  # the first one a JSONL record has
 PLAN = "plan.json"
 MAX_SHARD_SIZE = 100_000
 
@@ -40,10 +40,11 @@ class BatchReport:
     world_size: int = 1
 
 
-def read_inputs(path: str | Path) -> list[tuple[str, Any]]:
+def read_inputs(path: str | Path, input_keys: Sequence[str]) -> list[tuple[str, Any]]:
     """(id, input) per input: a folder gives its files (sorted); a .jsonl file one record per line
-    (a string, or an object with an ``id`` and one of ``input, question, prompt, audio, path, text``);
-    any other file one input per non-empty line."""
+    (a string, or an object with an ``id`` and one of ``input_keys`` — the modality's
+    :attr:`~mmadapt.protocols.Modality.input_keys`, first found wins); any other file one input
+    per non-empty line."""
     path = Path(path)
     if not path.exists():
         raise DataError("inputs not found", path=path, fix="pass a file of inputs or a folder of files")
@@ -68,9 +69,9 @@ def read_inputs(path: str | Path) -> list[tuple[str, Any]]:
             except ValueError as exc:
                 raise DataError(f"line {number}: not JSON ({exc.msg})", path=path, fix="one JSON value per line") from None
             if isinstance(record, dict):
-                key = next((k for k in INPUT_KEYS if k in record), None)
+                key = next((k for k in input_keys if k in record), None)
                 if key is None:
-                    raise DataError(f"line {number}: no input key (one of {', '.join(INPUT_KEYS)})", path=path)
+                    raise DataError(f"line {number}: no input key (one of {', '.join(input_keys)})", path=path)
                 items.append((str(record.get("id", f"line-{number}")), record[key]))
             else:
                 items.append((f"line-{number}", record))
@@ -87,24 +88,12 @@ def resolve_target(target: str | Path, output_dir: str | None = None) -> Path:
             raise MmadaptError("not an artifact version (no manifest.json)", path=target, fix="pass runs/<name>/<version> or a recipe")
         return target
     if target.suffix in (".yaml", ".yml") or target.is_file():
-        from mmadapt.govern.registry import recipe_dir, resolve_version
+        from mmadapt.engine.versions import recipe_dir, resolve_version
         from mmadapt.recipe import load_recipe
 
         recipe = load_recipe(target)
         return resolve_version(recipe_dir(output_dir or recipe.output_dir, recipe.name), None)
     raise MmadaptError("neither a recipe file nor an artifact folder", path=target, fix="pass a recipe .yaml or runs/<name>/<version>")
-
-
-def _jsonable(value: Any, index: int, files_dir: Path) -> Any:
-    """A prediction's output as JSON; objects that save themselves (images) go to a file next to the output."""
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
-        return value
-    if hasattr(value, "save"):
-        files_dir.mkdir(parents=True, exist_ok=True)
-        target = files_dir / f"{index:06d}.png"
-        value.save(target)
-        return str(target)
-    return str(value)
 
 
 def _plan(items: list[tuple[str, Any]], version_dir: Path, shard_size: int) -> dict[str, Any]:
@@ -156,8 +145,9 @@ def run_batch(
     output = Path(output)
     parts = output.with_name(output.name + ".parts")
     files_dir = output.with_name(output.name + ".files")
-    items = read_inputs(inputs)
     version_dir = resolve_target(target, output_dir)
+    modality = get_modality(read_manifest(version_dir)["modality"])
+    items = read_inputs(inputs, modality.input_keys)
     plan = _plan(items, version_dir, shard_size)
 
     if distributed.is_main():
@@ -209,7 +199,7 @@ def run_batch(
                 "index": index,
                 "id": item_id,
                 "input": value,
-                "output": _jsonable(pred.output, index, files_dir),
+                "output": modality.output_json(pred.output, index, files_dir),
                 "sources": list(pred.sources),
             }
             lines.append(json.dumps(record, ensure_ascii=False, default=str) + "\n")

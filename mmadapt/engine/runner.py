@@ -7,6 +7,7 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,8 +17,8 @@ from mmadapt.engine import distributed
 from mmadapt.engine.artifact import ArtifactWriter, read_manifest
 from mmadapt.engine.evaluate import EvalResult, evaluate
 from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
-from mmadapt.errors import ArtifactError
-from mmadapt.protocols import FitContext, Modality, Predictor, Stack, get_modality
+from mmadapt.errors import ArtifactError, MmadaptError
+from mmadapt.protocols import FitContext, FitReport, Modality, Predictor, Stack, get_modality
 from mmadapt.recipe import Recipe, recipe_from_resolved
 
 PACKAGES = ("mmadapt", "torch", "transformers", "peft", "diffusers", "sentence-transformers", "open-clip-torch", "torchaudio")
@@ -64,6 +65,20 @@ def _write_predictions(path: Path, result: EvalResult) -> None:
             handle.write(json.dumps(record, default=str) + "\n")
 
 
+def fit_stack(
+    modality: Modality, recipe: Recipe, stack: Stack, data, part_dir: Callable[[str], Path], ctx: FitContext
+) -> dict[str, FitReport]:
+    """Fit each strategy of the stack in order, composing each from the part it has just written."""
+    reports = {}
+    for name in recipe.stack:
+        strategy = modality.strategies[name](recipe.strategies[name], recipe)
+        part = part_dir(name)
+        reports[name] = strategy.fit(stack, data, part, ctx)
+        strategy.compose(stack, part)
+        stack.applied.append(name)
+    return reports
+
+
 def _fit_on_worker(recipe: Recipe, resume: bool) -> None:
     """A rank other than 0 of a multi-process run: fit the stack with the others (its parts are scratch)."""
     modality = get_modality(recipe.modality)
@@ -71,13 +86,12 @@ def _fit_on_worker(recipe: Recipe, resume: bool) -> None:
     stack = modality.new_stack(recipe)
     ctx = FitContext(recipe=recipe, run_dir=_work_dir(recipe), resume=resume, progress=False)
     with tempfile.TemporaryDirectory(prefix=f"mmadapt-rank{distributed.rank()}-") as scratch:
-        for name in recipe.stack:
-            strategy = modality.strategies[name](recipe.strategies[name], recipe)
-            part = Path(scratch) / name
-            part.mkdir()
-            strategy.fit(stack, data, part, ctx)
-            strategy.compose(stack, part)
-            stack.applied.append(name)
+
+        def part_dir(name: str) -> Path:
+            (Path(scratch) / name).mkdir()
+            return Path(scratch) / name
+
+        fit_stack(modality, recipe, stack, data, part_dir, ctx)
 
 
 def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult | None:
@@ -98,20 +112,17 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
         stack = modality.new_stack(recipe)
         with ArtifactWriter(recipe.output_dir, recipe.name) as writer:
             ctx = FitContext(recipe=recipe, run_dir=work, resume=resume, progress=progress)
-            fits: dict[str, Any] = {}
-            for name in recipe.stack:
-                strategy = modality.strategies[name](recipe.strategies[name], recipe)
-                part = writer.part_dir(name)
-                report = strategy.fit(stack, data, part, ctx)
-                strategy.compose(stack, part)
-                stack.applied.append(name)
-                fits[name] = {
+            reports = fit_stack(modality, recipe, stack, data, writer.part_dir, ctx)
+            fits: dict[str, Any] = {
+                name: {
                     "trainable_params": report.trainable_params,
                     "train_seconds": round(report.train_seconds, 3),
                     "steps": report.steps,
                     "final_loss": report.final_loss,
-                    "bytes": folder_bytes(part),
+                    "bytes": folder_bytes(writer.part_dir(name)),
                 }
+                for name, report in reports.items()
+            }
             predictor = modality.predictor(stack)
             result = evaluate(modality, predictor, data, recipe, progress=progress)
             samples = modality.write_samples(result.predictions, result.rows, writer.tmp)
@@ -132,7 +143,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 "recipe_hash": recipe.hash(),
                 "recipe_source": recipe.source,
                 "data": {"fingerprint": data.fingerprint, "files": data.files, "paths": recipe.data_paths},
-                "base_model": {"ref": recipe.base_model, **getattr(stack, "base_info", {})},
+                "base_model": {"ref": recipe.base_model, **stack.base_info},
                 "parts": fits,
                 "metrics": result.metrics,
                 "ci95": {k: list(v) for k, v in result.ci.items()},
@@ -170,3 +181,43 @@ def load_artifact(version_dir: str | Path) -> LoadedArtifact:
         modality.strategies[name](recipe.strategies[name], recipe).compose(stack, part)
         stack.applied.append(name)
     return LoadedArtifact(manifest, recipe, modality, stack, modality.predictor(stack))
+
+
+# ---------------------------------------------------------------- one run in a process of its own
+
+
+def _run_resolved(snapshot: dict[str, str], resolved: dict[str, Any], source: str | None, resume: bool, progress: bool) -> dict[str, Any]:
+    """In a fresh process: rebuild the recipe, run it, return the written manifest."""
+    from mmadapt.protocols import restore_registry
+    from mmadapt.recipe import validate_recipe
+
+    restore_registry(snapshot)
+    recipe = validate_recipe(resolved, Path(source) if source else None)
+    result = run(recipe, resume=resume, progress=progress)
+    return result.manifest
+
+
+def run_in_process(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """:func:`run` in a new Python process (spawned: nothing of this one's memory or threads is
+    shared, so peak memory and latency are the run's own); returns the manifest it wrote.
+
+    ``compare`` runs each stack through this. A user-facing error in the child is raised here
+    as the same one-line :class:`~mmadapt.errors.MmadaptError`.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from mmadapt.protocols import registry_snapshot
+
+    resolved = recipe.resolved()
+    resolved["data"] = {k: (recipe.data_paths.get(v, v) if isinstance(v, str) else v) for k, v in resolved["data"].items()}
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_run_resolved, registry_snapshot(), resolved, recipe.source, resume, progress)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise MmadaptError(
+                f"the run of {recipe.name} died (killed, or out of memory)", path=recipe.source,
+                fix="check memory (peak RSS of earlier stacks is in their manifests) or run it alone with mmadapt run",
+            ) from None

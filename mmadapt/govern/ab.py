@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,7 @@ from mmadapt.errors import ArtifactError, MmadaptError
 from mmadapt.govern.registry import recipe_dir, resolve_version
 from mmadapt.protocols import Example, get_modality
 
-# Metrics where a smaller value is better; a modality may add its own with ``lower_is_better``.
-LOWER_IS_BETTER = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
 METHODS = ("bootstrap", "sign")
-
-
-def lower_is_better(metric: str, modality: Any = None) -> bool:
-    extra = frozenset(getattr(modality, "lower_is_better", ()) or ())
-    return metric in LOWER_IS_BETTER or metric in extra
 
 
 def sign_test(diffs: Sequence[float]) -> dict[str, float]:
@@ -109,13 +102,17 @@ def compare_scores(
     rows_b: list[dict[str, Any]],
     metrics: Sequence[str],
     *,
-    modality: Any = None,
+    lower_is_better: Collection[str] = frozenset(),
     method: str = "bootstrap",
     resamples: int = 2000,
     level: float = 0.95,
     seed: int = 0,
 ) -> list[MetricDiff]:
-    """Per-metric paired comparison of two lists of per-example score rows (same order, same examples)."""
+    """Per-metric paired comparison of two lists of per-example score rows (same order, same examples).
+
+    ``lower_is_better`` names the metrics where a smaller value is better (the modality's
+    :attr:`~mmadapt.protocols.Modality.lower_is_better`); every other metric improves upwards.
+    """
     if method not in METHODS:
         raise MmadaptError(f"unknown test {method!r}", fix=f"use one of: {', '.join(METHODS)}")
     out = []
@@ -132,7 +129,7 @@ def compare_scores(
         boot = paired_bootstrap(a, b, resamples=resamples, level=level, seed=seed)
         diffs = [y - x for x, y in pairs]
         sign = sign_test(diffs)
-        higher = not lower_is_better(metric, modality)
+        higher = metric not in lower_is_better
         b_wins = sign["positive"] if higher else sign["negative"]
         a_wins = sign["negative"] if higher else sign["positive"]
         ci = (boot["ci_low"], boot["ci_high"])
@@ -195,7 +192,7 @@ def ab_test(
     rows_a, out_a = _score_version(dir_a, modality, examples, metrics, data, progress)
     rows_b, out_b = _score_version(dir_b, modality, examples, metrics, data, progress)
     diffs = compare_scores(
-        rows_a, rows_b, metrics, modality=modality, method=method, resamples=resamples, level=level, seed=recipe.train.seed
+        rows_a, rows_b, metrics, lower_is_better=modality.lower_is_better, method=method, resamples=resamples, level=level, seed=recipe.train.seed
     )
     if not diffs:
         raise MmadaptError(

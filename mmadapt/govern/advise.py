@@ -3,7 +3,7 @@
 A pure-Python rules engine. Every rule has an id, and its table is in ``docs/advise.md``
 (the test suite checks the two agree). Rules come in four kinds, applied in this order:
 
-* ``hard``: exclude a stack (no knowledge base -> no retrieval; no GPU -> nothing that trains;
+* ``hard``: exclude a stack (nothing to retrieve from -> no retrieval; no GPU -> nothing that trains;
   measured latency over the budget ...);
 * ``operational``: add to or take from a stack's score for what it costs to run and govern
   (restricted data, knowledge that changes often, weekly releases). Always applied;
@@ -23,13 +23,13 @@ Every reason names its source: ``constraint:<option>`` or
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmadapt.errors import DataError, MmadaptError
-from mmadapt.govern.ab import lower_is_better
+from mmadapt.protocols import STACK_ORDER, get_modality, strategy_trains
 
 PRIVACY = ("public", "internal", "restricted")
 CADENCE = ("weekly", "quarterly")
@@ -45,8 +45,8 @@ TIGHT_LATENCY_MS = 500.0
 
 # id -> (kind, when, effect, why). docs/advise.md holds the same table for readers.
 RULES: dict[str, tuple[str, str, str, str]] = {
-    "D1": ("hard", "the recipe has no `data.knowledge`", "exclude stacks with retrieval",
-           "retrieval needs a knowledge base to index"),
+    "D1": ("hard", "the recipe names nothing for retrieval to search (knowledge base, vocabulary, references)",
+           "exclude stacks with retrieval", "retrieval needs something to index"),
     "D2": ("hard", "examples = 0", "exclude stacks that train (adapter, full)", "nothing to train on"),
     "E1": ("prior", f"examples < {FEW_EXAMPLES}", "exclude full",
            "too few examples to train every weight without memorising them"),
@@ -90,7 +90,8 @@ class Constraints:
     gpu_hours: float | None = None
     release_cadence: str | None = None
     knowledge_changes: str | None = None
-    has_knowledge: bool | None = None  # from a recipe: does data.knowledge exist?
+    has_retrieval_source: bool | None = None  # from a recipe: does it name what retrieval searches?
+    training: frozenset[str] | None = None  # strategies that train weights (None: ask the registered modalities)
     bars: dict[str, float] = field(default_factory=dict)  # from a recipe's eval.min
 
     def __post_init__(self) -> None:
@@ -160,8 +161,8 @@ def parts(stack: str) -> set[str]:
     return set() if stack == "base" else {p.strip() for p in stack.split("+") if p.strip()}
 
 
-def trains(stack: str) -> bool:
-    return bool(parts(stack) & {"adapter", "full"})
+def trains(stack: str, training: frozenset[str]) -> bool:
+    return bool(parts(stack) & training)
 
 
 def stack_cost(stack: str) -> int:
@@ -220,8 +221,12 @@ def advise(
     report_name: str = "report.json",
     stacks: Sequence[str] | None = None,
     primary_metric: str | None = None,
+    lower_is_better: Collection[str] | None = None,
 ) -> Advice:
-    """Apply the rules of :data:`RULES` to ``constraints`` (and a compare ``report``); return the advice."""
+    """Apply the rules of :data:`RULES` to ``constraints`` (and a compare ``report``); return the advice.
+
+    ``lower_is_better`` names the metrics where smaller is better (the modality's); None reads it
+    from the report (``mmadapt compare`` writes it there)."""
     c = constraints
     reasons: list[Reason] = []
     excluded: dict[str, list[str]] = {}
@@ -253,14 +258,15 @@ def advise(
 
     every = list(cands)
     retrieval = [s for s in every if "retrieval" in parts(s)]
-    training = [s for s in every if trains(s)]
+    training_parts = c.training if c.training is not None else frozenset(n for n in STACK_ORDER if strategy_trains(n))
+    training = [s for s in every if trains(s, training_parts)]
     adapters = [s for s in every if "adapter" in parts(s)]
     fulls = [s for s in every if "full" in parts(s)]
     n = c.examples
 
     # ---- hard rules
-    if c.has_knowledge is False:
-        fire("D1", retrieval, "the recipe has no knowledge base to retrieve from", ["constraint:recipe.data.knowledge"], exclude=True)
+    if c.has_retrieval_source is False:
+        fire("D1", retrieval, "the recipe names nothing for retrieval to search", ["constraint:recipe.retrieval_source"], exclude=True)
     if n is not None and n == 0:
         fire("D2", training, "no training examples", ["constraint:examples=0"], exclude=True)
     if n is not None and n < FEW_EXAMPLES:
@@ -352,7 +358,8 @@ def advise(
             if not has_figure(x.stack):
                 x.tier = 2
         if figured:
-            sign = -1.0 if lower_is_better(metric) else 1.0  # WER-like metrics: smaller is better
+            lower = lower_is_better if lower_is_better is not None else (report.get("lower_is_better") or ())
+            sign = -1.0 if metric in lower else 1.0  # WER-like metrics: smaller is better
             best = max(figured, key=lambda x: (sign * x.measured[metric], -x.cost))
             b_lo, b_hi = _ci(best.measured, metric)
             for x in figured:
@@ -432,15 +439,15 @@ def advise_recipe(
     knowledge_changes: str | None = None,
     report_path: str | Path | None = None,
 ) -> Advice:
-    """Advice for a recipe (optional): its train size, knowledge base and bars fill in what is not given;
+    """Advice for a recipe (optional): its train size, retrieval source and bars fill in what is not given;
     its newest compare report is used when ``report_path`` is None."""
-    has_knowledge, bars, stacks, primary = None, {}, None, None
+    has_source, bars, stacks, primary, lower, training = None, {}, None, None, None, None
     if recipe is not None:
-        from mmadapt.protocols import STACK_ORDER, get_modality
-
         modality = get_modality(recipe.modality)
         primary = modality.primary_metric
-        has_knowledge = bool(getattr(recipe.data, "knowledge", None))
+        lower = modality.lower_is_better
+        has_source = modality.retrieval_source(recipe) is not None
+        training = frozenset(name for name, cls in modality.strategies.items() if cls.trains)
         bars = dict(recipe.eval.min)
         available = [s for s in STACK_ORDER if s in modality.strategies]
         stacks = [s for s in DEFAULT_STACKS if parts(s) <= set(available)]
@@ -452,10 +459,11 @@ def advise_recipe(
         raise MmadaptError("how many training examples?", fix="pass --examples N (or a RECIPE to count them)")
     constraints = Constraints(
         examples=examples, privacy=privacy, latency_ms=latency_ms, gpu_hours=gpu_hours,
-        release_cadence=release_cadence, knowledge_changes=knowledge_changes, has_knowledge=has_knowledge, bars=bars,
+        release_cadence=release_cadence, knowledge_changes=knowledge_changes, has_retrieval_source=has_source, bars=bars,
+        training=training,
     )
     report = read_report(report_path) if report_path else None
     return advise(
         constraints, report, report_name=Path(report_path).name if report_path else "report.json",
-        stacks=stacks, primary_metric=primary,
+        stacks=stacks, primary_metric=primary, lower_is_better=lower,
     )

@@ -1,7 +1,7 @@
 """Several stacks of one recipe on the same data and seed -> the decision table.
 
-Each stack runs in its own process (``mmadapt run --json`` on a generated recipe file),
-so its peak memory and latency are its own, and each leaves a normal artifact
+Each stack runs in a process of its own (:func:`mmadapt.engine.runner.run_in_process`, which
+returns the manifest it wrote), so its peak memory and latency are its own, and each leaves a normal artifact
 version (recipe name ``<name>--<stack>``). The report holds quality metrics with 95%
 bootstrap confidence intervals next to what each stack costs, as ``report.md``,
 ``report.json`` and ``report.png`` (quality against training cost, point size =
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +21,9 @@ from typing import Any
 
 import yaml
 
+from mmadapt.config import CompareConfig
+from mmadapt.engine.runner import run_in_process
 from mmadapt.engine.stats import paired_bootstrap
-from mmadapt.errors import MmadaptError
 from mmadapt.govern.report import human_bytes, table
 from mmadapt.protocols import STACK_ORDER, get_modality
 from mmadapt.recipe import Recipe, parse_stack, stack_label
@@ -48,27 +47,17 @@ class CompareResult:
     primary_metric: str
 
 
-def _stack_recipe(recipe: Recipe, names: list[str]) -> dict[str, Any]:
+def stack_recipe(recipe: Recipe, names: list[str]) -> Recipe:
+    """The recipe one stack of a comparison runs: named ``<name>--<stack>``, its own versions, no compare section."""
     sub = recipe.with_stack(names)
-    resolved = sub.resolved()
-    resolved["name"] = f"{recipe.name}--{stack_label(names)}".replace("+", "-")
-    resolved["data"] = {k: (recipe.data_paths.get(v, v) if isinstance(v, str) else v) for k, v in resolved["data"].items()}
-    resolved["output_dir"] = str(Path(recipe.output_dir).resolve())
-    resolved.pop("compare", None)
-    return resolved
-
-
-def _run_stack(path: Path, resume: bool, progress: bool) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "mmadapt.cli", "run", str(path), "--json"]
-    if resume:
-        cmd.append("--resume")
-    if not progress:
-        cmd.append("--quiet")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE, text=True, env=os.environ.copy())
-    if proc.returncode != 0:
-        detail = (proc.stderr or "").strip().splitlines()[-1:] if proc.stderr else []
-        raise MmadaptError(f"stack run failed (exit {proc.returncode}) {' '.join(detail)}", path=path)
-    return json.loads(proc.stdout[proc.stdout.index("{") :])
+    return sub.model_copy(
+        update={
+            "name": f"{recipe.name}--{stack_label(names)}".replace("+", "-"),
+            "output_dir": str(Path(recipe.output_dir).resolve()),
+            "compare": CompareConfig(),
+            "compare_strategies": {},
+        }
+    )
 
 
 def compare(
@@ -85,12 +74,13 @@ def compare(
     version_dirs: list[Path] = []
     for names in parsed:
         label = stack_label(names)
-        path = report_dir / "stacks" / f"{label.replace('+', '-')}.yaml"
+        sub = stack_recipe(recipe, names)
+        path = report_dir / "stacks" / f"{label.replace('+', '-')}.yaml"  # the record of what ran (mmadapt run re-runs it)
         path.parent.mkdir(exist_ok=True)
-        path.write_text(yaml.safe_dump(_stack_recipe(recipe, names), sort_keys=False, allow_unicode=True))
+        path.write_text(yaml.safe_dump(_runnable(sub), sort_keys=False, allow_unicode=True))
         if progress:
             print(f"[compare] {label}", file=sys.stderr, flush=True)
-        manifest = _run_stack(path, resume, progress)
+        manifest = run_in_process(sub, resume=resume, progress=progress)
         row: dict[str, Any] = {"stack": label, "version": f"{manifest['name']}/{manifest['version']}"}
         for metric, value in manifest["metrics"].items():
             lo, hi = manifest.get("ci95", {}).get(metric, (None, None))
@@ -106,6 +96,14 @@ def compare(
     result = CompareResult(rows, report_dir, modality.primary_metric)
     write_report(result, recipe)
     return result
+
+
+def _runnable(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe with its data paths absolute, as a YAML file that runs from anywhere."""
+    resolved = recipe.resolved()
+    resolved["data"] = {k: (recipe.data_paths.get(v, v) if isinstance(v, str) else v) for k, v in resolved["data"].items()}
+    resolved.pop("compare", None)
+    return resolved
 
 
 def _example_scores(version_dir: Path) -> dict[str, dict[str, Any]]:
@@ -199,12 +197,21 @@ def display_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
 def write_report(result: CompareResult, recipe: Recipe) -> None:
     shown, columns = display_rows(result.rows)
     (result.report_dir / "report.json").write_text(
-        json.dumps({"recipe": recipe.name, "primary_metric": result.primary_metric, "rows": result.rows}, indent=2)
+        json.dumps(
+            {
+                "recipe": recipe.name,
+                "modality": recipe.modality,
+                "primary_metric": result.primary_metric,
+                "lower_is_better": sorted(get_modality(recipe.modality).lower_is_better),
+                "rows": result.rows,
+            },
+            indent=2,
+        )
     )
     md = [
         f"# {recipe.name}: which strategy?",
         "",
-        f"Modality {recipe.modality}, base model `{recipe.base_model}`, eval set `{recipe.data.eval if hasattr(recipe.data, 'eval') else ''}`.",
+        f"Modality {recipe.modality}, base model `{recipe.base_model}`, eval set `{recipe.data.eval}`.",
         "Quality metrics are means over the eval set with 95% bootstrap confidence intervals; costs are measured in the same run.",
         "",
         table(shown, columns, markdown=True),

@@ -10,18 +10,19 @@ when nothing has drifted:
   bandwidth is the median distance between train embeddings;
 * ``far_share``: the share of inputs whose nearest train neighbour is less similar than
   the ``1 - level`` quantile of held-out train inputs' nearest-neighbour similarity;
-* ``oov_rate``: the share of words in the new inputs never seen in train inputs (nor in
-  the recipe's domain ``vocabulary``, when its data section names one).
+* ``oov_rate``: the share of words in the new inputs never seen in train inputs (nor among
+  the modality's :meth:`~mmadapt.protocols.Modality.drift_terms`, e.g. a speech vocabulary).
 
 A signal drifts when it exceeds the ``level`` quantile of its calibration values (or, for
 ``mmd2``, an explicit ``threshold``); any drifting signal flags retraining. The mean-
-embedding cosine distance is reported beside them. The texts of an example are
-``modality.drift_texts(examples)`` when the modality provides it, else ``str(example.input)``.
+embedding cosine distance is reported beside them. The text that stands for an example is
+the modality's :meth:`~mmadapt.protocols.Modality.drift_texts` (a question, a clip's
+transcript, an image prompt); the embedder is ``--embedder``, else the modality's
+:meth:`~mmadapt.protocols.Modality.drift_embedder` for the recipe, else MiniLM.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mmadapt.errors import DataError, MmadaptError
-from mmadapt.protocols import Example, get_modality
+from mmadapt.protocols import Modality, get_modality
 
 DEFAULT_EMBEDDER = "embedded:minilm-l6"
 MAX_ITEMS = 2000  # inputs per side; larger sets are subsampled (seeded)
@@ -122,51 +123,18 @@ def oov_rate(new_words: Sequence[str], known: set[str]) -> float:
 # ---------------------------------------------------------------- inputs
 
 
-def drift_texts(modality, examples: Sequence[Example]) -> list[str]:
-    """The text that stands for each example (the modality's, or ``str(example.input)``)."""
-    provider = getattr(modality, "drift_texts", None)
-    if callable(provider):
-        return [str(t) for t in provider(list(examples))]
-    return [str(e.input) for e in examples]
-
-
-def read_vocabulary(recipe) -> list[str]:
-    """Domain terms named by ``data.vocabulary`` (a list, or a .txt/.json/.jsonl file), if any."""
-    value = getattr(recipe.data, "vocabulary", None)
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    path = recipe.path(str(value))
-    if path is None or not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-        return [str(v) for v in (data if isinstance(data, list) else data.get("terms", []))]
-    terms = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if path.suffix == ".jsonl":
-            record = json.loads(line)
-            terms.append(str(record.get("term", record.get("text", ""))) if isinstance(record, dict) else str(record))
-        else:
-            terms.append(line)
-    return terms
-
-
-def read_new_inputs(recipe, path: str | Path, modality=None) -> list[str]:
-    """NEW_DATA as texts: a JSONL shaped like the eval split (read by the modality), or one input a line."""
+def read_new_inputs(recipe, path: str | Path, modality: Modality | None = None) -> list[str]:
+    """NEW_DATA as texts: a ``.txt`` file holds one input a line; anything else (a JSONL file, an
+    audio folder ...) is read by the modality as its eval split would be, and each example stands
+    for itself through :meth:`~mmadapt.protocols.Modality.drift_texts`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("new inputs not found", path=path, fix="pass a .jsonl shaped like the eval split, or a text file")
+    if not path.exists():
+        raise DataError("new inputs not found", path=path, fix="pass data shaped like the eval split, or a .txt file of one input a line")
     modality = modality or get_modality(recipe.modality)
-    if path.suffix.lower() == ".jsonl":
+    if path.is_dir() or path.suffix.lower() != ".txt":
         data_section = recipe.data.model_copy(update={"eval": str(path.resolve())})
         as_eval = recipe.model_copy(update={"data": data_section})
-        return drift_texts(modality, modality.load_data(as_eval).eval)
+        return modality.drift_texts(modality.load_data(as_eval).eval)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
@@ -266,13 +234,6 @@ def detect(
     )
 
 
-def recipe_embedder(recipe) -> str:
-    """The recipe's retrieval embedder when it has one (text passages share its space), else the default."""
-    section = recipe.strategies.get("retrieval")
-    ref = getattr(section, "embedder", None)
-    return ref if isinstance(ref, str) and ref else DEFAULT_EMBEDDER
-
-
 def drift(
     recipe,
     new_data: str | Path,
@@ -293,10 +254,10 @@ def drift(
         raise DataError(
             "the recipe has no train split to compare with", path=recipe.source, fix="set data.train"
         )
-    train_texts = drift_texts(modality, data.train)
+    train_texts = modality.drift_texts(data.train)
     new_texts = read_new_inputs(recipe, new_data, modality)
-    model = load_embedder(embedder or recipe_embedder(recipe))
+    model = load_embedder(embedder or modality.drift_embedder(recipe) or DEFAULT_EMBEDDER)
     return detect(
-        train_texts, new_texts, model, vocabulary=read_vocabulary(recipe), threshold=threshold, level=level,
+        train_texts, new_texts, model, vocabulary=modality.drift_terms(data), threshold=threshold, level=level,
         splits=splits, seed=recipe.train.seed, recipe_name=recipe.name,
     )

@@ -100,13 +100,13 @@ def test_sign_test_matches_scipy(pos, neg):
 def test_lower_is_better_metrics_flip_the_verdict():
     a = [{"wer": 0.5} for _ in range(30)]
     b = [{"wer": 0.1} for _ in range(30)]
-    (wer,) = compare_scores(a, b, ["wer"])
+    (wer,) = compare_scores(a, b, ["wer"], lower_is_better={"wer"})
     assert wer.diff == pytest.approx(-0.4) and not wer.higher_is_better
     assert wer.verdict == "better" and wer.b_wins == 30
-    (same,) = compare_scores(a, a, ["wer"])
+    (same,) = compare_scores(a, a, ["wer"], lower_is_better={"wer"})
     assert same.verdict == "no evidence"
     with pytest.raises(MmadaptError):
-        compare_scores(a, b, ["wer"], method="t-test")
+        compare_scores(a, b, ["wer"], lower_is_better={"wer"}, method="t-test")
 
 
 def test_examples_missing_a_value_are_left_out_of_the_pairs():

@@ -81,11 +81,11 @@ def test_no_constraint_at_all_ranks_by_cost():
     assert advice.reasons == []
 
 
-def test_D1_no_knowledge_base_excludes_retrieval():
-    advice = advise(Constraints(examples=500, has_knowledge=False))
+def test_D1_nothing_to_retrieve_from_excludes_retrieval():
+    advice = advise(Constraints(examples=500, has_retrieval_source=False))
     assert advice.excluded == {"prompt+retrieval": ["D1"], "prompt+retrieval+adapter": ["D1"]}
-    assert _fired(advice, "D1")[0].sources == ["constraint:recipe.data.knowledge"]
-    assert "D1" not in {r.rule for r in advise(Constraints(examples=500, has_knowledge=True)).reasons}
+    assert _fired(advice, "D1")[0].sources == ["constraint:recipe.retrieval_source"]
+    assert "D1" not in {r.rule for r in advise(Constraints(examples=500, has_retrieval_source=True)).reasons}
 
 
 def test_D2_no_examples_excludes_training():
@@ -213,7 +213,7 @@ def test_for_an_error_rate_the_smallest_is_best():
     def wer_row(stack, value, lo, hi):
         return {"stack": stack, "wer": value, "wer_ci": [lo, hi], "train_seconds": 0.0}
 
-    report = {"primary_metric": "wer", "rows": [
+    report = {"primary_metric": "wer", "lower_is_better": ["wer"], "rows": [
         wer_row("prompt", 0.30, 0.26, 0.34), wer_row("prompt+retrieval", 0.12, 0.10, 0.14), wer_row("base", 0.45, 0.40, 0.50),
     ]}
     advice = _advice(report)
@@ -228,7 +228,7 @@ def test_base_wins_when_nothing_measured_beats_it():
 
 
 def test_every_stack_excluded_gives_no_recommendation_and_a_warning():
-    advice = advise(Constraints(examples=0, has_knowledge=False), stacks=["prompt+retrieval", "prompt+adapter"])
+    advice = advise(Constraints(examples=0, has_retrieval_source=False), stacks=["prompt+retrieval", "prompt+adapter"])
     assert advice.recommended is None and advice.warnings
 
 

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 
 from mmadapt.cli import main
 from mmadapt.errors import DataError
-from mmadapt.govern.drift import detect, drift, drift_texts, mmd2, rbf_bandwidth, read_new_inputs
-from mmadapt.protocols import Example
+from mmadapt.govern.drift import detect, drift, mmd2, rbf_bandwidth, read_new_inputs
 from mmadapt.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,16 +130,6 @@ def test_jsonl_inputs_are_read_by_the_modality_and_text_files_line_by_line(tmp_p
     assert read_new_inputs(recipe, txt) == ["first question", "second question"]
     with pytest.raises(DataError, match="not found"):
         read_new_inputs(recipe, tmp_path / "missing.txt")
-
-
-def test_a_modality_may_say_which_text_stands_for_an_example():
-    class Speechy:
-        def drift_texts(self, examples):
-            return [e.meta["transcript"] for e in examples]
-
-    examples = [Example("a", "clip.wav", meta={"transcript": "open the zxctl console"})]
-    assert drift_texts(Speechy(), examples) == ["open the zxctl console"]
-    assert drift_texts(object(), examples) == ["clip.wav"]
 
 
 def test_too_little_train_data_is_one_clear_error(embedder):

@@ -97,20 +97,21 @@ def test_bf16_autocast_trains(tmp_path):
 
 def test_batch_inputs_from_lines_jsonl_and_folders(tmp_path):
     (tmp_path / "q.txt").write_text("first question\n\n  second question  \n")
-    assert read_inputs(tmp_path / "q.txt") == [("line-1", "first question"), ("line-3", "second question")]
+    keys = ("question", "prompt")
+    assert read_inputs(tmp_path / "q.txt", keys) == [("line-1", "first question"), ("line-3", "second question")]
     (tmp_path / "q.jsonl").write_text('{"id": "a", "question": "x?"}\n"plain"\n{"prompt": "a red square"}\n')
-    assert read_inputs(tmp_path / "q.jsonl") == [("a", "x?"), ("line-2", "plain"), ("line-3", "a red square")]
+    assert read_inputs(tmp_path / "q.jsonl", keys) == [("a", "x?"), ("line-2", "plain"), ("line-3", "a red square")]
     audio = tmp_path / "audio"
     audio.mkdir()
     for name in ("b.wav", "a.wav", ".hidden.wav"):
         (audio / name).write_bytes(b"RIFF")
-    assert read_inputs(audio) == [("a.wav", str(audio / "a.wav")), ("b.wav", str(audio / "b.wav"))]
+    assert read_inputs(audio, keys) == [("a.wav", str(audio / "a.wav")), ("b.wav", str(audio / "b.wav"))]
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "answer": "no input"}\n')
     with pytest.raises(MmadaptError, match="no input key"):
-        read_inputs(tmp_path / "bad.jsonl")
+        read_inputs(tmp_path / "bad.jsonl", keys)
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(MmadaptError, match="no inputs"):
-        read_inputs(tmp_path / "empty.txt")
+        read_inputs(tmp_path / "empty.txt", keys)
 
 
 def _cli(*args, cwd):

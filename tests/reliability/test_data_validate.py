@@ -206,17 +206,6 @@ def test_speech_missing_metadata_and_folder(tmp_path, write_recipe):
 # ---------------------------------------------------------------- the base method and the CLI
 
 
-def test_base_method_reports_the_loader_error(bad_text):
-    """A modality without its own checks (e.g. image, for now) gets load_data's one error."""
-    from mmadapt.modalities.text import TextModality
-    from mmadapt.protocols import Modality
-
-    path, _ = bad_text
-    problems = Modality.validate_data(TextModality(), load_recipe(path))
-    assert len(problems) == 1 and problems[0].severity == "error"
-    assert Path(problems[0].file).name == "train.jsonl" and "line 2: invalid JSON" in problems[0].message
-
-
 def test_cli_exit_2_with_a_table_of_errors(bad_speech, snapshot):
     before = snapshot(bad_speech.parent)
     result = CliRunner().invoke(main, ["data", "validate", str(bad_speech)])

@@ -52,6 +52,8 @@ class ImageModality(Modality):
     metrics = METRICS
     default_metrics = METRICS
     primary_metric = "palette_adherence"
+    lower_is_better = frozenset()
+    input_keys = ("prompt", "input", "text")
 
     def load_data(self, recipe) -> DataBundle:
         from mmadapt.modalities.image.metrics import load_palette
@@ -229,3 +231,29 @@ class ImageModality(Modality):
             [p.output for p in predictions], captions, out / CONTACT_SHEET, columns=8, scale=4, caption_height=36
         )
         return [f"{SAMPLES_DIR}/{CONTACT_SHEET}", *files]
+
+    def retrieval_source(self, recipe) -> str | None:
+        return recipe.data.references
+
+    def drift_texts(self, examples: Sequence[Example]) -> list[str]:
+        """An image request stands for its prompt text (a reference: its caption)."""
+        return [str(e.input or "") for e in examples]
+
+    def drift_terms(self, data: DataBundle) -> list[str]:
+        return []
+
+    def drift_embedder(self, recipe) -> str | None:
+        return None  # the retrieval embedder is a CLIP for images; prompts are compared as plain text
+
+    def output_json(self, output: Any, index: int, files_dir: Path) -> Any:
+        """A generated image is written as ``files_dir/NNNNNN.png``; the line holds its path."""
+        files_dir.mkdir(parents=True, exist_ok=True)
+        target = files_dir / f"{index:06d}.png"
+        output.save(target, format="PNG")
+        return str(target)
+
+    def show(self, input: Any, prediction: Prediction) -> str:
+        lines = [f"prompt: {input}", f"image: {prediction.output.width}x{prediction.output.height} px"]
+        if prediction.sources:
+            lines.append(f"   references: {', '.join(prediction.sources)}")
+        return "\n".join(lines)

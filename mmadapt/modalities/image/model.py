@@ -113,9 +113,8 @@ class ImageStack(Stack):
     """Live state of an image stack: the pipeline, a style template, a reference retriever."""
 
     def __init__(self, recipe, pipe, base_info):
-        super().__init__(recipe)
+        super().__init__(recipe, base_info)
         self.pipe = pipe
-        self.base_info = base_info
         self.denoiser = base_info["denoiser"]
         # the scheduler as loaded: derived pipelines (img2img) get their own copy of it
         self.scheduler_class = type(pipe.scheduler)

@@ -39,6 +39,7 @@ class ImagePromptConfig(StrictModel):
 class ImagePromptStrategy(Strategy):
     name = "prompt"
     config_model = ImagePromptConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         (part_dir / PROMPT_FILE).write_text(json.dumps(self.config.model_dump(), indent=2, ensure_ascii=False))

@@ -110,6 +110,7 @@ class ReferenceRetriever:
 class ImageRetrievalStrategy(Strategy):
     name = "retrieval"
     config_model = ImageRetrievalConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         from PIL import ImageOps

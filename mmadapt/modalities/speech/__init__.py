@@ -35,6 +35,7 @@ class SpeechModality(Modality):
     default_metrics = ("wer", "b_wer", "u_wer", "term_recall", "term_precision", "cer", "median_wer")
     primary_metric = "b_wer"
     lower_is_better = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
+    input_keys = ("audio", "file_name", "path", "input")
 
     def load_data(self, recipe) -> DataBundle:
         d = recipe.data
@@ -159,3 +160,25 @@ class SpeechModality(Modality):
     def aggregate(self, rows: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
         corpus = speech_metrics.aggregate(rows)
         return {m: corpus[m] for m in metrics if corpus.get(m) is not None}
+
+    def retrieval_source(self, recipe) -> str | None:
+        return recipe.data.vocabulary
+
+    def drift_texts(self, examples: Sequence[Example]) -> list[str]:
+        """A clip stands for what is said in it: its transcript (drift compares topics and words)."""
+        return [str(e.reference or "") for e in examples]
+
+    def drift_terms(self, data: DataBundle) -> list[str]:
+        return list(data.resources.get("vocabulary", []))
+
+    def drift_embedder(self, recipe) -> str | None:
+        return None  # transcripts are plain sentences: drift's default text embedder
+
+    def output_json(self, output: Any, index: int, files_dir: Path) -> Any:
+        return output
+
+    def show(self, input: Any, prediction: Prediction) -> str:
+        lines = [f"audio: {input}", f"transcript: {prediction.output}"]
+        if prediction.sources:
+            lines.append(f"   prompt terms: {', '.join(prediction.sources)}")
+        return "\n".join(lines)

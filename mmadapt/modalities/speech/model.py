@@ -41,10 +41,9 @@ class SpeechStack(Stack):
     """Live state of a speech stack: Whisper, its processor, a static prompt and a term retriever."""
 
     def __init__(self, recipe, model, processor, base_info, vocabulary):
-        super().__init__(recipe)
+        super().__init__(recipe, base_info)
         self.model = model
         self.processor = processor
-        self.base_info = base_info
         self.vocabulary: list[str] = vocabulary
         self.prompt_terms: list[str] | None = None  # static decoder prompt (prompt strategy)
         self.prompt_template = "{terms}"

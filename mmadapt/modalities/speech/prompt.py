@@ -35,6 +35,7 @@ class SpeechPromptConfig(StrictModel):
 class SpeechPromptStrategy(Strategy):
     name = "prompt"
     config_model = SpeechPromptConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         if not stack.vocabulary:

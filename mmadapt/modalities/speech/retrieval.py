@@ -66,6 +66,7 @@ class TermRetriever:
 class SpeechRetrievalStrategy(Strategy):
     name = "retrieval"
     config_model = SpeechRetrievalConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         if not stack.vocabulary:

@@ -31,6 +31,8 @@ class TextModality(Modality):
     metrics = METRICS
     default_metrics = ("fact_accuracy", "token_f1", "rouge_l")
     primary_metric = "fact_accuracy"
+    lower_is_better = frozenset()
+    input_keys = ("question", "input", "text")
 
     def load_data(self, recipe) -> DataBundle:
         paths = [recipe.path(p) for p in (recipe.data.train, recipe.data.eval, recipe.data.knowledge) if p]
@@ -135,3 +137,25 @@ class TextModality(Modality):
             row.update(score_text(pred.output, ex.reference, ex.meta.get("key_fact"), metrics))
             rows.append(row)
         return rows
+
+    def retrieval_source(self, recipe) -> str | None:
+        return recipe.data.knowledge
+
+    def drift_texts(self, examples: Sequence[Example]) -> list[str]:
+        return [str(e.input) for e in examples]
+
+    def drift_terms(self, data: DataBundle) -> list[str]:
+        return []
+
+    def drift_embedder(self, recipe) -> str | None:
+        section = recipe.strategies.get("retrieval") or recipe.compare_strategies.get("retrieval")
+        return section.embedder if section is not None else None
+
+    def output_json(self, output: Any, index: int, files_dir: Path) -> Any:
+        return output
+
+    def show(self, input: Any, prediction: Prediction) -> str:
+        lines = [f"Q: {input}", f"A: {prediction.output}"]
+        if prediction.sources:
+            lines.append(f"   sources: {', '.join(prediction.sources)}")
+        return "\n".join(lines)

@@ -47,10 +47,9 @@ class TextStack(Stack):
     """Live state of a text stack: model, tokenizer, prompt and retriever."""
 
     def __init__(self, recipe, model, tokenizer, base_info):
-        super().__init__(recipe)
+        super().__init__(recipe, base_info)
         self.model = model
         self.tokenizer = tokenizer
-        self.base_info = base_info
         self.system: str | None = None
         self.template = "{question}"
         self.few_shot: list[tuple[str, str]] = []

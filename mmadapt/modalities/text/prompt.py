@@ -56,6 +56,7 @@ def build_messages(stack, question: str, passages: Sequence[str] = ()) -> list[d
 class TextPromptStrategy(Strategy):
     name = "prompt"
     config_model = PromptConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         shots = []

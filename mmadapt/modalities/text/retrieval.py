@@ -53,6 +53,7 @@ def passage_text(item: dict) -> str:
 class TextRetrievalStrategy(Strategy):
     name = "retrieval"
     config_model = RetrievalConfig
+    trains = False
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         kb = self.recipe.path(self.recipe.data.knowledge)
