@@ -251,6 +251,9 @@ def register_modality(name: str, target: str | type[Modality]) -> None:
     import the same one.
     """
     if not isinstance(target, str):
+        check_modality(target)
+        if "<locals>" in target.__qualname__:
+            raise ValueError(f"modality {target.__qualname__} is defined inside a function: define it at module level")
         target = f"{target.__module__}:{target.__qualname__}"
     if ":" not in target:
         raise ValueError(f"modality target {target!r} must be 'package.module:Class'")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mmadapt.config import CompareConfig, EvalConfig, StrictModel, TrainConfig
@@ -56,7 +57,7 @@ class RecipeTop(StrictModel):
     def _registered(cls, value: str) -> str:
         names = modality_names()
         if value not in names:
-            raise ValueError(f"Input should be one of {', '.join(repr(n) for n in names)}")
+            raise PydanticCustomError("unknown_modality", "Input should be one of {names}", {"names": ", ".join(map(repr, names))})
         return value
 
 

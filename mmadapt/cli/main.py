@@ -114,6 +114,7 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
       mmadapt run my-recipe.yaml --trust-remote-pickle   # a local model with .bin weights only
     """
     from mmadapt.engine.runner import run as run_recipe
+    from mmadapt.protocols import get_modality
     from mmadapt.govern.report import human_bytes, table
 
     if trust_remote_pickle:
@@ -130,11 +131,9 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
         return
-    for row, pred in list(zip(result.evaluation.rows, result.evaluation.predictions))[:show]:
-        question = row.get("question", row.get("id"))
-        click.echo(f"\nQ: {question}\nA: {pred.output}")
-        if pred.sources:
-            click.echo(f"   sources: {', '.join(pred.sources)}")
+    modality = get_modality(parsed.modality)
+    for example, pred in list(zip(result.evaluation.examples, result.evaluation.predictions))[:show]:
+        click.echo("\n" + modality.show(example.input, pred))
     metrics = result.metrics
     ci = result.evaluation.ci
     click.echo("\nevaluation (95% bootstrap CI)")
@@ -463,9 +462,7 @@ def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
 
     loaded = load_artifact(version_dir)
     for item, pred in zip(inputs, loaded.predictor.predict(list(inputs))):
-        click.echo(f"> {item}\n{pred.output}")
-        if pred.sources:
-            click.echo(f"  sources: {', '.join(pred.sources)}")
+        click.echo(loaded.modality.show(item, pred))
 
 
 @main.command()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmadapt.engine.meters import Stopwatch, latency_percentiles
-from mmadapt.protocols import DataBundle, Modality, Prediction, Predictor
+from mmadapt.protocols import DataBundle, Example, Modality, Prediction, Predictor
 
 
 @dataclass
@@ -18,6 +18,7 @@ class EvalResult:
     ci: dict[str, tuple[float, float]]
     rows: list[dict[str, Any]]
     predictions: list[Prediction]
+    examples: list[Example]  # the eval examples, in the order of rows and predictions
     costs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,4 +62,4 @@ def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe,
         "eval_examples": len(examples),
         **latency_percentiles(latencies),
     }
-    return EvalResult(means, cis, rows, predictions, costs)
+    return EvalResult(means, cis, rows, predictions, examples, costs)

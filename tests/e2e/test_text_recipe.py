@@ -121,7 +121,7 @@ def test_sigkill_mid_run_then_rollback(tmp_path, tiny_lm, make_recipe, text_data
     rolled = _cli("registry", "rollback", str(recipe), "--reason", "v0002 regressed")
     assert rolled.returncode == 0 and rolled.stdout.strip() == "current: v0001", rolled.stderr
     asked = _cli("ask", str(rdir / "v0001"), "Which port?")
-    assert asked.returncode == 0 and asked.stdout.startswith("> Which port?"), asked.stderr
+    assert asked.returncode == 0 and asked.stdout.startswith("Q: Which port?"), asked.stderr
     oldest = _cli("registry", "rollback", str(recipe))
     assert oldest.returncode == 2 and "oldest version" in oldest.stderr and "Traceback" not in oldest.stderr
     # the next run clears the dead run's temporary folder and takes the next number
