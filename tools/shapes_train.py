@@ -1,8 +1,11 @@
 """Train the embedded shapes-world models: ``shapes-clip`` and ``shapes-diffusion``.
 
+From the repository root (``tools`` is not installed; see ``tools/README.md``)::
+
     python -m tools.shapes_train --out DIR --minutes 60 [--threads 1] [--seed 0]
 
-Stages, each resumable from ``DIR/work/<stage>.pt`` (re-run the same command):
+Stages, each resumable from its checkpoint ``DIR/work/<stage>.ckpt/`` (weights and optimizer
+moments as safetensors, the rest as ``state.json``; re-run the same command):
 
 1. **tokenizer** — a CLIP byte-level BPE (``CLIPTokenizer``) whose merges are learned
    from shapes-world captions: every grammar word is one token, any other word (e.g.
@@ -65,7 +68,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from mmadapt.models.cache import write_hashes
 from tools import shapes_world as sw
 
 IMAGE_SIZE = 32
@@ -271,20 +276,74 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 # ---------------------------------------------------------------- checkpoints
 
 
+TENSOR_GROUPS = ("model", "ema")  # state dicts saved as <name>.safetensors
+
+
 def save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    """Atomically replace the stage checkpoint folder ``path`` with ``state``, pickle-free.
+
+    ``state["model"]`` / ``state["ema"]`` (state dicts) go to ``model.safetensors`` /
+    ``ema.safetensors``; ``state["opt"]`` (an optimizer's state dict) to ``opt.safetensors``,
+    its tensors, and ``state.json``, its param groups; every other entry (step, seconds spent,
+    the LR scheduler's state ...) to ``state.json``. :func:`load_ckpt` gives the same dict back.
+    """
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info: dict = {}
+    for key, value in state.items():
+        if key in TENSOR_GROUPS:
+            tensors = value
+        elif key == "opt":
+            tensors, info["opt"] = _optimizer_tensors(value)
+        else:
+            info[key] = value
+            continue
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp / f"{key}.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_ckpt(path: Path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+    """The state :func:`save_ckpt` wrote to ``path`` (or kept as ``.old`` when killed between its
+    two renames), or None when there is none."""
+    for folder in (path, path.with_name(f".{path.name}.old")):
+        if (folder / "state.json").is_file():
+            break
+    else:
+        if path.with_suffix(".pt").is_file():
+            log(f"ignoring {path.with_suffix('.pt')}: pickle checkpoints are no longer read, the stage starts over")
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    for key in TENSOR_GROUPS:
+        if (folder / f"{key}.safetensors").is_file():
+            state[key] = load_file(str(folder / f"{key}.safetensors"))
+    if "opt" in state:
+        state["opt"] = _optimizer_state(load_file(str(folder / "opt.safetensors")), state["opt"])
+    return state
 
 
-def write_hashes(folder: Path) -> None:
-    from mmadapt.models.cache import HASHES_FILE, _folder_hashes
+def _optimizer_tensors(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as (tensors named ``<param index>.<slot>``, JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for index, slots in state_dict["state"].items():
+        for slot, value in slots.items():
+            (tensors if torch.is_tensor(value) else scalars)[f"{index}.{slot}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
-    (folder / HASHES_FILE).write_text(json.dumps(_folder_hashes(folder), indent=1, sort_keys=True))
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`_optimizer_tensors` (JSON turned the ``betas`` tuples into lists)."""
+    state: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = value
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def replace_folder(tmp: Path, target: Path) -> None:
@@ -294,11 +353,24 @@ def replace_folder(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def cosine_schedule(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The stages' learning-rate curve, as torch schedulers (step it after each optimizer step).
+
+    Optimizer step ``k`` (0-based) runs at ``lr * (k + 1) / warmup`` while ``k < warmup``,
+    then follows a cosine from ``lr`` down to ``lr / 10`` at ``k = total``, and stays at
+    ``lr / 10`` after (the time-budgeted stages may outrun ``total``, an estimate).
+    """
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
+
+    return SequentialLR(
+        opt,
+        [
+            LinearLR(opt, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1),
+            CosineAnnealingLR(opt, T_max=total - warmup, eta_min=0.1 * opt.defaults["lr"]),
+            ConstantLR(opt, factor=0.1, total_iters=sys.maxsize),
+        ],
+        milestones=[warmup, total],
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -310,44 +382,52 @@ def train_clip(out: Path, work: Path, tokenizer, data: SceneData, seconds: float
     torch.manual_seed(seed)
     model = CLIPModel(clip_config(tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
-    ck = load_ckpt(work / "clip.pt")
+    batch, est_total = 128, 3000
+    sched = cosine_schedule(opt, 100, est_total)
+    ck = load_ckpt(work / "clip.ckpt")
     step, spent = 0, 0.0
     if ck:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
         step, spent = ck["step"], ck["spent"]
         log(f"clip: resumed at step {step} ({spent:.0f}s spent)")
     if ck and ck.get("done"):
         return model
     gen = torch.Generator().manual_seed(seed + step)
-    batch, est_total = 128, 3000
     start, last_save, losses = time.time(), time.time(), []
     model.train()
     while spent + (time.time() - start) < seconds:
         idx = torch.randint(0, len(data), (batch,), generator=gen)
         pixels = data.images(idx)
         ids = tokenize(tokenizer, data.captions(idx))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, 5e-4, 100, est_total)
         outputs = model(input_ids=ids, pixel_values=pixels, return_loss=True)
         opt.zero_grad(set_to_none=True)
         outputs.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         losses.append(outputs.loss.item())
         step += 1
         if step % 50 == 0:
             log(f"clip step {step} loss {np.mean(losses[-50:]):.4f}")
         if time.time() - last_save > 180:
             save_ckpt(
-                work / "clip.pt",
-                dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent + time.time() - start),
+                work / "clip.ckpt",
+                dict(
+                    model=model.state_dict(),
+                    opt=opt.state_dict(),
+                    sched=sched.state_dict(),
+                    step=step,
+                    spent=spent + time.time() - start,
+                ),
             )
             last_save = time.time()
     spent += time.time() - start
     final = float(np.mean(losses[-50:])) if losses else float("nan")
     save_ckpt(
-        work / "clip.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, loss=final)
+        work / "clip.ckpt",
+        dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step, spent=spent, done=True, loss=final),
     )
     log(f"clip: done, {step} steps, {spent:.0f}s, loss {final:.4f}")
     export_clip(
@@ -403,7 +483,7 @@ def train_clip_styles(
     model = CLIPModel(base.config)
     model.load_state_dict(base.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
-    ck = load_ckpt(work / "clip_styles.pt")
+    ck = load_ckpt(work / "clip_styles.ckpt")
     step, spent = 0, 0.0
     if ck:
         model.load_state_dict(ck["model"])
@@ -437,7 +517,7 @@ def train_clip_styles(
             log(f"clip-styles step {step} loss {np.mean(losses[-25:]):.4f}")
     spent += time.time() - start
     final = float(np.mean(losses[-25:])) if losses else float("nan")
-    save_ckpt(work / "clip_styles.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True))
+    save_ckpt(work / "clip_styles.ckpt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True))
     if base_info is None:
         trained = out / "clip-base" / "training.json"
         base_info = json.loads(trained.read_text()) if trained.is_file() else {}
@@ -467,12 +547,14 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_spac
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_config(pixel_space))
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    ck = load_ckpt(work / "vae.pt")
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    sched = cosine_schedule(opt, 50, max(200, int(seconds / (0.12 if pixel_space else 0.4))))
+    ck = load_ckpt(work / "vae.ckpt")
     step, spent = 0, 0.0
     if ck:
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
         step, spent = ck["step"], ck["spent"]
         if ck.get("done"):
             vae.register_to_config(scaling_factor=ck["scaling_factor"])
@@ -490,8 +572,6 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_spac
         # fully convolutional, so random 16x16 crops teach it the same thing 4x cheaper
         top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - VAE_CROP + 1, (2,), generator=gen))
         x = x[:, :, top : top + VAE_CROP, left : left + VAE_CROP]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, 2e-3, 50, max(200, int(seconds / (0.12 if pixel_space else 0.4))))
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(gen) if pixel_space else post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
@@ -499,6 +579,7 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_spac
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(F.mse_loss(rec, x).item())
         step += 1
         if step % 50 == 0:
@@ -516,8 +597,17 @@ def train_vae(work: Path, data: SceneData, seconds: float, seed: int, pixel_spac
     vae.register_to_config(scaling_factor=scaling)
     final = float(np.mean(losses[-50:])) if losses else float("nan")
     save_ckpt(
-        work / "vae.pt",
-        dict(model=vae.state_dict(), opt=opt.state_dict(), step=step, spent=spent, done=True, scaling_factor=scaling, mse=final),
+        work / "vae.ckpt",
+        dict(
+            model=vae.state_dict(),
+            opt=opt.state_dict(),
+            sched=sched.state_dict(),
+            step=step,
+            spent=spent,
+            done=True,
+            scaling_factor=scaling,
+            mse=final,
+        ),
     )
     log(f"vae: done, {step} steps, {spent:.0f}s, mse {final:.5f}, scaling_factor {scaling:.4f}")
     return vae
@@ -534,7 +624,7 @@ def train_vae_decoder(work: Path, vae, data: SceneData, steps: int, seed: int, p
     dull (navy as dark teal): no denoiser adaptation could then reach a brand palette. A
     brand-naive, any-colour decoder fixes that without teaching the brand.
     """
-    ck = load_ckpt(work / "vae_decoder.pt")
+    ck = load_ckpt(work / "vae_decoder.ckpt")
     if ck and ck.get("done"):
         vae.load_state_dict(ck["model"])
         return vae
@@ -556,7 +646,9 @@ def train_vae_decoder(work: Path, vae, data: SceneData, steps: int, seed: int, p
         x = x[:, :, top : top + VAE_CROP, left : left + VAE_CROP]
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(gen)
-        for group in opt.param_groups:  # 30 warm-up steps, then cosine down to 10%
+        # a 30-step ramp times a cosine from 1 to 0.1 over all the steps: no library schedule has
+        # this product, and the shipped decoder (step-budgeted, so a refresh reproduces it) used it
+        for group in opt.param_groups:
             group["lr"] = 2e-3 * min(1.0, (step + 1) / 30) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
@@ -569,7 +661,7 @@ def train_vae_decoder(work: Path, vae, data: SceneData, steps: int, seed: int, p
     vae.eval()
     vae.requires_grad_(False)
     final = float(np.mean(losses[-100:])) if losses else float("nan")
-    save_ckpt(work / "vae_decoder.pt", dict(model=vae.state_dict(), steps=steps, mse=final, done=True))
+    save_ckpt(work / "vae_decoder.ckpt", dict(model=vae.state_dict(), steps=steps, mse=final, done=True))
     log(f"vae-decoder: done, {steps} steps, {time.time() - start:.0f}s, mse {final:.5f}")
     return vae
 
@@ -661,13 +753,16 @@ def train_unet(
     ema.load_state_dict(unet.state_dict())
     ema.eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
+    batch, est_total = 48, 6000
+    sched = cosine_schedule(opt, 200, est_total)
     noise_sched = DDPMScheduler(**scheduler_config())
-    ck = load_ckpt(work / "unet.pt")
+    ck = load_ckpt(work / "unet.ckpt")
     step, spent = 0, 0.0
     if ck:
         unet.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
         step, spent = ck["step"], ck["spent"]
         log(f"unet: resumed at step {step} ({spent:.0f}s spent)")
     log(f"unet params {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M")
@@ -684,7 +779,6 @@ def train_unet(
     if latents.abs().max() > SAMPLE_CLIP:
         log(f"warning: latents exceed the sampler's x0 clip range {SAMPLE_CLIP}")
     gen = torch.Generator().manual_seed(seed + 11 + step)
-    batch, est_total = 48, 6000
     start, last_save, last_export, losses = time.time(), time.time(), time.time(), []
 
     def info() -> dict:
@@ -707,14 +801,13 @@ def train_unet(
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, 1e-3, 200, est_total)
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
+        sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
@@ -725,11 +818,12 @@ def train_unet(
             log(f"unet step {step} loss {np.mean(losses[-50:]):.4f}")
         if time.time() - last_save > 180:
             save_ckpt(
-                work / "unet.pt",
+                work / "unet.ckpt",
                 dict(
                     model=unet.state_dict(),
                     ema=ema.state_dict(),
                     opt=opt.state_dict(),
+                    sched=sched.state_dict(),
                     step=step,
                     spent=spent + time.time() - start,
                 ),
@@ -741,7 +835,17 @@ def train_unet(
             last_export = time.time()
     final = info()
     spent += time.time() - start
-    save_ckpt(work / "unet.pt", dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step, spent=spent))
+    save_ckpt(
+        work / "unet.ckpt",
+        dict(
+            model=unet.state_dict(),
+            ema=ema.state_dict(),
+            opt=opt.state_dict(),
+            sched=sched.state_dict(),
+            step=step,
+            spent=spent,
+        ),
+    )
     final["unet_seconds"] = round(spent)
     export_pipeline(out, tokenizer, text_encoder, vae, ema, final)
     log(f"unet: done, {step} steps, {spent:.0f}s, loss {final['unet_loss']}")

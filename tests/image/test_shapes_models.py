@@ -1,4 +1,5 @@
 import json
+import math
 import random
 import shutil
 from collections import Counter
@@ -161,11 +162,94 @@ def test_loader_refuses_missing_and_tampered_folders(tiny_export, tmp_path):
         shapes.embedded_shapes_diffusion(root=root)
 
 
-def test_lr_schedule():
-    assert st.lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
-    assert st.lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
-    assert st.lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
-    assert st.lr_at(1000, 1.0, 10, 100) == pytest.approx(0.1)
+def _curve_before(step: int, base: float, warmup: int, total: int) -> float:
+    """The hand-written schedule the shipped models were trained with (``lr_at``, replaced by torch's schedulers)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _steps(opt, sched, n: int) -> list[float]:
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("base,warmup,total", [(1.0, 10, 100), (5e-4, 100, 3000), (2e-3, 50, 630), (1e-3, 200, 6000)])
+def test_lr_schedule_is_the_curve_the_shipped_models_trained_on(base, warmup, total):
+    """Warm-up, cosine to 10%, then flat (the time-budgeted stages outrun ``total``): the same float32
+    learning rate at every step as the old function, so a rerun takes the same optimizer steps."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    lrs = _steps(opt, st.cosine_schedule(opt, warmup, total), 2 * total)
+    old = [_curve_before(k, base, warmup, total) for k in range(2 * total)]
+    assert lrs == pytest.approx(old, rel=1e-12)
+    assert np.array_equal(np.float32(lrs), np.float32(old))
+    if (warmup, total) == (10, 100):
+        assert [lrs[0], lrs[9], lrs[10], lrs[100], lrs[199]] == pytest.approx([0.1, 1.0, 1.0, 0.1, 0.1])
+
+
+def test_stage_checkpoint_round_trips_through_safetensors(tmp_path):
+    """Weights, EMA, AdamW moments and the LR scheduler come back exactly; the folder holds no pickle."""
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    sched = st.cosine_schedule(opt, 3, 20)
+    x = torch.randn(8, 3)
+
+    def step(m, o, s):
+        o.zero_grad(set_to_none=True)
+        m(x).square().mean().backward()
+        o.step()
+        s.step()
+
+    for _ in range(5):
+        step(model, opt, sched)
+    path = tmp_path / "work" / "stage.ckpt"
+    state = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=5, spent=1.5)
+    st.save_ckpt(path, state)
+    st.save_ckpt(path, state)  # replacing an existing checkpoint
+    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "model.safetensors", "opt.safetensors", "state.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["stage.ckpt"]  # no .tmp / .old left
+    ck = st.load_ckpt(path)
+    assert ck["step"] == 5 and ck["spent"] == 1.5
+    assert all(torch.equal(ck["ema"][k], v) for k, v in ema.state_dict().items())
+    again = torch.nn.Linear(3, 2)
+    again_opt = torch.optim.AdamW(again.parameters(), lr=1e-2, weight_decay=0.05)
+    again_sched = st.cosine_schedule(again_opt, 3, 20)
+    again.load_state_dict(ck["model"])
+    again_opt.load_state_dict(ck["opt"])
+    again_sched.load_state_dict(ck["sched"])
+    assert again_opt.param_groups[0]["betas"] == opt.param_groups[0]["betas"]
+    for _ in range(5):  # resumed and uninterrupted take the same steps
+        step(model, opt, sched)
+        step(again, again_opt, again_sched)
+        assert again_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert st.load_ckpt(tmp_path / "none.ckpt") is None
+
+
+def test_vae_stage_resumes_from_its_checkpoint(tmp_path):
+    """A stage killed mid-way (checkpoint not done) resumes its weights, moments and schedule; a done one loads."""
+    data = st.SceneData(16, 0)
+    vae = st.train_vae(tmp_path, data, seconds=0.5, seed=0)
+    ckpt = tmp_path / "vae.ckpt"
+    assert not list(tmp_path.glob("*.pt"))
+    state = json.loads((ckpt / "state.json").read_text())
+    steps = state["step"]
+    assert state["done"] and steps > 0 and state["sched"]["last_epoch"] == steps
+    done = st.train_vae(tmp_path, data, seconds=60, seed=0)  # done: loads, does not train
+    assert all(torch.equal(done.state_dict()[k], v) for k, v in vae.state_dict().items())
+    assert done.config.scaling_factor == vae.config.scaling_factor
+    state["done"] = False  # as if killed after its last save
+    (ckpt / "state.json").write_text(json.dumps(state))
+    resumed = st.train_vae(tmp_path, data, seconds=state["spent"] + 0.3, seed=0)
+    after = json.loads((ckpt / "state.json").read_text())
+    assert after["done"] and after["step"] > steps and after["sched"]["last_epoch"] == after["step"]
+    assert any(not torch.equal(resumed.state_dict()[k], v) for k, v in vae.state_dict().items())
 
 
 # ---------------------------------------------------------------- shipped weights
