@@ -68,7 +68,7 @@ def load_shapes_pipeline(folder: Path | None = None):
     ``StableDiffusionPipeline.__init__`` turns a scheduler's ``clip_sample`` off (a legacy
     fix for old Stable Diffusion configs). This small model needs the x0 clipping its
     ``scheduler/scheduler_config.json`` asks for (see
-    ``tools.shapes_train.sampling_scheduler``), so the scheduler is re-read from
+    ``tools.shapes_unet.sampling_scheduler``), so the scheduler is re-read from
     that file and set after construction. Code that loads the folder itself should do the
     same: ``pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")``.
     """
