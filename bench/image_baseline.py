@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmadapt.modalities.image import metrics as ev  # noqa: E402
-from tools import shapes_world as sw  # noqa: E402
 from mmadapt.models import shapes  # noqa: E402
+from tools import shapes_world as sw  # noqa: E402
 
 BRAND = ROOT / "datasets" / "brand-style"
 

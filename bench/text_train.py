@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from mmadapt.engine import trainer  # noqa: E402
+from mmadapt.engine.seed import seed_everything  # noqa: E402
 from mmadapt.modalities.text import TextModality  # noqa: E402
 from mmadapt.modalities.text.adapter import TextAdapterConfig, peft_config  # noqa: E402
 from mmadapt.modalities.text.tuning import IGNORE, encode_examples, make_collate, summed_lm_loss  # noqa: E402
@@ -35,7 +36,7 @@ def fresh_lora(recipe, seed):
     stack = modality.new_stack(recipe)
     from peft import get_peft_model
 
-    trainer.seed_everything(seed)
+    seed_everything(seed)
     model = get_peft_model(stack.model, peft_config(TextAdapterConfig(), stack.base_info["resolved"]))
     return stack, model
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from mmadapt.engine.seed import seed_everything
 from mmadapt.errors import MmadaptError
 
 T = TypeVar("T")
@@ -141,8 +142,6 @@ def rank_seed(seed: int, rank_: int | None = None) -> int:
 
 def seed_rank(seed: int) -> int:
     """Seed python, numpy and torch for this rank; return the seed used."""
-    from mmadapt.engine.trainer import seed_everything
-
     used = rank_seed(seed)
     seed_everything(used)
     return used

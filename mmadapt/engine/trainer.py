@@ -14,9 +14,9 @@ of example indices into (batch, count of loss items), and a ``loss`` of (model, 
   moments and RNG state as safetensors (no pickles), written atomically, so a resumed
   run reproduces an uninterrupted one;
 * multi-process runs (torchrun / accelerate launch, see :mod:`mmadapt.engine.distributed`): the
-  model is wrapped in DDP (or sharded with FSDP, ``train.distributed.strategy``), each rank
-  takes every ``world``-th index of the step's batch so the global batch stays
-  ``batch_size``, the loss is normalised by the item count summed over ranks (N processes
+  model is wrapped in DDP (or sharded with FSDP, ``train.distributed.strategy``, see
+  :mod:`mmadapt.engine.fsdp`), each rank takes every ``world``-th index of the step's batch
+  so the global batch stays ``batch_size``, the loss is normalised by the item count summed over ranks (N processes
   compute the gradient of 1 process), gradients are clipped after they are synced, and
   only rank 0 writes checkpoints;
 * ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32.
@@ -41,24 +41,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mmadapt.engine import distributed
+from mmadapt.config import TrainConfig
+from mmadapt.engine import distributed, fsdp
+from mmadapt.engine.seed import seed_everything
 from mmadapt.errors import MmadaptError
 from mmadapt.protocols import FitContext, FitReport
 
-try:  # DTensor: the parameters and optimizer moments of an FSDP-sharded model
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # pragma: no cover - torch without distributed
-    DTensor = None  # type: ignore[assignment,misc]
-    distribute_tensor = None  # type: ignore[assignment]
-
 CHECKPOINT = "checkpoint"
 GROUP_WINDOW = 4  # batches per length-grouping window: enough to cut padding, small enough to keep batches random
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -141,30 +131,13 @@ def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _is_dtensor(value: Any) -> bool:
-    return DTensor is not None and isinstance(value, DTensor)
-
-
-def _full(value: torch.Tensor) -> torch.Tensor:
-    """The whole tensor on this rank (an FSDP shard is gathered: every rank must call this)."""
-    value = value.detach()
-    return value.full_tensor() if _is_dtensor(value) else value
-
-
-def _like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``full`` laid out like ``target`` (sharded the same way when ``target`` is a DTensor)."""
-    if _is_dtensor(target):
-        return distribute_tensor(full.to(target.device_mesh.device_type, target.dtype), target.device_mesh, target.placements)
-    return full.to(target.device, target.dtype)
-
-
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
     """Atomically replace ``folder/checkpoint`` with the state after ``step`` optimizer steps.
 
     In a multi-process run every rank calls this (sharded tensors are gathered) and rank 0 writes.
     """
     named = _named_trainable(model)
-    weights = {k: _full(v).contiguous().cpu() for k, v in named.items()}
+    weights = {k: fsdp.full(v).contiguous().cpu() for k, v in named.items()}
     id_to_name = {id(p): k for k, p in named.items()}
     moments: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
@@ -175,7 +148,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
             name = id_to_name[id(p)]
             for key, value in state.items():
                 tensor = value if torch.is_tensor(value) else torch.tensor(value)
-                moments[f"{name}::{key}"] = _full(tensor).contiguous().cpu()
+                moments[f"{name}::{key}"] = fsdp.full(tensor).contiguous().cpu()
     if not distributed.is_main():
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,14 +217,14 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         raise RuntimeError(f"checkpoint in {target} does not match the model (missing {sorted(missing)[:3]})")
     with torch.no_grad():
         for name, param in named.items():
-            param.copy_(_like(weights[name], param))
+            param.copy_(fsdp.like(weights[name], param))
     moments = load_file(str(target / "optimizer.safetensors"))
     for group in optimizer.param_groups:
         for p in group["params"]:
             name = next(k for k, v in named.items() if v is p)
             entries = {key.split("::", 1)[1]: v for key, v in moments.items() if key.split("::", 1)[0] == name}
             if entries:
-                optimizer.state[p] = {k: _like(v, p) if k != "step" else v for k, v in entries.items()}
+                optimizer.state[p] = {k: fsdp.like(v, p) if k != "step" else v for k, v in entries.items()}
     rng = load_file(str(target / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -264,13 +237,6 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
-_HOOK_DICTS = (
-    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
-)
-
-
 def _to_device(batch: Any, device: torch.device) -> Any:
     """``batch`` (tensors in dicts, lists, tuples) on ``device``."""
     if torch.is_tensor(batch):
@@ -282,59 +248,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-@dataclass
-class _Sharded:
-    """What ``fully_shard`` changed on a model, to give back a plain module after training."""
-
-    slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter]]
-    classes: list[tuple[torch.nn.Module, type]]
-    hooks: list[tuple[torch.nn.Module, str, set]]
-    attributes: list[tuple[torch.nn.Module, set]]
-
-
-def _fsdp_shard(model: torch.nn.Module) -> _Sharded:
-    """Shard ``model`` with FSDP2: each element of its ModuleLists (the layers) is a unit, the rest the root."""
-    from torch.distributed.fsdp import fully_shard
-
-    modules = list(model.modules())
-    record = _Sharded(
-        slots=[(m, leaf, p) for m in modules for leaf, p in m._parameters.items() if p is not None],
-        classes=[(m, type(m)) for m in modules],
-        hooks=[(m, attr, set(getattr(m, attr).keys())) for m in modules for attr in _HOOK_DICTS if hasattr(m, attr)],
-        attributes=[(m, set(vars(m))) for m in modules],
-    )
-    units = [child for m in modules if isinstance(m, torch.nn.ModuleList) for child in m]
-    for unit in reversed(units):  # inner units before the ones that hold them
-        if any(p.numel() for p in unit.parameters()):
-            fully_shard(unit)
-    fully_shard(model)
-    return record
-
-
-def _fsdp_unshard(record: _Sharded) -> None:
-    """Gather the trained weights into the model's original parameters and take FSDP off (every rank)."""
-    gathered: dict[int, torch.Tensor] = {}
-    for module, leaf, original in record.slots:
-        current = module._parameters.get(leaf)
-        if current is None:
-            continue
-        if id(current) not in gathered:
-            gathered[id(current)] = _full(current)
-        with torch.no_grad():
-            original.data = gathered[id(current)].to(original.dtype).clone()
-        original.grad = None
-        module._parameters[leaf] = original
-    for module, cls in record.classes:
-        module.__class__ = cls
-    for module, attr, before in record.hooks:
-        hooks = getattr(module, attr)
-        for key in [k for k in hooks if k not in before]:
-            del hooks[key]
-    for module, before in record.attributes:  # FSDP state, _is_fsdp_managed_module (generate() checks it) ...
-        for key in [k for k in vars(module) if k not in before]:
-            delattr(module, key)
-
-
 def train_strategy(
     model: torch.nn.Module,
     ctx: FitContext,
@@ -343,7 +256,7 @@ def train_strategy(
     lengths: Sequence[int],
     collate: Callable[[list[int]], tuple[Any, int]],
     loss_fn: LossFn,
-    config,
+    config: TrainConfig,
 ) -> FitReport:
     """:func:`train` for the strategy ``name`` of a run: its checkpoints live in the run's
     crash-surviving ``run_dir/<name>``, and ``--resume`` and progress bars follow the run."""
@@ -366,7 +279,7 @@ def train(
     lengths: Sequence[int],
     collate: Callable[[list[int]], tuple[Any, int]],
     loss_fn: LossFn,
-    config,
+    config: TrainConfig,
     checkpoint_dir: Path,
     resume: bool = False,
     progress: bool = True,
@@ -382,8 +295,6 @@ def train(
     """
     seed_everything(config.seed)
     world, rank = distributed.world_size(), distributed.rank()
-    strategy = getattr(getattr(config, "distributed", None), "strategy", "ddp")
-    precision = getattr(config, "precision", "fp32")
     if world > 1 and config.batch_size % world:
         raise MmadaptError(
             f"train.batch_size {config.batch_size} is not a multiple of the {world} processes",
@@ -396,8 +307,8 @@ def train(
         raise RuntimeError("the model has no trainable parameters")
     net: torch.nn.Module = model  # what forward passes go through
     ddp = sharded = None
-    if world > 1 and strategy == "fsdp":
-        sharded = _fsdp_shard(model)
+    if world > 1 and config.distributed.strategy == "fsdp":
+        sharded = fsdp.shard(model)
     elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -417,7 +328,7 @@ def train(
     if rank:
         distributed.seed_rank(config.seed + start_step)  # dropout differs per rank, reproducibly
     device_type = next(iter(params)).device.type
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     model.train()
     began = time.perf_counter()
     show = progress and distributed.is_main()
@@ -458,7 +369,7 @@ def train(
     bar.close()
     del ddp, net
     if sharded is not None:
-        _fsdp_unshard(sharded)
+        fsdp.unshard(sharded)
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone goes on
     model.eval()
     return FitReport(

@@ -44,6 +44,11 @@ def _folder_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def write_hashes(folder: Path) -> None:
+    """Write ``folder``'s hash list (every file but the list itself), the one :func:`verify` checks."""
+    (folder / HASHES_FILE).write_text(json.dumps(_folder_hashes(folder), indent=1, sort_keys=True))
+
+
 def verify(folder: Path) -> bool:
     """True when ``folder`` holds exactly the files its hash list names, unchanged."""
     listing = folder / HASHES_FILE
@@ -69,7 +74,7 @@ def cached_build(name: str, fingerprint: str, build: Callable[[Path], None]) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         build(tmp)
-        (tmp / HASHES_FILE).write_text(json.dumps(_folder_hashes(tmp), indent=1, sort_keys=True))
+        write_hashes(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

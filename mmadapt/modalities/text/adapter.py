@@ -56,7 +56,7 @@ class TextAdapterStrategy(Strategy):
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         from peft import get_peft_model
 
-        from mmadapt.engine.trainer import seed_everything
+        from mmadapt.engine.seed import seed_everything
 
         seed_everything(self.recipe.train.seed)  # adapter init is part of the run's determinism
         model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
