@@ -1,4 +1,4 @@
-"""The shape of the package, checked: no import cycles, layers that only import downwards,
+"""The shape of the package, checked (tests/test_package_rules.py checks pickles, tools/ and the wheel): no import cycles, layers that only import downwards,
 modules small enough to read, and shared code that asks the modality contract instead of guessing.
 
 Every ``import`` statement counts, at module level or inside a function (a lazy import is still
@@ -133,17 +133,6 @@ def test_layers_import_only_downwards(layer):
     for name, targets in GRAPH.items():
         if name == layer or name.startswith(layer + "."):
             bad += [f"{name} -> {t}" for t in targets if any(t == f or t.startswith(f if f.endswith(".") else f + ".") for f in FORBIDDEN[layer])]
-    assert bad == []
-
-
-def test_nothing_in_the_package_imports_tools_or_tests():
-    bad = []
-    for name, path in MODULES.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                bad += [f"{name}: {a.name}" for a in node.names if a.name.split(".")[0] in ("tools", "tests")]
-            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in ("tools", "tests"):
-                bad.append(f"{name}: {node.module}")
     assert bad == []
 
 
