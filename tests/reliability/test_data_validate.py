@@ -214,7 +214,9 @@ def test_base_method_reports_the_loader_error(bad_text):
     path, _ = bad_text
     problems = Modality.validate_data(TextModality(), load_recipe(path))
     assert len(problems) == 1 and problems[0].severity == "error"
-    assert Path(problems[0].file).name == "train.jsonl" and "line 2: invalid JSON" in problems[0].message
+    # the loader names the first error `data validate` lists (errors sorted by file, then line)
+    assert Path(problems[0].file).name == "latin1.txt" and "not UTF-8 text" in problems[0].message
+    assert "and 6 more" in problems[0].message  # the 6 bad lines of train.jsonl
 
 
 def test_cli_exit_2_with_a_table_of_errors(bad_speech, snapshot):
