@@ -187,7 +187,8 @@ def duplicates(entries: Iterable[tuple[str, str, int | None]], what: str = "id")
     for key, file, line in entries:
         if key in first:
             where = first[key]
-            out.append(error(file, line, f"duplicate {what} {key!r} (first at {Path(where[0]).name}:{where[1]})", f"give each record a unique {what}"))
+            at = f"{Path(where[0]).name}:{where[1]}" if where[1] is not None else Path(where[0]).name
+            out.append(error(file, line, f"duplicate {what} {key!r} (first at {at})", f"give each record a unique {what}"))
         else:
             first[key] = (file, line)
     return out
