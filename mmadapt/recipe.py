@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic_core import PydanticCustomError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from mmadapt.config import CompareConfig, EvalConfig, StrictModel, TrainConfig
 from mmadapt.errors import RecipeError

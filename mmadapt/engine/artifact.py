@@ -21,9 +21,9 @@ from typing import Any
 from mmadapt.engine.atomic import fsync_dir, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from mmadapt.engine.versions import CURRENT, VERSION_RE, committed, versions  # noqa: F401 - re-exported
 from mmadapt.errors import ArtifactError
+from mmadapt.models.resolve import check_safetensors_only
 
 MANIFEST = "manifest.json"
-FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,13 +50,6 @@ def clean_stale_temporaries(recipe_dir: Path) -> list[Path]:
     return removed
 
 
-def check_safetensors_only(folder: Path) -> None:
-    """Refuse to publish an artifact that holds pickle weights."""
-    for p in folder.rglob("*"):
-        if p.is_file() and p.suffix in FORBIDDEN_WEIGHT_SUFFIXES:
-            raise ArtifactError(f"artifact would contain a pickle file {p.name}", path=folder, fix="save weights as safetensors")
-
-
 class ArtifactWriter:
     """Build one version in a temporary folder; ``commit`` renames it into place."""
 
@@ -79,7 +72,7 @@ class ArtifactWriter:
 
     def commit(self, manifest: dict[str, Any], make_current: bool = True) -> Path:
         """Write the manifest, rename the folder into the next version; the registry moves ``current`` and audits."""
-        check_safetensors_only(self.tmp)
+        check_safetensors_only(self.tmp, publish=True)
         existing = versions(self.recipe_dir)
         number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
         while True:

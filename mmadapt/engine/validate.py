@@ -1,9 +1,11 @@
 """Dataset validation: every problem of a recipe's data at once, each with its file and line.
 
-``mmadapt data validate RECIPE`` calls :func:`validate_data`, which asks the recipe's
-modality (:meth:`mmadapt.protocols.Modality.validate_data`) for its problems. A
-modality that has no checks of its own falls back to the base method: try ``load_data``
-and report its error. This module holds only what every modality shares (no branching
+Loading is validating: each modality has one parser per data format (in its ``data.py``)
+that walks a file once, collects every :class:`Problem` and builds the examples.
+``Modality.load_data`` runs those parsers and raises one :class:`DataError` for the first
+errors (:func:`raise_errors`; warnings never stop a run); ``Modality.validate_data`` runs
+the same parsers and returns every problem. ``mmadapt data validate RECIPE`` calls
+:func:`validate_data`. This module holds only what every modality shares (no branching
 on the modality's name):
 
 * :class:`Problem` — one finding: ``error`` (the run would fail or train on garbage) or
@@ -11,6 +13,8 @@ on the modality's name):
 * :func:`scan_jsonl` — a JSONL file read line by line, each bad line a problem;
 * :func:`duplicates` and :func:`leakage` — the same id twice in a split, the same
   normalised key (question text, audio hash) in train and eval;
+* :func:`raise_errors` — the loader's one-line error for a list of problems;
+* :func:`fingerprint` — the sha256 of every data file a run read (for its manifest);
 * :func:`table_rows` / :func:`summary` for the CLI's table.
 
 The CLI exits with code 2 when there is at least one error, 0 with warnings only.
@@ -26,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmadapt.errors import MmadaptError
+from mmadapt.errors import DataError, MmadaptError
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmadapt.recipe import Recipe
@@ -76,6 +80,26 @@ def has_errors(problems: Iterable[Problem]) -> bool:
 def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Errors first, then by file and line (stable otherwise)."""
     return sorted(problems, key=lambda p: (p.severity != ERROR, p.file, p.line or 0))
+
+
+def raise_errors(problems: Iterable[Problem], *, limit: int = 10) -> None:
+    """Raise one one-line :class:`DataError` when ``problems`` hold an error (warnings never stop a run).
+
+    It names the file of the first error (in :func:`sort_problems` order, the first that
+    ``mmadapt data validate`` lists), up to ``limit`` of that file's errors as ``line N: ...``,
+    how many more there are, and the fix (the errors' own when they share one).
+    """
+    errors = [p for p in sort_problems(problems) if p.severity == ERROR]
+    if not errors:
+        return
+    first = errors[0]
+    shown = [p for p in errors if p.file == first.file][:limit]
+    parts = [f"line {p.line}: {p.message}" if p.line is not None else p.message for p in shown]
+    if len(errors) > len(shown):
+        parts.append(f"and {len(errors) - len(shown)} more")
+    fixes = {p.fix for p in errors}
+    fix = first.fix if len(fixes) == 1 and first.fix else "run `mmadapt data validate RECIPE` for every problem and its fix"
+    raise DataError("; ".join(parts), path=first.file, fix=fix)
 
 
 def validate_data(recipe: Recipe) -> list[Problem]:
@@ -163,7 +187,8 @@ def duplicates(entries: Iterable[tuple[str, str, int | None]], what: str = "id")
     for key, file, line in entries:
         if key in first:
             where = first[key]
-            out.append(error(file, line, f"duplicate {what} {key!r} (first at {Path(where[0]).name}:{where[1]})", f"give each record a unique {what}"))
+            at = f"{Path(where[0]).name}:{where[1]}" if where[1] is not None else Path(where[0]).name
+            out.append(error(file, line, f"duplicate {what} {key!r} (first at {at})", f"give each record a unique {what}"))
         else:
             first[key] = (file, line)
     return out
@@ -206,3 +231,17 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprint(paths: list[Path]) -> tuple[str, list[str]]:
+    """sha256 over the content of every file under ``paths`` (sorted), and the file list."""
+    digest = hashlib.sha256()
+    files: list[str] = []
+    for path in paths:
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in members:
+            name = file.relative_to(path.parent).as_posix()
+            digest.update(name.encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+            files.append(name)
+    return digest.hexdigest(), files

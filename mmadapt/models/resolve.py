@@ -20,13 +20,13 @@ import os
 import re
 from pathlib import Path
 
-from mmadapt.errors import ModelError
+from mmadapt.errors import ArtifactError, ModelError
 from mmadapt.models.embedded import EMBEDDED
 
 TRUST_PICKLE_ENV = "MMADAPT_TRUST_REMOTE_PICKLE"
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def resolve_model(ref: str) -> str:
@@ -63,17 +63,28 @@ def pickle_trusted(allow_pickle: bool | None = None) -> bool:
     return os.environ.get(TRUST_PICKLE_ENV, "").strip() == "1"
 
 
-def check_safetensors_only(folder: str, *, allow_pickle: bool | None = None) -> None:
-    """Refuse a local model folder whose weights are pickles (they can run code when loaded).
+def check_safetensors_only(folder: str | Path, *, allow_pickle: bool | None = None, publish: bool = False) -> None:
+    """Refuse pickle weights: they can run code when loaded. The one check, for both directions:
 
-    ``allow_pickle=None`` reads the process-wide switch (:func:`pickle_trusted`).
+    * loading a model folder (the default): a ``ModelError`` when its weights are pickle files
+      and none is safetensors (``training_args.bin``, a Trainer's settings, does not count),
+      unless pickles are trusted: ``allow_pickle``, or when it is None the process-wide switch
+      (:func:`pickle_trusted`);
+    * publishing an artifact (``publish=True``, :meth:`mmadapt.engine.artifact.ArtifactWriter.commit`):
+      an ``ArtifactError`` for any pickle file at all, trusted or not: what mmadapt writes is
+      safetensors only.
     """
     path = Path(folder)
-    if not path.is_dir() or pickle_trusted(allow_pickle):
+    if not path.is_dir() or (not publish and pickle_trusted(allow_pickle)):
         return
-    weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file()]
-    pickles = [p for p in weights if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin"]
-    if pickles and not any(p.suffix == ".safetensors" for p in weights):
+    files = [p for p in path.rglob("*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES) and p.is_file()]
+    if publish:
+        pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise ArtifactError(f"artifact would contain a pickle file {pickles[0].name}", path=folder, fix="save weights as safetensors")
+        return
+    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin"]
+    if pickles and not any(p.suffix == ".safetensors" for p in files):
         raise ModelError(
             f"weights are pickle files ({pickles[0].name}); mmadapt loads safetensors only",
             path=folder,

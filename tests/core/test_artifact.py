@@ -99,7 +99,7 @@ def test_pickle_files_are_refused(tmp_path, name):
 
 def test_check_safetensors_only_accepts_safetensors(tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
-    check_safetensors_only(tmp_path)  # no error
+    check_safetensors_only(tmp_path, publish=True)  # no error
 
 
 def test_read_manifest_errors(tmp_path):

@@ -179,7 +179,8 @@ def test_loader_lists_every_bad_reference_in_one_line(tmp_path):
     with pytest.raises(DataError) as info:
         read_references(data["images"], data["captions"], None)
     text = str(info.value)
-    assert "\n" not in text and "corrupt.png (captions line 2)" in text and "tiny.png (captions line 3)" in text
+    assert text.startswith(f"{data['captions']}: ") and "\n" not in text
+    assert "line 2: corrupt.png: corrupt or truncated" in text and "line 3: tiny.png: image is 4x4" in text
     assert "cmyk" not in text  # converted, not refused
     good = _dataset(tmp_path / "g", ["ok", "cmyk", "rgba"], caption_all=False)
     refs = read_references(good["images"], good["captions"], None)
@@ -195,7 +196,7 @@ def test_captions_and_prompts_errors_name_the_line(tmp_path):
     assert (2, "invalid JSON") in errors and (3, "images/gone.png does not exist") in errors
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n{"id": "b"}\n')
-    with pytest.raises(DataError, match=r"line 2: duplicate id a; line 3: 'prompt' must be a non-empty string"):
+    with pytest.raises(DataError, match=r"line 2: duplicate id 'a' \(first at p.jsonl:1\); line 3: 'prompt' must be a non-empty string"):
         read_prompts(prompts)
 
 

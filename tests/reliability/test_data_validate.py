@@ -203,7 +203,7 @@ def test_speech_missing_metadata_and_folder(tmp_path, write_recipe):
     assert len(problems) == 2
 
 
-# ---------------------------------------------------------------- the base method and the CLI
+# ---------------------------------------------------------------- the CLI
 
 
 def test_cli_exit_2_with_a_table_of_errors(bad_speech, snapshot):

@@ -82,8 +82,10 @@ def render() -> str:
         "",
         "All problems of a recipe's data are reported at once, one table row each, with file and line. "
         "Errors exit 2, warnings alone exit 0; validation writes nothing. "
-        "Library: `mmadapt.engine.validate.validate_data(recipe) -> list[Problem]`; a modality adds its checks in "
-        "`Modality.validate_data` (the default reports `load_data`'s one error; image will adopt it).",
+        "Library: `mmadapt.engine.validate.validate_data(recipe) -> list[Problem]`. Each modality's `data.py` parses "
+        "each data format once for both: `load_data` (what `mmadapt run` calls) raises the first errors as one line, "
+        "`validate_data` returns every problem, so a run stops on what this table calls an error. Only NaN samples in "
+        "audio (a full decode) are found up front by validation alone; a run stops when it loads that clip.",
         "",
         _row(["modality", "bad input", "reported at", "severity (exit)", "message contains"]),
         _row(["---"] * 5),

@@ -45,7 +45,7 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
     assert message.startswith(f"{path}: ") and "\n" not in message
     for fragment in (
         "line 2: invalid JSON",
-        "line 3: expected an object",
+        "line 3: expected a JSON object, got list",
         "line 4: 'question' must be a non-empty string",
         "line 5: duplicate id '1'",
         "line 6: 'answer' must be a string",
@@ -58,11 +58,15 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
 def test_more_than_ten_problems_are_counted(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text("{x\n" * 13)
-    with pytest.raises(DataError, match="and 3 more"):
+    # 13 bad lines and "holds no usable examples": 10 shown
+    with pytest.raises(DataError, match="the train split holds no usable examples; line 1: invalid JSON.*and 4 more"):
         read_jsonl_split(path, "train")
 
 
-@pytest.mark.parametrize(("content", "message"), [("", "no examples"), ("\n  \n", "no examples"), (b"\xff\xfe", "not UTF-8")])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", r"is empty \(0 bytes\)"), ("\n  \n", r"holds no records \(only blank lines\)"), (b"\xff\xfe", "not UTF-8")],
+)
 def test_empty_or_binary_file(tmp_path, content, message):
     path = tmp_path / "s.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

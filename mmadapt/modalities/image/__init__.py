@@ -15,28 +15,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmadapt.modalities.image import data as image_data
 from mmadapt.modalities.image import metrics as image_metrics
 from mmadapt.modalities.image.adapter import ImageAdapterStrategy
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
-from mmadapt.modalities.image.data import CAPTIONS_FILE, read_prompts, read_references
+from mmadapt.modalities.image.data import CAPTIONS_FILE
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import ImageStack, load_pipeline
 from mmadapt.modalities.image.predict import ImagePredictor
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
-from mmadapt.modalities.text.data import fingerprint
 from mmadapt.protocols import DataBundle, Example, Modality, Prediction
 
 METRICS = ("palette_adherence", "clip_i", "clip_t")
 SAMPLES_DIR = "samples"
 CONTACT_SHEET = "contact_sheet.png"
-
-
-def captions_path(recipe) -> Path | None:
-    if recipe.data.captions:
-        return recipe.path(recipe.data.captions)
-    default = recipe.path(recipe.data.references) / CAPTIONS_FILE
-    return default if default.is_file() else None
 
 
 class ImageModality(Modality):
@@ -56,125 +49,11 @@ class ImageModality(Modality):
     input_keys = ("prompt", "input", "text")
 
     def load_data(self, recipe) -> DataBundle:
-        from mmadapt.modalities.image.metrics import load_palette
-
-        d = recipe.data
-        folder = recipe.path(d.references)
-        captions = captions_path(recipe)
-        refs = read_references(folder, captions, None)
-        prompts = read_prompts(recipe.path(d.eval))
-        palette = load_palette(recipe.path(d.palette)) if d.palette else None
-        train = [Example(r.id, r.caption, None, {"path": r.path}) for r in refs]
-        paths = [p for p in (folder, captions, recipe.path(d.palette) if d.palette else None, recipe.path(d.eval)) if p]
-        digest, files = fingerprint([Path(p) for p in dict.fromkeys(paths)])
-        return DataBundle(train, prompts, {"references": refs, "palette": palette, "data_config": d}, digest, files)
+        return image_data.load_data(recipe)
 
     def validate_data(self, recipe) -> list:
-        """Every problem of the references, captions, palette and prompts, with file and line.
-
-        Errors: corrupt, empty, non-image, smaller than 8 px or larger than 8192 px / 40 Mpx
-        references; bad captions lines (JSON, file_name missing or not an image of the
-        folder, duplicates); an unreadable palette; bad or duplicate prompts. Warnings:
-        grayscale / CMYK / palette / 16-bit images (converted to RGB), transparency
-        (composited over white), references without a caption (auto-captioned), the same
-        image twice (by hash).
-        """
-        from mmadapt.engine import validate as v
-        from mmadapt.errors import DataError
-        from mmadapt.modalities.image.data import read_image, reference_files
-        from mmadapt.modalities.image.metrics import load_palette
-
-        problems: list = []
-        d = recipe.data
-        folder = recipe.path(d.references)
-        try:
-            files = reference_files(folder)
-        except DataError as exc:
-            files = []
-            problems.append(v.Problem.from_error(exc))
-        else:
-            if not files:
-                problems.append(v.error(folder, None, "no images in the references folder", "add brand images (.png, .jpg ...)"))
-        captions = captions_path(recipe)
-        lines: dict[str, int] = {}
-        if captions is not None:
-            for number, record in v.scan_jsonl(captions, problems, what="captions.jsonl"):
-                name = record.get("file_name")
-                if not isinstance(name, str) or not name:
-                    problems.append(v.error(captions, number, "'file_name' must be a non-empty string"))
-                    continue
-                key = str((captions.parent / name).resolve())
-                if key in lines:
-                    problems.append(
-                        v.error(
-                            captions, number, f"duplicate file_name {name} (first at line {lines[key]})", "one line per image"
-                        )
-                    )
-                    continue
-                lines[key] = number
-                caption = record.get("caption")
-                if caption is not None and not isinstance(caption, str):
-                    problems.append(v.error(captions, number, f"'caption' of {name} must be a string"))
-                elif not (caption or "").strip():
-                    problems.append(
-                        v.warning(captions, number, f"{name}: empty caption, auto-captioned with the style token for training")
-                    )
-                if not (captions.parent / name).is_file():
-                    problems.append(
-                        v.error(
-                            captions,
-                            number,
-                            f"{name} does not exist",
-                            "fix file_name (relative to captions.jsonl) or drop the line",
-                        )
-                    )
-                elif (captions.parent / name).resolve() not in {f.resolve() for f in files}:
-                    problems.append(
-                        v.error(
-                            captions,
-                            number,
-                            f"{name} is not an image in the references folder {folder}",
-                            "move it there or drop the line",
-                        )
-                    )
-        elif files:
-            problems.append(
-                v.warning(
-                    folder, None, f"no {CAPTIONS_FILE}: every reference is auto-captioned with the style token for training"
-                )
-            )
-        hashes = []
-        for path in files:
-            line = lines.get(str(path.resolve()))
-            where, at = (captions, line) if line else (path, None)
-            try:
-                _image, notes = read_image(path)
-            except DataError as exc:
-                problem = v.Problem.from_error(exc)
-                problems.append(v.error(where, at, f"{path.name}: {problem.message}" if line else problem.message, exc.fix))
-                continue
-            for note in notes:
-                problems.append(v.warning(where, at, f"{path.name}: {note}" if line else note))
-            if captions is not None and line is None:
-                problems.append(
-                    v.warning(path, None, f"not in {captions.name}: auto-captioned with the style token for training")
-                )
-            hashes.append((v.file_sha256(path), str(where), at))
-        problems.extend(p for p in v.duplicates(hashes, "image (sha256)"))
-        if d.palette:
-            try:
-                load_palette(recipe.path(d.palette))
-            except DataError as exc:
-                problems.append(v.Problem.from_error(exc))
-        prompts = recipe.path(d.eval)
-        ids = []
-        for number, record in v.scan_jsonl(prompts, problems, what="the eval prompts"):
-            if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-                problems.append(v.error(prompts, number, "'prompt' must be a non-empty string", "add the prompt text"))
-                continue
-            ids.append((str(record.get("id") or f"eval-{number}"), str(prompts), number))
-        problems.extend(v.duplicates(ids))
-        return problems
+        """Every problem of the references, captions, palette and prompts, with file and line (see engine/validate.py)."""
+        return image_data.validate_data(recipe)
 
     def new_stack(self, recipe) -> ImageStack:
         pipe, info = load_pipeline(recipe.base_model, trust_remote_code=recipe.trust_remote_code)

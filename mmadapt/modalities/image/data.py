@@ -5,8 +5,13 @@ Every reference image goes through :func:`read_image`, which either returns an R
 and the notes of what was converted (grayscale, CMYK, palette, 16-bit, transparency
 composited over white, resized to the model's resolution) or raises a one-line
 ``DataError`` naming the file (corrupt, empty, not an image, too small, too large).
-``mmadapt data validate`` reports the same checks for every file at once, with the
-``captions.jsonl`` line where there is one.
+
+One parser per format (:func:`parse_references` with the captions, :func:`parse_palette`,
+:func:`parse_prompts`) walks a file once, adds every problem to a list (with the
+``captions.jsonl`` line where there is one) and returns what it could build;
+:func:`read_data` runs them over a recipe's data, and both :func:`load_data` (raise on the
+first errors) and :func:`validate_data` (report them all) use it, so a run and
+``mmadapt data validate`` apply the same rules.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmadapt.engine import validate as v
 from mmadapt.errors import DataError
-from mmadapt.protocols import Example
+from mmadapt.protocols import DataBundle, Example
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmadapt.recipe import Recipe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_SIDE = 8  # pixels: smaller images carry no usable style
@@ -121,87 +131,178 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> tuple[I
     return image, notes
 
 
-def _jsonl(path: Path, what: str) -> tuple[list[tuple[int, dict]], list[str]]:
-    """(line, object) of each good line of a JSONL file, and "line N: ..." for each bad one
-    (the checks of :func:`mmadapt.engine.validate.scan_jsonl`); unreadable files raise a DataError."""
-    from mmadapt.engine.validate import scan_jsonl
-
-    found: list = []
-    records = list(scan_jsonl(path, found, what=what))
-    whole = [p for p in found if p.line is None]
-    if whole:
-        raise DataError(whole[0].message, path=path, fix=whole[0].fix)
-    return records, [f"line {p.line}: {p.message}" for p in found]
+def captions_path(recipe: Recipe) -> Path | None:
+    """``data.captions``, else ``captions.jsonl`` in the references folder if there is one, else None."""
+    if recipe.data.captions:
+        return recipe.path(recipe.data.captions)
+    default = recipe.path(recipe.data.references) / CAPTIONS_FILE
+    return default if default.is_file() else None
 
 
-def _caption_records(captions: Path | None) -> tuple[dict[str, tuple[str | None, int]], list[str]]:
-    """file name (relative to the captions file's folder) -> (caption, line); and the bad lines."""
+def _parse_captions(captions: Path, files: list[Path], folder: Path, problems: list[v.Problem]) -> dict[str, tuple[str | None, int]]:
+    """Resolved image path -> (caption, line) of each usable ``captions.jsonl`` line; bad lines go to ``problems``."""
     out: dict[str, tuple[str | None, int]] = {}
-    if captions is None:
-        return out, []
-    records, problems = _jsonl(captions, CAPTIONS_FILE)
-    for number, record in records:
-        name, caption = record.get("file_name"), record.get("caption")
+    images = {f.resolve() for f in files}
+    for number, record in v.scan_jsonl(captions, problems, what=CAPTIONS_FILE):
+        name = record.get("file_name")
         if not isinstance(name, str) or not name:
-            problems.append(f"line {number}: 'file_name' must be a non-empty string")
-        elif caption is not None and not isinstance(caption, str):
-            problems.append(f"line {number}: 'caption' must be a string")
-        elif str((captions.parent / name).resolve()) in out:
-            problems.append(f"line {number}: duplicate file_name {name}")
-        else:
-            out[str((captions.parent / name).resolve())] = ((caption or "").strip() or None, number)
-    return out, problems
+            problems.append(v.error(captions, number, "'file_name' must be a non-empty string"))
+            continue
+        key = str((captions.parent / name).resolve())
+        if key in out:
+            problems.append(v.error(captions, number, f"duplicate file_name {name} (first at line {out[key][1]})", "one line per image"))
+            continue
+        caption = record.get("caption")
+        out[key] = (((caption or "").strip() or None) if isinstance(caption, str) else None, number)
+        if caption is not None and not isinstance(caption, str):
+            problems.append(v.error(captions, number, f"'caption' of {name} must be a string"))
+        elif not (caption or "").strip():
+            problems.append(v.warning(captions, number, f"{name}: empty caption, auto-captioned with the style token for training"))
+        if not (captions.parent / name).is_file():
+            problems.append(
+                v.error(captions, number, f"{name} does not exist", "fix file_name (relative to captions.jsonl) or drop the line")
+            )
+        elif (captions.parent / name).resolve() not in images:
+            problems.append(
+                v.error(captions, number, f"{name} is not an image in the references folder {folder}", "move it there or drop the line")
+            )
+    return out
 
 
-def reference_files(folder: Path) -> list[Path]:
+def parse_references(
+    folder: Path, captions: Path | None, problems: list[v.Problem], size: tuple[int, int] | None = None
+) -> list[Reference]:
+    """Every image under ``folder`` (through :func:`read_image`) with its caption (None where
+    ``captions`` has none); every problem goes to ``problems``, at its captions.jsonl line where
+    the image has one, else against the image file.
+
+    Errors: no folder, no images, bad captions lines (JSON, file_name missing or not an image
+    of the folder, duplicates), images :func:`read_image` refuses, the same image twice (by
+    hash). Warnings: conversions (grayscale, CMYK, palette, 16-bit, transparency ...), an image
+    without a caption (auto-captioned).
+    """
     if not folder.is_dir():
-        raise DataError("data.references must be a folder of images", path=folder, fix="point it at the folder of brand images")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_references(folder: Path, captions: Path | None, size: tuple[int, int]) -> list[Reference]:
-    """Every image under ``folder`` with its caption (None where captions.jsonl has none); a
-    ``DataError`` listing every bad line and image at once when any is unusable."""
-    files = reference_files(folder)
-    if not files:
-        raise DataError("no images in the references folder", path=folder, fix=f"add brand images ({', '.join(IMAGE_SUFFIXES)})")
-    records, problems = _caption_records(captions)
-    refs = []
+        problems.append(
+            v.error(folder, None, "data.references must be a folder of images", "point it at the folder of brand images")
+        )
+        files: list[Path] = []
+    else:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            problems.append(v.error(folder, None, "no images in the references folder", f"add brand images ({', '.join(IMAGE_SUFFIXES)})"))
+    records: dict[str, tuple[str | None, int]] = {}
+    if captions is not None:
+        records = _parse_captions(captions, files, folder, problems)
+    elif files:
+        problems.append(
+            v.warning(folder, None, f"no {CAPTIONS_FILE}: every reference is auto-captioned with the style token for training")
+        )
+    refs: list[Reference] = []
+    hashes: list[tuple[str, str, int | None]] = []
     for path in files:
-        caption, line = records.pop(str(path.resolve()), (None, None))
+        caption, line = records.get(str(path.resolve()), (None, None))
+        where, at = (captions, line) if line else (path, None)
         try:
             image, notes = read_image(path, size)
         except DataError as exc:
-            problems.append(
-                f"{path.name}{f' (captions line {line})' if line else ''}: {str(exc).split(': ', 1)[-1].split(' — fix')[0]}"
-            )
+            message = v.Problem.from_error(exc).message
+            problems.append(v.error(where, at, f"{path.name}: {message}" if line else message, exc.fix))
             continue
+        for note in notes:
+            problems.append(v.warning(where, at, f"{path.name}: {note}" if line else note))
+        if captions is not None and line is None:
+            problems.append(v.warning(path, None, f"not in {captions.name}: auto-captioned with the style token for training"))
+        # the same bytes twice would weigh one image double in training: cheap next to decoding it
+        hashes.append((v.file_sha256(path), str(where), at))
         refs.append(Reference(str(path.relative_to(folder)), str(path), image, caption, notes, line))
-    for _key, (_caption, line) in records.items():
-        problems.append(f"line {line}: file_name is not an image in {folder}")
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise DataError(shown, path=captions or folder, fix="run `mmadapt data validate RECIPE` for the full list")
+    problems.extend(v.duplicates(hashes, "image (sha256)"))
     return refs
 
 
-def read_prompts(path: Path) -> list[Example]:
-    """Eval prompts: JSONL of ``{"id"?, "prompt"}``; every bad line reported at once."""
-    records, problems = _jsonl(path, "the eval prompts")
-    examples, seen = [], set()
-    for number, record in records:
+def read_references(folder: Path, captions: Path | None, size: tuple[int, int] | None) -> list[Reference]:
+    """Every image under ``folder`` with its caption; one DataError naming the first problems if
+    any image or captions line is unusable (see :func:`parse_references`)."""
+    problems: list[v.Problem] = []
+    refs = parse_references(folder, captions, problems, size)
+    v.raise_errors(problems)
+    return refs
+
+
+def parse_prompts(path: Path, problems: list[v.Problem]) -> list[Example]:
+    """Eval prompts: JSONL of ``{"id"?, "prompt"}``; every bad line (and duplicate id) goes to ``problems``."""
+    examples: list[Example] = []
+    ids: list[tuple[str, str, int | None]] = []
+    for number, record in v.scan_jsonl(path, problems, what="the eval prompts"):
         prompt = record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            problems.append(f"line {number}: 'prompt' must be a non-empty string")
+            problems.append(v.error(path, number, "'prompt' must be a non-empty string", "add the prompt text"))
             continue
         ident = str(record.get("id") or f"eval-{number}")
-        if ident in seen:
-            problems.append(f"line {number}: duplicate id {ident}")
-            continue
-        seen.add(ident)
-        examples.append(Example(ident, prompt.strip(), None, {k: v for k, v in record.items() if k not in ("id", "prompt")}))
-    if problems:
-        raise DataError("; ".join(problems[:10]), path=path, fix='each line is {"id": ..., "prompt": "..."}')
-    if not examples:
-        raise DataError("no prompts", path=path, fix='add lines {"id": ..., "prompt": "..."}')
+        ids.append((ident, str(path), number))
+        examples.append(Example(ident, prompt.strip(), None, {k: val for k, val in record.items() if k not in ("id", "prompt")}))
+    problems.extend(v.duplicates(ids))
     return examples
+
+
+def read_prompts(path: Path) -> list[Example]:
+    """Eval prompts; one DataError naming the first bad lines if any (see :func:`parse_prompts`)."""
+    problems: list[v.Problem] = []
+    examples = parse_prompts(path, problems)
+    v.raise_errors(problems)
+    return examples
+
+
+def parse_palette(path: Path, problems: list[v.Problem]) -> list[tuple[int, int, int]] | None:
+    """The brand palette (:func:`mmadapt.modalities.image.metrics.load_palette`, its one parser); None
+    and the problem in ``problems`` when it is unusable."""
+    from mmadapt.modalities.image.metrics import load_palette
+
+    try:
+        return load_palette(path)
+    except DataError as exc:
+        problems.append(v.Problem.from_error(exc, path))
+        return None
+
+
+def read_data(recipe: Recipe, *, thorough: bool = False) -> tuple[DataBundle | None, list[v.Problem]]:
+    """Parse the recipe's references (+ captions), palette and eval prompts once: the bundle (None
+    when any problem is an error; no fingerprint yet, see :func:`load_data`) and every problem.
+    Image has no validation-only checks (every reference is decoded either way), so ``thorough``
+    changes nothing here (it is the same signature as the other modalities')."""
+    d = recipe.data
+    problems: list[v.Problem] = []
+    refs = parse_references(recipe.path(d.references), captions_path(recipe), problems)
+    palette = parse_palette(recipe.path(d.palette), problems) if d.palette else None
+    prompts = parse_prompts(recipe.path(d.eval), problems)
+    if v.has_errors(problems):
+        return None, problems
+    train = [Example(r.id, r.caption, None, {"path": r.path}) for r in refs]
+    return DataBundle(train, prompts, {"references": refs, "palette": palette, "data_config": d}), problems
+
+
+def data_paths(recipe: Recipe) -> list[Path]:
+    """Every data file or folder the recipe names (what the fingerprint covers), each once."""
+    d = recipe.data
+    paths = [recipe.path(d.references), captions_path(recipe), recipe.path(d.palette) if d.palette else None, recipe.path(d.eval)]
+    return [Path(p) for p in dict.fromkeys(p for p in paths if p)]
+
+
+def load_data(recipe: Recipe) -> DataBundle:
+    """The recipe's data, or one DataError for the first errors (warnings do not stop a run)."""
+    bundle, problems = read_data(recipe)
+    v.raise_errors(problems)
+    assert bundle is not None
+    bundle.fingerprint, bundle.files = v.fingerprint(data_paths(recipe))
+    return bundle
+
+
+def validate_data(recipe: Recipe) -> list[v.Problem]:
+    """Every problem of the references, captions, palette and prompts, with file and line.
+
+    Errors: corrupt, empty, non-image, smaller than 8 px or larger than 8192 px / 40 Mpx
+    references; bad captions lines (JSON, file_name missing or not an image of the
+    folder, duplicates); an unreadable palette; bad or duplicate prompts; the same image
+    twice (by hash). Warnings: grayscale / CMYK / palette / 16-bit images (converted to RGB),
+    transparency (composited over white), references without a caption (auto-captioned).
+    """
+    return read_data(recipe, thorough=True)[1]

@@ -50,9 +50,15 @@ def load_palette(path: str | Path) -> list[tuple[int, int, int]]:
     (optionally under a ``"colors"`` key)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError("palette file not found", path=str(path), fix="point to a palette.json of hex colours") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (byte {exc.start})", path=str(path), fix="save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(
+            f"cannot read the palette ({exc.strerror})", path=str(path), fix="point to a palette.json of hex colours"
+        ) from None
     except ValueError as exc:
         raise DataError(
             f"not valid JSON ({exc.msg}, line {exc.lineno})", path=str(path), fix="write a JSON list of '#RRGGBB' strings"
@@ -67,7 +73,7 @@ def load_palette(path: str | Path) -> list[tuple[int, int, int]]:
     try:
         return [hex_to_rgb(v) for v in values]
     except DataError as exc:
-        raise DataError(str(exc), path=str(path)) from None
+        raise DataError(exc.message, path=str(path), fix=exc.fix) from None
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:

@@ -2,22 +2,30 @@
 
 A split is JSONL, one object per line with ``question`` and ``answer`` (optional
 ``id``, ``key_fact``). A knowledge base is a folder of ``.md``/``.txt`` files, or a
-JSONL file of ``{"id", "text"}`` records. Every problem in a file is reported at once,
-with its line number.
+JSONL file of ``{"id", "text"}`` records.
+
+One parser per format (:func:`parse_qa_split`, :func:`parse_knowledge`) walks a file once,
+adds every problem to a list (with its line) and returns what it could build;
+:func:`read_data` runs them over a recipe's data, and both :func:`load_data` (raise on the
+first errors) and :func:`validate_data` (report them all) use it, so a run and
+``mmadapt data validate`` apply the same rules.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mmadapt.errors import DataError
-from mmadapt.protocols import Example
+from mmadapt.engine import validate as v
+from mmadapt.engine.validate import fingerprint
+from mmadapt.protocols import DataBundle, Example
 
-MAX_FILE_BYTES = 200 * 2**20
+if TYPE_CHECKING:  # pragma: no cover
+    from mmadapt.recipe import Recipe
+
+MAX_FILE_BYTES = v.MAX_JSONL_BYTES
 KB_SUFFIXES = (".md", ".txt")
 
 
@@ -29,47 +37,67 @@ class Passage:
     text: str
 
 
-def read_jsonl_split(path: Path, split: str) -> list[Example]:
-    """Read a Q/A split; raise one DataError listing every bad line."""
-    if not path.is_file():
-        raise DataError("not a file", path=path, fix="point data.train / data.eval at a .jsonl file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise DataError("larger than 200 MiB", path=path, fix="split the file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError("not UTF-8 text", path=path, fix="save it as UTF-8 JSONL") from None
-    examples, problems, seen = [], [], set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"line {number}: expected an object")
-            continue
+def parse_qa_split(
+    path: Path,
+    split: str,
+    problems: list[v.Problem],
+    *,
+    max_seq_len: int | None = None,
+    keys: list[tuple[str, str, int | None]] | None = None,
+) -> list[Example]:
+    """The examples of a Q/A split; every problem of the file goes to ``problems``.
+
+    Errors: unreadable file, bad JSON, a missing question, a non-string answer, an empty
+    train answer, duplicate ids, no usable line. Warnings: an empty eval answer, an example
+    longer than ``max_seq_len`` tokens (~4 characters a token: truncated in training; pass it
+    for the train split). ``keys`` receives
+    (normalised question, file, line) of each example, for the train/eval leakage check.
+    """
+    examples: list[Example] = []
+    ids: list[tuple[str, str, int | None]] = []
+    for number, record in v.scan_jsonl(path, problems, what=f"the {split} split"):
         question, answer = record.get("question"), record.get("answer")
         if not isinstance(question, str) or not question.strip():
-            problems.append(f"line {number}: 'question' must be a non-empty string")
+            problems.append(v.error(path, number, "'question' must be a non-empty string", "add the question"))
             continue
         if answer is not None and not isinstance(answer, str):
-            problems.append(f"line {number}: 'answer' must be a string")
+            problems.append(v.error(path, number, f"'answer' must be a string, got {type(answer).__name__}"))
             continue
+        if not (answer or "").strip():
+            if split == "train":
+                problems.append(v.error(path, number, "empty answer: nothing to train on", "add the answer or drop the line"))
+            else:
+                problems.append(v.warning(path, number, "empty answer: every metric scores it 0", "add the reference answer"))
+        size = len(question) + len(answer or "")
+        if max_seq_len is not None and size > max_seq_len * 4:
+            problems.append(
+                v.warning(
+                    path,
+                    number,
+                    f"{size} characters (~{size // 4} tokens) > train.max_seq_len {max_seq_len}: truncated in training",
+                    "shorten it or raise train.max_seq_len",
+                )
+            )
         ident = str(record.get("id") or f"{split}-{number}")
-        if ident in seen:
-            problems.append(f"line {number}: duplicate id {ident!r}")
-            continue
-        seen.add(ident)
-        meta = {k: v for k, v in record.items() if k not in ("id", "question", "answer")}
+        ids.append((ident, str(path), number))
+        if keys is not None:
+            keys.append((v.normalize_text(question), str(path), number))
+        meta = {k: val for k, val in record.items() if k not in ("id", "question", "answer")}
         examples.append(Example(ident, question.strip(), (answer or "").strip() or None, meta))
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise DataError(shown, path=path, fix="each line must be a JSON object with 'question' and 'answer'")
-    if not examples:
-        raise DataError("no examples", path=path, fix="add JSONL lines with 'question' and 'answer'")
+    problems.extend(v.duplicates(ids))
+    if not examples and path.is_file() and path.stat().st_size:
+        if not any(p.file == str(path) and p.line is None for p in problems):
+            problems.append(
+                v.error(path, None, f"the {split} split holds no usable examples", "add lines with 'question' and 'answer'")
+            )
+    return examples
+
+
+def read_jsonl_split(path: Path, split: str) -> list[Example]:
+    """The examples of a Q/A split; one DataError naming the first bad lines if any (see :func:`parse_qa_split`)."""
+    problems: list[v.Problem] = []
+    examples = parse_qa_split(path, split, problems)
+    v.raise_errors(problems)
     return examples
 
 
@@ -90,61 +118,98 @@ def _chunk_words(text: str, size: int) -> list[str]:
     return chunks
 
 
-def read_knowledge(path: Path, chunk_words: int = 120) -> list[Passage]:
-    """Passages of at most ``chunk_words`` words, each carrying its document's title."""
+def parse_knowledge(path: Path, problems: list[v.Problem], chunk_words: int = 120) -> list[Passage]:
+    """Passages of at most ``chunk_words`` words, each carrying its document's title; every
+    problem of the knowledge base (a folder of documents or a JSONL file) goes to ``problems``.
+
+    Errors: no documents, a document that is not UTF-8 or over 200 MiB, a bad JSONL line,
+    duplicate passage ids, no passage at all. Warnings: an empty document or passage.
+    """
     passages: list[Passage] = []
+    start = len(problems)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KB_SUFFIXES)
-        if not files:
-            raise DataError("no .md or .txt documents", path=path, fix="put the knowledge base documents in this folder")
-        for file in files:
+        docs = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KB_SUFFIXES)
+        if not docs:
+            problems.append(v.error(path, None, "no .md or .txt documents", "put the knowledge base documents in this folder"))
+        for doc in docs:
             try:
-                text = file.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise DataError("not UTF-8 text", path=file, fix="save it as UTF-8") from None
+                text = doc.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(v.error(doc, None, f"not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
+                continue
+            if doc.stat().st_size > MAX_FILE_BYTES:
+                problems.append(v.error(doc, None, "larger than 200 MiB", "split the document"))
+                continue
+            if not text.strip():
+                problems.append(v.warning(doc, None, "empty document: adds no passages", "add its text or remove it"))
             lines = text.strip().splitlines()
-            title = lines[0].lstrip("# ").strip() if lines else file.stem
+            title = lines[0].lstrip("# ").strip() if lines else doc.stem
             body = "\n".join(lines[1:]) if lines and lines[0].startswith("#") else text
-            for n, chunk in enumerate(_chunk_words(body, chunk_words)):
-                passages.append(Passage(f"{file.relative_to(path)}#{n}", str(file.relative_to(path)), title, chunk))
-    elif path.is_file():
-        for example in read_jsonl_records(path):
-            passages.append(Passage(example["id"], example["id"], example.get("title", ""), example["text"]))
+            name = str(doc.relative_to(path))
+            passages.extend(Passage(f"{name}#{n}", name, title, chunk) for n, chunk in enumerate(_chunk_words(body, chunk_words)))
     else:
-        raise DataError("knowledge base not found", path=path, fix="point data.knowledge at a folder or a .jsonl file")
-    if not passages:
-        raise DataError("knowledge base is empty", path=path, fix="add documents with text")
+        ids: list[tuple[str, str, int | None]] = []
+        for number, record in v.scan_jsonl(path, problems, what="the knowledge base"):
+            if not isinstance(record.get("text"), str) or "id" not in record:
+                problems.append(v.error(path, number, "expected an object with 'id' and 'text'"))
+                continue
+            if not record["text"].strip():
+                problems.append(v.warning(path, number, "empty passage text"))
+            ids.append((str(record["id"]), str(path), number))
+            passages.append(Passage(record["id"], record["id"], record.get("title", ""), record["text"]))
+        problems.extend(v.duplicates(ids))
+    if not passages and not v.has_errors(problems[start:]):
+        problems.append(v.error(path, None, "knowledge base is empty", "add documents with text"))
     return passages
 
 
-def read_jsonl_records(path: Path) -> list[dict]:
-    records, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"line {number}: invalid JSON ({exc.msg})")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "id" not in record:
-            problems.append(f"line {number}: expected an object with 'id' and 'text'")
-            continue
-        records.append(record)
-    if problems:
-        raise DataError("; ".join(problems[:10]), path=path, fix="each line needs 'id' and 'text'")
-    return records
+def read_knowledge(path: Path, chunk_words: int = 120) -> list[Passage]:
+    """The passages of a knowledge base; one DataError naming the first problems if any (see :func:`parse_knowledge`)."""
+    problems: list[v.Problem] = []
+    passages = parse_knowledge(path, problems, chunk_words)
+    v.raise_errors(problems)
+    return passages
 
 
-def fingerprint(paths: list[Path]) -> tuple[str, list[str]]:
-    """sha256 over the content of every file under ``paths`` (sorted), and the file list."""
-    digest = hashlib.sha256()
-    files: list[str] = []
-    for path in paths:
-        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in members:
-            name = file.relative_to(path.parent).as_posix()
-            digest.update(name.encode() + b"\0")
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-            files.append(name)
-    return digest.hexdigest(), files
+def read_data(recipe: Recipe, *, thorough: bool = False) -> tuple[DataBundle | None, list[v.Problem]]:
+    """Parse the recipe's splits and knowledge base once: the bundle (None when any problem is an
+    error; no fingerprint yet, see :func:`load_data`) and every problem. Text has no
+    validation-only checks, so ``thorough`` changes nothing here (it is the same signature as
+    the other modalities')."""
+    d = recipe.data
+    problems: list[v.Problem] = []
+    keys: dict[str, list[tuple[str, str, int | None]]] = {"train": [], "eval": []}
+    train = (
+        parse_qa_split(recipe.path(d.train), "train", problems, max_seq_len=recipe.train.max_seq_len, keys=keys["train"])
+        if d.train
+        else []
+    )
+    evaluation = parse_qa_split(recipe.path(d.eval), "eval", problems, keys=keys["eval"])
+    problems.extend(v.leakage(keys["train"], keys["eval"], "question"))
+    if d.knowledge:
+        # checked here so a broken knowledge base stops any run that names it; the retrieval
+        # strategy reads it again at its own chunk size (read_knowledge)
+        parse_knowledge(recipe.path(d.knowledge), problems)
+    if v.has_errors(problems):
+        return None, problems
+    return DataBundle(train, evaluation, {}), problems
+
+
+def data_paths(recipe: Recipe) -> list[Path]:
+    """Every data file or folder the recipe names (what the fingerprint covers)."""
+    d = recipe.data
+    return [Path(recipe.path(p)) for p in (d.train, d.eval, d.knowledge) if p]
+
+
+def load_data(recipe: Recipe) -> DataBundle:
+    """The recipe's data, or one DataError for the first errors (warnings do not stop a run)."""
+    bundle, problems = read_data(recipe)
+    v.raise_errors(problems)
+    assert bundle is not None
+    bundle.fingerprint, bundle.files = fingerprint(data_paths(recipe))
+    return bundle
+
+
+def validate_data(recipe: Recipe) -> list[v.Problem]:
+    """Every problem of the splits and the knowledge base, each with file and line."""
+    return read_data(recipe, thorough=True)[1]
