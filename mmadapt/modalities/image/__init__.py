@@ -19,7 +19,6 @@ from mmadapt.modalities.image import data as image_data
 from mmadapt.modalities.image import metrics as image_metrics
 from mmadapt.modalities.image.adapter import ImageAdapterStrategy
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
-from mmadapt.modalities.image.data import CAPTIONS_FILE
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import ImageStack, load_pipeline
 from mmadapt.modalities.image.predict import ImagePredictor
