@@ -7,6 +7,7 @@ import json
 import click
 
 from mmadapt.cli.common import SET_HELP, _load
+from mmadapt.errors import MmadaptError
 
 
 @click.command()
@@ -15,7 +16,8 @@ from mmadapt.cli.common import SET_HELP, _load
 @click.option("--privacy", type=click.Choice(["public", "internal", "restricted"]), required=True, help="How sensitive the training data is.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), required=True, help="p95 latency budget per request.")
 @click.option("--gpu-hours", type=click.FloatRange(min=0), required=True, help="GPU hours available per training run (0 = none).")
-@click.option("--release-cadence", type=click.Choice(["weekly", "quarterly"]), required=True, help="How often a new version ships.")
+@click.option("--release-cadence", required=True, metavar="[weekly|monthly|quarterly|DAYS]",
+              help="How often a new version ships: weekly, monthly, quarterly, or a number of days (e.g. 14).")
 @click.option("--knowledge-changes", type=click.Choice(["often", "rarely"]), default=None, help="How often the facts behind answers change.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="report.json from mmadapt compare (default: the recipe's newest one, if any).")
@@ -34,7 +36,12 @@ def advise(recipe, examples, privacy, latency_ms, gpu_hours, release_cadence, kn
           --gpu-hours 4 --release-cadence weekly --report runs/zentrix-support/compare/<time>/report.json
     """
     from mmadapt.govern.advise import advise_recipe
+    from mmadapt.govern.advise_rules import CADENCE_FORMS, parse_cadence
 
+    try:
+        parse_cadence(release_cadence)
+    except ValueError:
+        raise MmadaptError(f"--release-cadence {release_cadence!r} is not {CADENCE_FORMS}") from None
     parsed = _load(recipe, overrides) if recipe else None
     result = advise_recipe(
         parsed, examples=examples, privacy=privacy, latency_ms=latency_ms, gpu_hours=gpu_hours,
