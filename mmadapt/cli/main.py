@@ -2,8 +2,9 @@
 
 This module is the table of contents: the click group and the commands it holds. Each command
 (or command group) lives in its own module beside this one, with its presentation; the logic is
-in the library. The command modules import only click at load time (torch, transformers and the
-library are imported inside the command functions), so ``mmadapt --help`` loads fast.
+in the library. At load time the command modules import only click and mmadapt's light helpers
+(torch and the library proper are imported inside the command functions), so ``mmadapt --help``
+loads fast.
 
 Every user-facing error (bad recipe, dataset, model path ...) is printed as one line
 on stderr and exits with code 2.
