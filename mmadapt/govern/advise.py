@@ -1,12 +1,13 @@
 """Which stack to ship, and in which order to try the others: constraints + measurements -> advice.
 
-A pure-Python rules engine. Every rule has an id, and its table is in ``docs/advise.md``
-(the test suite checks the two agree). Rules come in four kinds, applied in this order:
+A pure-Python rules engine. Every rule has an id; the table of rules and their thresholds is
+:data:`mmadapt.govern.advise_rules.RULES`, and ``docs/advise.md`` shows it (the test suite checks
+the two agree). Rules come in four kinds, applied in this order:
 
 * ``hard``: exclude a stack (nothing to retrieve from -> no retrieval; no GPU -> nothing that trains;
   measured latency over the budget ...);
 * ``operational``: add to or take from a stack's score for what it costs to run and govern
-  (restricted data, knowledge that changes often, weekly releases). Always applied;
+  (restricted data, knowledge that changes often, frequent releases). Always applied;
 * ``prior``: what usually holds for quality and training cost when nothing is measured
   (few examples -> no full fine-tune, a weaker adapter; thousands of examples on a stable task
   -> adapter). Applied only to stacks without a measured primary metric: a measurement
@@ -30,54 +31,22 @@ from typing import Any
 
 from mmadapt.errors import DataError, MmadaptError
 from mmadapt.protocols import STACK_ORDER, get_modality, strategy_trains
-
-PRIVACY = ("public", "internal", "restricted")
-CADENCE = ("weekly", "quarterly")
-KNOWLEDGE = ("often", "rarely")
-DEFAULT_STACKS = ("prompt", "prompt+retrieval", "prompt+adapter", "prompt+retrieval+adapter", "prompt+full")
-COST = {"prompt": 1, "retrieval": 2, "adapter": 4, "full": 8}  # a-priori cost of each part
-
-FEW_EXAMPLES = 100
-MANY_EXAMPLES = 1000
-FULL_EXAMPLES = 10_000
-FULL_GPU_HOURS = 24.0
-TIGHT_LATENCY_MS = 500.0
-
-# id -> (kind, when, effect, why). docs/advise.md holds the same table for readers.
-RULES: dict[str, tuple[str, str, str, str]] = {
-    "D1": ("hard", "the recipe names nothing for retrieval to search (knowledge base, vocabulary, references)",
-           "exclude stacks with retrieval", "retrieval needs something to index"),
-    "D2": ("hard", "examples = 0", "exclude stacks that train (adapter, full)", "nothing to train on"),
-    "E1": ("prior", f"examples < {FEW_EXAMPLES}", "exclude full",
-           "too few examples to train every weight without memorising them"),
-    "G1": ("hard", "gpu-hours = 0", "exclude stacks that train", "no compute budget for training"),
-    "G2": ("hard", "report: train_seconds / 3600 > gpu-hours", "exclude that stack",
-           "one training run costs more than the budget (as measured)"),
-    "L2": ("hard", "report: latency_p95_ms > latency-ms", "exclude that stack",
-           "measured tail latency is over the budget"),
-    "B1": ("hard", "recipe `eval.min` and report: a stack misses a bar while another meets all",
-           "exclude the stacks that miss", "it could never be promoted"),
-    "P1": ("operational", "privacy = restricted", "stacks that train -3; retrieval +1",
-           "weights memorise training data: a trained artifact becomes restricted data itself and forgetting "
-           "a record means retraining; an index keeps records deletable and behind access control"),
-    "K1": ("operational", "knowledge-changes = often", "retrieval +2; stacks that train -1",
-           "an index is rebuilt in seconds when facts change; facts in weights are stale until the next training"),
-    "C1": ("operational", "release-cadence = weekly", "stacks that train -1",
-           "every release retrains and re-evaluates weights; prompt and index changes ship without training"),
-    "E2": ("prior", f"examples < {FEW_EXAMPLES}", "adapter -2",
-           "an adapter overfits a few dozen examples; a prompt uses them as few-shot turns"),
-    "E3": ("prior", f"examples >= {MANY_EXAMPLES} and knowledge-changes != often", "adapter +2",
-           "a stable task with thousands of examples is what LoRA learns well, with no per-request retrieval cost"),
-    "E4": ("prior", f"examples >= {FULL_EXAMPLES}, gpu-hours >= {FULL_GPU_HOURS:g}, privacy != restricted",
-           "full +1 (else full -2)",
-           "all weights pay off only with much data and compute; otherwise LoRA reaches similar quality for less"),
-    "L1": ("prior", f"latency-ms < {TIGHT_LATENCY_MS:g}", "retrieval -1",
-           "retrieval adds an embedding, a search and top_k passages of prompt to every request"),
-    "M1": ("measured", "report: a stack's CI overlaps the best stack's CI", "rank it with the best, by score then cost",
-           "overlapping 95% CIs are no evidence that the dearer stack is better: prefer the cheaper"),
-    "M2": ("measured", "report: a stack's CI lies wholly on the worse side of the best's", "rank it after the tied group",
-           "measured to be worse than the best"),
-}
+from mmadapt.govern.advise_rules import (
+    CADENCE_DAYS,
+    CADENCE_FORMS,
+    COST,
+    DEFAULT_STACKS,
+    FEW_EXAMPLES,
+    FREQUENT_RELEASE_DAYS,
+    FULL_EXAMPLES,
+    FULL_GPU_HOURS,
+    KNOWLEDGE,
+    MANY_EXAMPLES,
+    PRIVACY,
+    TIGHT_LATENCY_MS,
+    parse_cadence,
+)
+from mmadapt.govern.advise_rules import RULES as RULES  # the rules' table, re-exported: advise() applies it
 
 
 @dataclass
@@ -88,7 +57,7 @@ class Constraints:
     privacy: str = "internal"
     latency_ms: float | None = None
     gpu_hours: float | None = None
-    release_cadence: str | None = None
+    release_cadence: str | int | None = None  # weekly, monthly, quarterly or days; see parse_cadence
     knowledge_changes: str | None = None
     has_retrieval_source: bool | None = None  # from a recipe: does it name what retrieval searches?
     training: frozenset[str] | None = None  # strategies that train weights (None: ask the registered modalities)
@@ -98,8 +67,14 @@ class Constraints:
         problems = []
         if self.privacy not in PRIVACY:
             problems.append(f"privacy {self.privacy!r} is not one of {', '.join(PRIVACY)}")
-        if self.release_cadence is not None and self.release_cadence not in CADENCE:
-            problems.append(f"release cadence {self.release_cadence!r} is not one of {', '.join(CADENCE)}")
+        if self.release_cadence is not None:
+            try:
+                days = parse_cadence(self.release_cadence)
+            except ValueError:
+                problems.append(f"release cadence {self.release_cadence!r} is not {CADENCE_FORMS}")
+            else:  # normalised: a name in lower case, or the number of days
+                name = str(self.release_cadence).strip().lower()
+                self.release_cadence = name if name in CADENCE_DAYS else days
         if self.knowledge_changes is not None and self.knowledge_changes not in KNOWLEDGE:
             problems.append(f"knowledge changes {self.knowledge_changes!r} is not one of {', '.join(KNOWLEDGE)}")
         for name in ("examples", "latency_ms", "gpu_hours"):
@@ -108,6 +83,11 @@ class Constraints:
                 problems.append(f"{name.replace('_', '-')} must be >= 0 (got {value})")
         if problems:
             raise MmadaptError("; ".join(problems), fix="see mmadapt advise --help")
+
+    @property
+    def cadence_days(self) -> int | None:
+        """Days between releases (weekly = 7, monthly = 30, quarterly = 91), or None when not given."""
+        return None if self.release_cadence is None else parse_cadence(self.release_cadence)
 
 
 @dataclass
@@ -317,9 +297,10 @@ def advise(
              ["constraint:knowledge-changes=often"], delta=+2)
         fire("K1", training, "facts learnt into weights go stale until the next training run",
              ["constraint:knowledge-changes=often"], delta=-1)
-    if c.release_cadence == "weekly":
-        fire("C1", training, "a weekly release means training and re-evaluating weights every week",
-             ["constraint:release-cadence=weekly"], delta=-1)
+    days = c.cadence_days
+    if days is not None and days <= FREQUENT_RELEASE_DAYS:
+        fire("C1", training, f"a release every {days} days means training and re-evaluating weights for each one",
+             [f"constraint:release-cadence={c.release_cadence}"], delta=-1)
 
     # ---- priors (superseded by a measured primary metric)
     unmeasured = [s for s in every if not has_figure(s)]

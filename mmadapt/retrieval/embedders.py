@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mmadapt.models.quiet import quiet_libraries
 from mmadapt.models.resolve import load_error, resolve_model
 
 
@@ -26,7 +27,8 @@ class SentenceEmbedder:
         self.ref = ref
         location = resolve_model(ref)
         try:
-            self.model = SentenceTransformer(location, device=device)
+            with quiet_libraries():
+                self.model = SentenceTransformer(location, device=device)
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear line
             raise load_error(ref, exc) from None
 

@@ -165,6 +165,27 @@ def test_K1_and_C1_knowledge_that_changes_and_weekly_releases():
     assert not _fired(_advice(knowledge_changes="rarely"), "K1")
 
 
+@pytest.mark.parametrize("cadence,days,fires", [
+    ("weekly", 7, True), ("Weekly", 7, True), (14, 14, True), ("14", 14, True), (1, 1, True),
+    (15, 15, False), ("monthly", 30, False), ("quarterly", 91, False), (None, None, False),
+])
+def test_C1_fires_for_releases_at_most_14_days_apart(cadence, days, fires):
+    advice = _advice(release_cadence=cadence)
+    assert Constraints(release_cadence=cadence).cadence_days == days
+    assert bool(_fired(advice, "C1")) is fires
+    assert advice.scores["prompt+adapter"] == (-1 if fires else 0)
+    if fires:
+        label = str(cadence).lower()
+        assert _fired(advice, "C1")[0].sources == [f"constraint:release-cadence={label}"]
+        assert f"a release every {days} days" in _fired(advice, "C1")[0].text
+
+
+@pytest.mark.parametrize("bad", ["fortnightly", "0", "-7", "1.5", "", 0, True])
+def test_a_cadence_is_a_name_or_a_whole_number_of_days(bad):
+    with pytest.raises(MmadaptError, match="release cadence .* is not weekly, monthly, quarterly or a number of days"):
+        Constraints(release_cadence=bad)
+
+
 @pytest.mark.parametrize("examples,delta", [(99, -2), (100, 0), (999, 0), (1000, 2)])
 def test_E2_E3_examples_move_the_adapter(examples, delta):
     advice = _advice(examples=examples)
@@ -264,6 +285,20 @@ def test_cli_needs_examples_without_a_recipe_and_prints_json():
     data = json.loads(out.stdout)
     assert data["recommended"] == "prompt+retrieval"
     assert all(r["sources"] for r in data["reasons"])
+
+
+def test_cli_release_cadence_takes_names_and_days_and_a_bad_one_is_one_line():
+    base = ["advise", "--examples", "40", "--privacy", "internal", "--latency-ms", "2000", "--gpu-hours", "10", "--json"]
+    runner = CliRunner()
+    for cadence, fires in [("weekly", True), ("monthly", False), ("quarterly", False), ("14", True), ("30", False)]:
+        out = runner.invoke(main, [*base, "--release-cadence", cadence])
+        assert out.exit_code == 0, out.output
+        assert any(r["rule"] == "C1" for r in json.loads(out.stdout)["reasons"]) is fires, cadence
+    bad = runner.invoke(main, [*base, "--release-cadence", "fortnightly"])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines() == [
+        "error: --release-cadence 'fortnightly' is not weekly, monthly, quarterly or a number of days (e.g. 14)"
+    ]
 
 
 @pytest.mark.slow  # two compare subprocesses (~15 s on 2 shared cores)

@@ -159,3 +159,25 @@ def test_contact_sheet(tmp_path):
         ev.contact_sheet(imgs, ["one"], tmp_path / "x.png")
     with pytest.raises(ValueError):
         ev.contact_sheet([], None, tmp_path / "y.png")
+
+
+def test_captions_wrap_between_words():
+    assert ev.wrap_caption("a red circle in the center of a blue field", 12) == ["a red circle", "in the", "center of a", "blue field"]
+    assert ev.wrap_caption("  two\nstars  ", 12) == ["two stars"]
+    assert ev.wrap_caption("", 12) == [""]
+    # only a word longer than the line on its own is cut
+    assert ev.wrap_caption("a supercalifragilistic star", 10) == ["a supercal", "ifragilist", "ic star"]
+    assert ev.wrap_caption("a well-known star", 12) == ["a well-known", "star"]  # a hyphen is not a break
+
+
+def test_contact_sheet_draws_whole_words(tmp_path, monkeypatch):
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **kw: (drawn.append(text), real(self, xy, text, *a, **kw)))
+    imgs = [im for im, _ in sw.generate(1, seed=0)]
+    # 32-px images at scale 1: a cell of 32 px holds 8 characters a line, 24 px of caption hold 2 lines
+    # (cut by characters, this was "the cent", "er of it")
+    ev.contact_sheet(imgs, ["the center of it"], tmp_path / "sheet.png", scale=1)
+    assert drawn == ["the", "center"]

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmadapt.cli.main import _output_errors, main
+from mmadapt.cli import main
+from mmadapt.cli.common import _output_errors
 from mmadapt.engine.artifact import ArtifactWriter, versions
 from mmadapt.engine.runner import load_artifact
 from mmadapt.errors import ArtifactError

@@ -37,6 +37,7 @@ def _train(make_recipe, write_recipe, lm: Path, out: Path, name: str, strategies
     )
     proc = _cli("run", str(write_recipe(raw, name=f"{name}.yaml")), "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]  # peft's known-harmless notices stay out (models/quiet.py)
     manifest = json.loads(proc.stdout[proc.stdout.index("{") :])
     version = out / name / manifest["version"]
     return version, manifest

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,12 @@ def clip_t_retrieval_accuracy(images: Sequence[Image.Image], prompts: Sequence[s
 # ---------------------------------------------------------------- contact sheet
 
 
+def wrap_caption(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken between words; a word longer than
+    ``width`` on its own is the only thing cut (a contact sheet cell has a fixed width)."""
+    return textwrap.wrap(" ".join(text.split()), width, break_long_words=True, break_on_hyphens=False) or [""]
+
+
 def contact_sheet(
     images: Sequence[Image.Image],
     captions: Sequence[str] | None,
@@ -301,7 +308,7 @@ def contact_sheet(
         sheet.paste(im.convert("RGB").resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST), (x, y))
         if captions is not None:
             text = str(captions[i])
-            lines = [text[j : j + chars] for j in range(0, len(text), chars)][: max(1, text_h // 11)]
+            lines = wrap_caption(text, chars)[: max(1, text_h // 11)]
             for k, line in enumerate(lines):
                 draw.text((x, y + cell_h + 1 + 11 * k), line, fill=(0, 0, 0))
     path = Path(path)

@@ -11,6 +11,7 @@ from pydantic import Field
 from mmadapt.config import StrictModel, TrainOverrides
 from mmadapt.errors import ArtifactError
 from mmadapt.modalities.text.tuning import train_text_model
+from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 ADAPTER_DIR = "adapter"
@@ -59,7 +60,8 @@ class TextAdapterStrategy(Strategy):
         from mmadapt.engine.seed import seed_everything
 
         seed_everything(self.recipe.train.seed)  # adapter init is part of the run's determinism
-        model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
+        with quiet_libraries():
+            model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
         report = train_text_model(model, stack, data, ctx, "adapter", self.config.train)
         model.save_pretrained(part_dir / ADAPTER_DIR, safe_serialization=True)
         (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
@@ -73,5 +75,6 @@ class TextAdapterStrategy(Strategy):
         folder = part_dir / ADAPTER_DIR
         if not (folder / "adapter_model.safetensors").is_file():
             raise ArtifactError("adapter weights are missing", path=folder, fix="re-run the recipe")
-        stack.model = PeftModel.from_pretrained(stack.model, str(folder), is_trainable=False)
+        with quiet_libraries():
+            stack.model = PeftModel.from_pretrained(stack.model, str(folder), is_trainable=False)
         stack.model.eval()

@@ -9,6 +9,7 @@ from pydantic import Field
 from mmadapt.config import StrictModel, TrainOverrides
 from mmadapt.errors import ArtifactError
 from mmadapt.modalities.text.tuning import train_text_model
+from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 MODEL_DIR = "model"
@@ -31,7 +32,8 @@ class TextFullStrategy(Strategy):
         if self.config.freeze_embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)
         report = train_text_model(model, stack, data, ctx, "full", self.config.train)
-        model.save_pretrained(part_dir / MODEL_DIR, safe_serialization=True)
+        with quiet_libraries():
+            model.save_pretrained(part_dir / MODEL_DIR, safe_serialization=True)
         stack.tokenizer.save_pretrained(part_dir / MODEL_DIR)
         return report
 
@@ -42,5 +44,6 @@ class TextFullStrategy(Strategy):
         folder = part_dir / MODEL_DIR
         if not (folder / "config.json").is_file():
             raise ArtifactError("full model weights are missing", path=folder, fix="re-run the recipe")
-        stack.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+        with quiet_libraries():
+            stack.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
         stack.model.eval()

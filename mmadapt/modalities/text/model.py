@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from mmadapt.errors import ModelError
+from mmadapt.models.quiet import quiet_libraries
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 from mmadapt.protocols import Stack
 
@@ -22,10 +23,11 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: b
     allow_pickle = pickle_trusted(allow_pickle)
     check_safetensors_only(location, allow_pickle=allow_pickle)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
-        )
+        with quiet_libraries():
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None
     if tokenizer.pad_token is None:

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from mmadapt.modalities.text.prompt import build_messages
 from mmadapt.modalities.text.retrieval import passage_text
+from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import Prediction
 
 
@@ -46,7 +47,8 @@ class TextPredictor:
             gen_kwargs["repetition_penalty"] = cfg.repetition_penalty
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
             enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, **gen_kwargs)
+            with quiet_libraries(logs_errors_only=True):
+                out = model.generate(**enc, **gen_kwargs)
             new = out[:, enc["input_ids"].shape[1] :]
             for i, ids in zip(batch, new):
                 outputs[i] = tok.decode(ids, skip_special_tokens=True).strip()
