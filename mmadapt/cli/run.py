@@ -35,8 +35,8 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
       mmadapt run my-recipe.yaml --trust-remote-pickle   # a local model with .bin weights only
     """
     from mmadapt.engine.runner import run as run_recipe
-    from mmadapt.protocols import get_modality
     from mmadapt.govern.report import human_bytes, table
+    from mmadapt.protocols import get_modality
 
     if trust_remote_pickle:
         from mmadapt.models.resolve import TRUST_PICKLE_ENV

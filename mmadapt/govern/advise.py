@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.errors import DataError, MmadaptError
-from mmadapt.protocols import STACK_ORDER, get_modality, strategy_trains
 from mmadapt.govern.advise_rules import (
     CADENCE_DAYS,
     CADENCE_FORMS,
@@ -47,6 +46,7 @@ from mmadapt.govern.advise_rules import (
     parse_cadence,
 )
 from mmadapt.govern.advise_rules import RULES as RULES  # the rules' table, re-exported: advise() applies it
+from mmadapt.protocols import STACK_ORDER, get_modality, strategy_trains
 
 
 @dataclass
