@@ -8,30 +8,40 @@ Library first — the CLI is a thin layer over these functions::
     print(result.metrics, result.costs)
     loaded = mmadapt.load_artifact(result.version_dir)
     loaded.predictor.predict(["Which port does Zentrix listen on?"])
+    table = mmadapt.compare(recipe, ["base", "prompt+retrieval", "prompt+adapter"])
+    advice = mmadapt.advise(recipe, privacy="internal", latency_ms=800, gpu_hours=4, release_cadence="monthly")
+
+A new modality is one folder and one call: ``mmadapt.register_modality("name", "package.module:Class")``
+(see DESIGN.md).
 """
 
 from mmadapt.errors import MmadaptError
 
 __version__ = "0.1.0"
 
-__all__ = ["MmadaptError", "load_recipe", "run", "load_artifact", "evaluate", "__version__"]
+# public name -> (module, attribute); imported on first use, so importing mmadapt does not import torch
+_LAZY = {
+    "load_recipe": ("mmadapt.recipe", "load_recipe"),
+    "run": ("mmadapt.engine.runner", "run"),
+    "load_artifact": ("mmadapt.engine.runner", "load_artifact"),
+    "evaluate": ("mmadapt.engine.evaluate", "evaluate"),
+    "run_batch": ("mmadapt.engine.batch", "run_batch"),
+    "export": ("mmadapt.engine.export", "export"),
+    "compare": ("mmadapt.govern.compare", "compare"),
+    "advise": ("mmadapt.govern.advise", "advise_recipe"),
+    "ab_test": ("mmadapt.govern.ab", "ab_test"),
+    "drift": ("mmadapt.govern.drift", "drift"),
+    "register_modality": ("mmadapt.protocols", "register_modality"),
+    "get_modality": ("mmadapt.protocols", "get_modality"),
+}
+
+__all__ = ["MmadaptError", "__version__", *_LAZY]
 
 
-def __getattr__(name):  # lazy: importing mmadapt does not import torch
-    if name == "load_recipe":
-        from mmadapt.recipe import load_recipe
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-        return load_recipe
-    if name == "run":
-        from mmadapt.engine.runner import run
-
-        return run
-    if name == "load_artifact":
-        from mmadapt.engine.runner import load_artifact
-
-        return load_artifact
-    if name == "evaluate":
-        from mmadapt.engine.evaluate import evaluate
-
-        return evaluate
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'mmadapt' has no attribute {name!r}")
