@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from mmadapt.errors import DataError, MmadaptError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mmadapt.protocols import DataBundle
     from mmadapt.recipe import Recipe
 
 ERROR = "error"
@@ -80,6 +81,15 @@ def has_errors(problems: Iterable[Problem]) -> bool:
 def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Errors first, then by file and line (stable otherwise)."""
     return sorted(problems, key=lambda p: (p.severity != ERROR, p.file, p.line or 0))
+
+
+def bundle_or_raise(bundle: DataBundle | None, problems: list[Problem], paths: list[Path]) -> DataBundle:
+    """What a modality's ``load_data`` returns: the parsed bundle with the fingerprint of the data
+    files in ``paths``, or one DataError for the first errors (:func:`raise_errors`)."""
+    raise_errors(problems)
+    assert bundle is not None  # read_data gives a bundle whenever there is no error
+    bundle.fingerprint, bundle.files = fingerprint(paths)
+    return bundle
 
 
 def raise_errors(problems: Iterable[Problem], *, limit: int = 10) -> None:

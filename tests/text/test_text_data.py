@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from mmadapt.engine.validate import fingerprint
 from mmadapt.errors import DataError
-from mmadapt.modalities.text.data import _chunk_words, fingerprint, read_jsonl_split, read_knowledge
+from mmadapt.modalities.text.data import _chunk_words, read_jsonl_split, read_knowledge
 
 
 def test_reads_examples_with_ids_and_meta(text_data):

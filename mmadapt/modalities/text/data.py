@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmadapt.engine import validate as v
-from mmadapt.engine.validate import fingerprint
 from mmadapt.protocols import DataBundle, Example
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,11 +202,7 @@ def data_paths(recipe: Recipe) -> list[Path]:
 
 def load_data(recipe: Recipe) -> DataBundle:
     """The recipe's data, or one DataError for the first errors (warnings do not stop a run)."""
-    bundle, problems = read_data(recipe)
-    v.raise_errors(problems)
-    assert bundle is not None
-    bundle.fingerprint, bundle.files = fingerprint(data_paths(recipe))
-    return bundle
+    return v.bundle_or_raise(*read_data(recipe), data_paths(recipe))
 
 
 def validate_data(recipe: Recipe) -> list[v.Problem]:
