@@ -333,17 +333,27 @@ def get_modality(name: str) -> Modality:
             f"modality {name!r} is not available in this installation ({exc})",
             fix="pip install 'mmadapt[embedded]'",
         ) from exc
-    cls = getattr(module, attr)
+    cls = vars(module).get(attr)
+    if cls is None:
+        raise RecipeError(f"modality {name!r}: {module_name} has no {attr}", fix=f"register it as 'module:Class' (now {target!r})")
     check_modality(cls)
     _loaded[name] = cls()
     return _loaded[name]
 
 
-def strategy_trains(name: str, modality: Modality | None = None) -> bool:
-    """Whether strategy ``name`` trains weights: in ``modality``, or (no modality) in any registered one."""
-    if modality is not None:
-        return modality.strategies[name].trains if name in modality.strategies else False
-    return any(get_modality(m).strategies[name].trains for m in modality_names() if name in get_modality(m).strategies)
+def strategy_trains(name: str) -> bool:
+    """Whether strategy ``name`` trains weights in any registered modality that offers it (what
+    ``advise`` assumes when no recipe names the modality; with one it asks that modality)."""
+    from mmadapt.errors import RecipeError
+
+    for modality_name in modality_names():
+        try:
+            strategies = get_modality(modality_name).strategies
+        except RecipeError:  # a registered modality that does not import here says nothing
+            continue
+        if name in strategies and strategies[name].trains:
+            return True
+    return False
 
 
 def ordered(names: Sequence[str]) -> list[str]:
