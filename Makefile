@@ -22,10 +22,10 @@ demo: install
 	$(BIN)/mmadapt run recipes/text/zentrix-support.yaml
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests   # both cores: two pytest-xdist workers, one torch thread each
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 bench: install
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
