@@ -12,10 +12,11 @@ from mmadapt.cli.common import SET_HELP, _load
 
 @click.command()
 @click.argument("recipe", type=click.Path())
-@click.option("--inputs", "new_data", required=True, type=click.Path(dir_okay=False),
-              help="New inputs: a JSONL shaped like the eval split, or a text file of one input a line.")
+@click.option("--inputs", "new_data", required=True, type=click.Path(),
+              help="New inputs shaped like the recipe's eval split (a JSONL file; speech: an audio folder with "
+                   "metadata.jsonl), or a .txt file of one input a line.")
 @click.option("--threshold", type=float, default=None, help="MMD^2 above which inputs drifted (default: calibrated on train).")
-@click.option("--embedder", default=None, help="Embedder reference (default: the recipe's retrieval embedder, or embedded:minilm-l6).")
+@click.option("--embedder", default=None, help="Embedder reference (default: the modality's choice for the recipe, or embedded:minilm-l6).")
 @click.option("--fail-on-drift", is_flag=True, help="Exit with code 1 when drift is flagged (for CI and cron jobs).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -25,6 +26,7 @@ def drift(recipe, new_data, threshold, embedder, fail_on_drift, overrides, as_js
     \b
     Example:
       mmadapt drift recipes/text/zentrix-support.yaml --inputs last-week-questions.txt
+      mmadapt drift recipes/speech/domain-vocab.yaml --inputs new-calls/   # transcripts stand for the clips
     """
     from mmadapt.govern.drift import drift as run_drift
     from mmadapt.govern.report import table

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from mmadapt.cli import main
 from mmadapt.govern.advise import advise_recipe
 from mmadapt.govern.drift import drift
 from mmadapt.protocols import get_modality, modality_names
@@ -68,6 +70,9 @@ def test_speech_drift_reads_transcripts_shifted_clips_drift_held_out_clips_do_no
     shifted = drift(recipe, ROOT / "datasets/speech-domain/plain")  # ordinary speech, no product words
     assert shifted.drifted and {s.name for s in shifted.signals if s.drifted} >= {"mmd2", "far_share", "oov_rate"}
     assert not any(".wav" in word for word, _ in shifted.new_words)  # words of transcripts, not file names
+    cli = CliRunner().invoke(main, ["drift", str(SPEECH), "--set", f"data.train={train}", "--inputs", str(held_out), "--json"])
+    assert cli.exit_code == 0, cli.output  # an audio folder is a valid --inputs
+    assert json.loads(cli.stdout)["drifted"] is False
 
 
 @pytest.mark.slow  # loads the MiniLM embedder and decodes the references
