@@ -6,6 +6,10 @@ naming the one in use, and ``audit.jsonl`` (one JSON object a line: who did what
 The engine writes through this module when a run commits (:func:`committed` applies the
 current-pointer policy); :mod:`mmadapt.govern.registry` lists, promotes and rolls back on top of it.
 
+Every move of ``current`` and every audit line happens under the recipe folder's lock
+(:func:`mmadapt.engine.locks.recipe_lock`), so the audit's order is the order of the moves and its
+lines stay whole even where ``O_APPEND`` is not atomic (NFS clients on several hosts).
+
 Policy at commit: a new run becomes current by itself when its recipe has no ``eval.min`` bars;
 when it has bars, only the first version does (something must be served) and every later one
 waits for ``registry promote``, which checks the bars against the version's measured metrics.
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.engine.atomic import write_text_atomic
+from mmadapt.engine.locks import recipe_lock
 from mmadapt.errors import ArtifactError
 
 CURRENT = "current"
@@ -84,7 +89,7 @@ def user() -> str:
 
 
 def audit(rdir: Path, what: str, version: str | None, why: str | None = None, **details: Any) -> dict[str, Any]:
-    """Append one entry to ``<rdir>/audit.jsonl`` (one write of one line, fsynced); return it."""
+    """Append one entry to ``<rdir>/audit.jsonl`` (one write of one line, fsynced, under the recipe lock)."""
     if what not in ACTIONS:
         raise ValueError(f"unknown audit action {what!r}")
     entry = {
@@ -97,15 +102,16 @@ def audit(rdir: Path, what: str, version: str | None, why: str | None = None, **
     }
     line = (json.dumps(entry, default=str, ensure_ascii=False) + "\n").encode("utf-8")
     rdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(rdir / AUDIT, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash: start a fresh one
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with recipe_lock(rdir):
+        fd = os.open(rdir / AUDIT, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash: start a fresh one
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return entry
 
 
@@ -141,8 +147,14 @@ def committed(rdir: Path, version: str, manifest: Mapping[str, Any], make_curren
     """Called by the artifact writer once ``version`` is in place: move ``current`` by the policy, audit.
 
     Without ``eval.min`` bars a new version becomes current; with bars only when no version
-    is current yet. Returns whether it became current.
+    is current yet. Returns whether it became current. The pointer and the audit line are
+    written under one hold of the recipe lock (the writer already holds it: it is reentrant).
     """
+    with recipe_lock(rdir):
+        return _committed(rdir, version, manifest, make_current)
+
+
+def _committed(rdir: Path, version: str, manifest: Mapping[str, Any], make_current: bool) -> bool:
     bars = (manifest.get("recipe") or {}).get("eval", {}).get("min") or {}
     becomes = make_current and (not bars or _pointer(rdir) is None)
     if becomes:

@@ -2,7 +2,9 @@
 
 Versions are folders ``v0001, v0002, ...`` under ``<output_dir>/<recipe name>/``; the
 file ``current`` names the one in use. Rolling back and promoting rewrite ``current``
-atomically; no version is ever deleted by these functions.
+atomically, under the recipe folder's lock with their audit line (runs, promotions and
+rollbacks from many processes are recorded in the order they moved the pointer); no version
+is ever deleted by these functions.
 
 Governance:
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.engine.artifact import CURRENT, read_manifest, versions, write_text_atomic
+from mmadapt.engine.locks import recipe_lock
 from mmadapt.engine.versions import (  # noqa: F401 - the registry's API: versions on disk, pointer, audit
     ACTIONS,
     AUDIT,
@@ -68,19 +71,19 @@ def rollback(rdir: Path, to: str | None = None, *, reason: str | None = None) ->
 
     A rollback is the emergency move and is not held to the bars; it is written to the audit log.
     """
-    found = versions(rdir)
-    if not found:
+    if not versions(rdir):
         raise ArtifactError("no versions to roll back to", path=rdir, fix="run the recipe first")
-    if to is None:
-        current = current_version(rdir)
-        index = found.index(current) if current in found else len(found)
-        if index == 0:
-            raise ArtifactError(f"{current} is the oldest version; nothing to roll back to", path=rdir)
-        to = found[index - 1]
-    target = resolve_version(rdir, to)
-    previous = current_version(rdir)
-    write_text_atomic(rdir / CURRENT, target.name + "\n")
-    audit(rdir, "rollback", target.name, reason, previous=previous)
+    with recipe_lock(rdir):
+        found = versions(rdir)
+        previous = current_version(rdir)
+        if to is None:
+            index = found.index(previous) if previous in found else len(found)
+            if index == 0:
+                raise ArtifactError(f"{previous} is the oldest version; nothing to roll back to", path=rdir)
+            to = found[index - 1]
+        target = resolve_version(rdir, to)
+        write_text_atomic(rdir / CURRENT, target.name + "\n")
+        audit(rdir, "rollback", target.name, reason, previous=previous)
     return target.name
 
 
@@ -140,7 +143,8 @@ def promote(rdir: Path, version: str, recipe: Any, *, reason: str | None = None)
             path=rdir,
             fix=f"improve the version and run again, or change eval.min{where}",
         )
-    previous = current_version(rdir)
-    write_text_atomic(rdir / CURRENT, target.name + "\n")
-    audit(rdir, "promote", target.name, reason, previous=previous, bars=bars, metrics=manifest.get("metrics") or {})
+    with recipe_lock(rdir):
+        previous = current_version(rdir)
+        write_text_atomic(rdir / CURRENT, target.name + "\n")
+        audit(rdir, "promote", target.name, reason, previous=previous, bars=bars, metrics=manifest.get("metrics") or {})
     return target.name

@@ -15,6 +15,7 @@ import pytest
 from mmadapt.engine.artifact import (
     MANIFEST,
     ArtifactWriter,
+    _host,
     check_safetensors_only,
     clean_stale_temporaries,
     read_manifest,
@@ -45,7 +46,7 @@ def test_nothing_visible_before_commit_and_abort_leaves_nothing(tmp_path):
     writer = ArtifactWriter(tmp_path, "r")
     (writer.part_dir("index") / "vectors.safetensors").write_bytes(b"x" * 10)
     assert versions(tmp_path / "r") == []
-    assert writer.tmp.name.startswith(f".tmp-{os.getpid()}-")
+    assert writer.tmp.name.startswith(f".tmp-{_host()}-{os.getpid()}-")  # the host's name, [A-Za-z0-9._-] only
     writer.abort()
     assert not writer.tmp.exists() and versions(tmp_path / "r") == []
 
@@ -69,6 +70,7 @@ def test_a_folder_without_manifest_is_not_a_version(tmp_path):
 
 
 def test_stale_temporaries_of_dead_pids_are_cleaned(tmp_path):
+    """Names written before the host was part of them (``.tmp-<pid>-*``) count as this host's."""
     rdir = tmp_path / "r"
     rdir.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)

@@ -100,7 +100,7 @@ def test_sigkill_mid_run_then_rollback(tmp_path, tiny_lm, make_recipe, text_data
         deadline = time.monotonic() + 300
         partial = []
         while time.monotonic() < deadline and proc.poll() is None:
-            partial = list(rdir.glob(f".tmp-{proc.pid}-*/prompt/prompt.json"))
+            partial = list(rdir.glob(f".tmp-*-{proc.pid}-*/prompt/prompt.json"))
             if partial:
                 break
             time.sleep(0.05)

@@ -176,7 +176,7 @@ def test_commit_failing_with_enospc_is_an_artifact_error_and_leaves_nothing(tmp_
             (writer.part_dir("prompt") / "prompt.json").write_text("{}")
             writer.commit({"stack": ["prompt"], "metrics": {}})
     assert "\n" not in str(err.value) and "free disk space" in str(err.value)
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["audit.jsonl", "current", "v0001"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".lock", "audit.jsonl", "current", "v0001"]  # .lock: empty, kept
 
 
 def test_cli_translates_real_enospc_from_python_and_safetensors(tmpfs, tmp_path):
