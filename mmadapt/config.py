@@ -63,13 +63,19 @@ class EvalConfig(StrictModel):
 
 
 class CompareConfig(StrictModel):
-    """The stacks ``mmadapt compare`` runs when ``--stacks`` is not given."""
+    """The stacks ``mmadapt compare`` runs when ``--stacks`` is not given, and the grid it sweeps
+    when ``--grid`` is not given (the rules: mmadapt/govern/sweep.py)."""
 
     stacks: list[str] | None = Field(
         None, description="e.g. [base, prompt, retrieval, adapter, full, prompt+retrieval+adapter]; None = base, each strategy alone, the whole stack"
     )
     strategies: dict[str, Any] = Field(
         default_factory=dict, description="settings of strategies that only compare uses (e.g. full beside the adapter stack)"
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="key path -> values, e.g. {adapter.r: [8, 16], train.lr: [1.0e-3, 2.0e-3]}: each stack a key applies to "
+        "runs once per combination",
     )
 
     @field_validator("strategies")

@@ -103,6 +103,7 @@ class Recipe(BaseModel):
             "compare": {
                 "stacks": self.compare.stacks,
                 "strategies": {k: v.model_dump(mode="json") for k, v in self.compare_strategies.items()},
+                **({"grid": self.compare.grid} if self.compare.grid else {}),  # only when set: hashes of the rest unchanged
             },
         }
         return out

@@ -24,6 +24,10 @@ def validate(recipe_path: str, overrides: tuple[str, ...], resolved: bool) -> No
       mmadapt recipe validate recipes/text/zentrix-support.yaml --resolved
     """
     parsed = _load(recipe_path, overrides)
+    if parsed.compare.grid:  # the grid's keys and values, against every stack compare would run
+        from mmadapt.govern.sweep import default_stacks, plan
+
+        plan(parsed, parsed.compare.stacks or default_stacks(parsed), parsed.compare.grid)
     if resolved:
         import yaml
 

@@ -7,7 +7,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -186,34 +186,53 @@ def load_artifact(version_dir: str | Path) -> LoadedArtifact:
 # ---------------------------------------------------------------- one run in a process of its own
 
 
-def _run_resolved(snapshot: dict[str, str], resolved: dict[str, Any], source: str | None, resume: bool, progress: bool) -> dict[str, Any]:
+def _run_resolved(
+    snapshot: dict[str, str], resolved: dict[str, Any], source: str | None, resume: bool, progress: bool, threads: int | None = None
+) -> dict[str, Any]:
     """In a fresh process: rebuild the recipe, run it, return the written manifest."""
     from mmadapt.protocols import restore_registry
     from mmadapt.recipe import validate_recipe
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     restore_registry(snapshot)
     recipe = validate_recipe(resolved, Path(source) if source else None)
     result = run(recipe, resume=resume, progress=progress)
     return result.manifest
 
 
-def run_in_process(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_in_process(
+    recipe: Recipe, *, resume: bool = False, progress: bool = True, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """:func:`run` in a new Python process (spawned: nothing of this one's memory or threads is
     shared, so peak memory and latency are the run's own); returns the manifest it wrote.
 
-    ``compare`` runs each stack through this. A user-facing error in the child is raised here
-    as the same one-line :class:`~mmadapt.errors.MmadaptError`.
+    ``env``: variables set in the child before it imports torch (its initializer,
+    :func:`mmadapt.engine.placement.apply_env`), e.g. ``CUDA_VISIBLE_DEVICES`` to place it on one
+    GPU and ``OMP_NUM_THREADS`` for its share of the cores (the child also passes that number to
+    ``torch.set_num_threads``); see :func:`~mmadapt.engine.placement.slot_envs`. None: the child
+    inherits this process's environment as it is.
+
+    ``compare`` runs each stack through this (several at once with ``--parallel``). A
+    user-facing error in the child is raised here as the same one-line
+    :class:`~mmadapt.errors.MmadaptError`.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from mmadapt.engine.placement import apply_env
     from mmadapt.protocols import registry_snapshot
 
     resolved = recipe.resolved()
     resolved["data"] = {k: (recipe.data_paths.get(v, v) if isinstance(v, str) else v) for k, v in resolved["data"].items()}
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        future = pool.submit(_run_resolved, registry_snapshot(), resolved, recipe.source, resume, progress)
+    threads = str((env or {}).get("OMP_NUM_THREADS", ""))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=apply_env, initargs=(dict(env or {}),)) as pool:
+        args = (registry_snapshot(), resolved, recipe.source, resume, progress, int(threads) if threads.isdigit() else None)
+        future = pool.submit(_run_resolved, *args)
         try:
             return future.result()
         except BrokenProcessPool:

@@ -16,9 +16,9 @@ the two agree). Rules come in four kinds, applied in this order:
   the best stack's are *tied with the best* and ranked first, by score and then by cost
   (no evidence that the dearer one is better -> the cheaper one); the others follow, best first.
 
-Without a report, stacks are ranked by score, then by cost (cheapest first).
-Every reason names its source: ``constraint:<option>`` or
-``measured:<report file>:<stack>.<figure>=<value>``.
+Without a report, stacks are ranked by score, then by cost (cheapest first). A grid run of a report
+(``compare --grid``) is a candidate of its own, by its label (``adapter[r=8,lr=0.001]``). Every
+reason names its source: ``constraint:<option>`` or ``measured:<report file>:<stack>.<figure>=<value>``.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class Advice:
 
 
 def parts(stack: str) -> set[str]:
+    stack = stack.split("[", 1)[0].strip()  # a grid run's label: 'adapter[r=8,lr=0.001]' -> {'adapter'}
     return set() if stack == "base" else {p.strip() for p in stack.split("+") if p.strip()}
 
 
@@ -150,9 +151,7 @@ def stack_cost(stack: str) -> int:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------- report
@@ -213,8 +212,9 @@ def advise(
     warnings: list[str] = []
     metric = _primary(report, primary_metric) if report else primary_metric
 
-    if report:
-        cands = {str(r["stack"]): Candidate(str(r["stack"]), cost=stack_cost(str(r["stack"])), measured=r) for r in report["rows"]}
+    if report:  # a candidate per row, by its label: a grid run ('adapter[r=8]') is one of its own
+        named = {str(r.get("label") or r["stack"]): r for r in report["rows"]}
+        cands = {s: Candidate(s, cost=stack_cost(s), measured=r) for s, r in named.items()}
     else:
         cands = {s: Candidate(s, cost=stack_cost(s)) for s in (stacks or DEFAULT_STACKS)}
 

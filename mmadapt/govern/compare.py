@@ -5,39 +5,43 @@ returns the manifest it wrote), so its peak memory and latency are its own, and 
 version (recipe name ``<name>--<stack>``). The report holds quality metrics with 95%
 bootstrap confidence intervals next to what each stack costs, as ``report.md``,
 ``report.json`` and ``report.png`` (quality against training cost, point size =
-artifact bytes).
+artifact bytes), and ranks the rows by the modality's primary metric, marking those whose CI
+overlaps the best one's (``tied``).
+
+A grid (``--grid`` / ``compare.grid``, :mod:`mmadapt.govern.sweep`) runs a stack once per setting
+(rows ``adapter[r=8,lr=0.001]``: a plain ``stack``, its ``settings`` and that ``label``). Every run's
+recipe is validated before anything is written. ``parallel`` runs up to N at once (:func:`run_all`);
+the report is the same as one run after another: same recipes and seeds, rows in the order asked.
+A run that fails does not stop the others: the report holds those that finished, then one error
+names the failed run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
 import shutil
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mmadapt.config import CompareConfig
+from mmadapt.engine.placement import slot_envs, thread_cap, usable_cores, visible_gpus
 from mmadapt.engine.runner import run_in_process
 from mmadapt.engine.stats import paired_bootstrap
+from mmadapt.errors import MmadaptError
 from mmadapt.govern.report import human_bytes, table
-from mmadapt.protocols import STACK_ORDER, get_modality
-from mmadapt.recipe import Recipe, parse_stack, stack_label
+from mmadapt.govern.sweep import Run, default_stacks, plan, runnable
+from mmadapt.protocols import get_modality
+from mmadapt.recipe import Recipe
 
 COST_COLUMNS = ("train_seconds", "trainable_params", "artifact_bytes", "latency_p50_ms", "latency_p95_ms", "peak_rss_mib")
-
-
-def default_stacks(recipe: Recipe) -> list[str]:
-    """base, each configured strategy alone, and the whole stack."""
-    names = recipe.stack
-    stacks = ["base"] + [n for n in STACK_ORDER if n in names]
-    if len(names) > 1:
-        stacks.append(stack_label(names))
-    return stacks
 
 
 @dataclass
@@ -47,63 +51,164 @@ class CompareResult:
     primary_metric: str
 
 
-def stack_recipe(recipe: Recipe, names: list[str]) -> Recipe:
-    """The recipe one stack of a comparison runs: named ``<name>--<stack>``, its own versions, no compare section."""
-    sub = recipe.with_stack(names)
-    return sub.model_copy(
-        update={
-            "name": f"{recipe.name}--{stack_label(names)}".replace("+", "-"),
-            "output_dir": str(Path(recipe.output_dir).resolve()),
-            "compare": CompareConfig(),
-            "compare_strategies": {},
-        }
-    )
-
-
 def compare(
-    recipe: Recipe, stacks: Sequence[str] | None = None, *, resume: bool = False, progress: bool = True
+    recipe: Recipe,
+    stacks: Sequence[str] | None = None,
+    *,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    parallel: int = 1,
+    resume: bool = False,
+    progress: bool = True,
 ) -> CompareResult:
-    """Run every stack of ``recipe`` and write the decision report; return its rows."""
+    """Run every stack of ``recipe`` (with a grid, each of its settings) and write the decision report; return its rows.
+
+    ``stacks``: None = the recipe's ``compare.stacks``, else base, each strategy, the whole stack.
+    ``grid``: key path -> values (None = the recipe's ``compare.grid``; see :mod:`mmadapt.govern.sweep`).
+    ``parallel``: how many runs at once (:func:`run_all`). Raises a RecipeError before anything is
+    written when a stack or grid key is wrong; an MmadaptError naming the run when one failed.
+    """
+    if parallel < 1:
+        raise MmadaptError(f"parallel must be at least 1 (got {parallel})", fix="e.g. --parallel 2")
     modality = get_modality(recipe.modality)
     labels = list(stacks or recipe.compare.stacks or default_stacks(recipe))
-    parsed = [parse_stack(label, modality) for label in labels]
+    runs = plan(recipe, labels, recipe.compare.grid if grid is None else grid)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = Path(recipe.output_dir) / recipe.name / "compare" / stamp
-    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "stacks").mkdir(parents=True, exist_ok=True)
+    for run in runs:  # the record of what ran (mmadapt run re-runs it)
+        record = yaml.safe_dump(runnable(run.recipe), sort_keys=False, allow_unicode=True)
+        (report_dir / "stacks" / f"{run.slug}.yaml").write_text(record)
+    outcomes = run_all(runs, parallel=parallel, resume=resume, progress=progress)
     rows: list[dict[str, Any]] = []
     version_dirs: list[Path] = []
-    for names in parsed:
-        label = stack_label(names)
-        sub = stack_recipe(recipe, names)
-        path = report_dir / "stacks" / f"{label.replace('+', '-')}.yaml"  # the record of what ran (mmadapt run re-runs it)
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(yaml.safe_dump(_runnable(sub), sort_keys=False, allow_unicode=True))
-        if progress:
-            print(f"[compare] {label}", file=sys.stderr, flush=True)
-        manifest = run_in_process(sub, resume=resume, progress=progress)
-        row: dict[str, Any] = {"stack": label, "version": f"{manifest['name']}/{manifest['version']}"}
-        for metric, value in manifest["metrics"].items():
-            lo, hi = manifest.get("ci95", {}).get(metric, (None, None))
-            row[metric] = value
-            row[f"{metric}_ci"] = [lo, hi]
-        row.update({k: manifest["costs"].get(k) for k in COST_COLUMNS})
-        sheet = _copy_overview(manifest, recipe, report_dir, label)
-        if sheet:
-            row["samples"] = sheet
-        rows.append(row)
-        version_dirs.append(Path(recipe.output_dir).resolve() / manifest["name"] / manifest["version"])
+    failed: dict[str, Exception] = {}
+    for run, outcome in zip(runs, outcomes):
+        if isinstance(outcome, Exception):
+            failed[run.label] = outcome
+            continue
+        rows.append(_row(run, outcome, recipe, report_dir))
+        version_dirs.append(Path(recipe.output_dir).resolve() / outcome["name"] / outcome["version"])
     paired_vs_base(rows, version_dirs, seed=recipe.train.seed)
+    rank_rows(rows, modality.primary_metric, modality.lower_is_better)
     result = CompareResult(rows, report_dir, modality.primary_metric)
-    write_report(result, recipe)
+    if rows:
+        write_report(result, recipe, failed={label: str(exc) for label, exc in failed.items()})
+    if failed:
+        raise _failure(failed, len(rows), report_dir)
     return result
 
 
-def _runnable(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe with its data paths absolute, as a YAML file that runs from anywhere."""
-    resolved = recipe.resolved()
-    resolved["data"] = {k: (recipe.data_paths.get(v, v) if isinstance(v, str) else v) for k, v in resolved["data"].items()}
-    resolved.pop("compare", None)
-    return resolved
+def _row(run: Run, manifest: dict[str, Any], recipe: Recipe, report_dir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"stack": run.stack, "settings": run.settings, "label": run.label,
+                           "version": f"{manifest['name']}/{manifest['version']}"}
+    for metric, value in manifest["metrics"].items():
+        lo, hi = manifest.get("ci95", {}).get(metric, (None, None))
+        row[metric] = value
+        row[f"{metric}_ci"] = [lo, hi]
+    row.update({k: manifest["costs"].get(k) for k in COST_COLUMNS})
+    sheet = _copy_overview(manifest, recipe, report_dir, run.slug)
+    if sheet:
+        row["samples"] = sheet
+    return row
+
+
+def _failure(failed: dict[str, Exception], finished: int, report_dir: Path) -> Exception:
+    """What compare raises when runs failed: a bug's own exception (with a note naming the run), else one line."""
+    for label, exc in failed.items():
+        if not isinstance(exc, MmadaptError):
+            exc.add_note(f"mmadapt compare: raised by the run of {label}")
+            return exc
+    what = "; ".join(f"{label} failed: {exc}" for label, exc in failed.items())
+    rest = f"the {finished} other run(s) finished (report: {report_dir / 'report.md'})" if finished else "no run finished"
+    return MmadaptError(f"{what}; {rest}", fix=f"fix it and compare again ({report_dir / 'stacks'} holds each run's recipe)")
+
+
+def run_all(
+    runs: Sequence[Run], *, parallel: int = 1, resume: bool = False, progress: bool = True
+) -> list[dict[str, Any] | Exception]:
+    """Each run in a spawned process of its own, up to ``parallel`` at once, started in the order given.
+
+    Returns, in the order of ``runs`` (whatever order they finish in), each run's manifest or the
+    exception that ended it: a failure does not stop the others. With more than one at a time,
+    each process starts with the environment of a free slot (:func:`~mmadapt.engine.placement.slot_envs`:
+    one GPU each where there are GPUs, else an even share of the cores), its progress bars are off,
+    and a line at each start and end says which runs are running.
+    """
+    width = max(1, min(parallel, len(runs)))
+    envs: list[dict[str, str] | None] = [None]
+    if width > 1:
+        envs = list(slot_envs(width, visible_gpus(), usable_cores(), thread_cap()))
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for env in envs:
+        free.put(env)
+    running: list[str] = []
+    lock = threading.Lock()
+    finished = 0
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"[compare] {text}", file=sys.stderr, flush=True)
+
+    def one(run: Run) -> dict[str, Any] | Exception:
+        nonlocal finished
+        env = free.get()  # never waits: there are as many slots as threads
+        with lock:
+            running.append(run.label)
+            say(run.label if width == 1 else f"start {run.label}{_placed(env)}; running: {', '.join(running)}")
+        outcome: dict[str, Any] | Exception
+        try:
+            outcome = run_in_process(run.recipe, resume=resume, progress=progress and width == 1, env=env)
+        except Exception as exc:  # noqa: BLE001 - kept, and raised once the others have finished
+            outcome = exc
+        free.put(env)
+        with lock:
+            running.remove(run.label)
+            finished += 1
+            if width > 1 or isinstance(outcome, Exception):
+                state = f"FAILED {run.label}: {_first_line(outcome)}" if isinstance(outcome, Exception) else f"done {run.label}"
+                say(f"{state} ({finished}/{len(runs)} finished" + (f"; running: {', '.join(running)})" if running else ")"))
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="mmadapt-compare") as pool:
+        return list(pool.map(one, runs))
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _placed(env: Mapping[str, str] | None) -> str:
+    if not env:
+        return ""
+    gpu = env.get("CUDA_VISIBLE_DEVICES")
+    return f" on GPU {gpu}" if gpu is not None else f" on {env.get('OMP_NUM_THREADS')} thread(s)"
+
+
+def rank_rows(rows: list[dict[str, Any]], metric: str, lower_is_better: Collection[str] = ()) -> None:
+    """Add ``rank`` (1 = the best ``metric``: the smallest where the modality says lower is better;
+    equal figures keep the order asked; None without the figure) and ``tied`` (its 95% CI overlaps
+    the best row's, so there is no evidence the best is better) to every row."""
+    sign = -1.0 if metric in lower_is_better else 1.0
+    ranked = sorted((r for r in rows if isinstance(r.get(metric), (int, float))), key=lambda r: -sign * r[metric])
+    for row in rows:
+        row["rank"], row["tied"] = None, False
+    if not ranked:
+        return
+    best_lo, best_hi = _ci(ranked[0], metric)
+    for place, row in enumerate(ranked, 1):
+        lo, hi = _ci(row, metric)
+        row["rank"], row["tied"] = place, hi >= best_lo and lo <= best_hi
+
+
+def _ci(row: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    lo, hi = (list(row.get(f"{metric}_ci") or []) + [None, None])[:2]
+    value = float(row[metric])
+    return (value if lo is None else float(lo)), (value if hi is None else float(hi))
+
+
+def label_of(row: Mapping[str, Any]) -> str:
+    """What a row is called: its ``label`` (``adapter[r=8]``), or its ``stack`` in reports from before grids."""
+    return str(row.get("label") or row["stack"])
 
 
 def _example_scores(version_dir: Path) -> dict[str, dict[str, Any]]:
@@ -147,7 +252,7 @@ def paired_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     for row in rows:
         if row["stack"] == "base":
             continue
-        shown = {"stack": row["stack"]}
+        shown = {"stack": label_of(row)}
         for m in metrics:
             t = row.get(f"{m}_vs_base")
             shown[f"Δ {m}"] = "-" if t is None else f"{t['diff']:+.3f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] p={t['p_value']:.3f}"
@@ -155,7 +260,7 @@ def paired_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return (out, ["stack", *[f"Δ {m}" for m in metrics]]) if metrics else ([], [])
 
 
-def _copy_overview(manifest: dict[str, Any], recipe: Recipe, report_dir: Path, label: str) -> str | None:
+def _copy_overview(manifest: dict[str, Any], recipe: Recipe, report_dir: Path, slug: str) -> str | None:
     """Copy a stack's overview sample (its first ``samples`` file, e.g. a contact sheet) into the report."""
     samples = manifest.get("samples") or []
     if not samples:
@@ -163,7 +268,7 @@ def _copy_overview(manifest: dict[str, Any], recipe: Recipe, report_dir: Path, l
     source = Path(recipe.output_dir).resolve() / manifest["name"] / manifest["version"] / samples[0]
     if not source.is_file():
         return None
-    target = report_dir / "samples" / f"{label.replace('+', '-')}{source.suffix}"
+    target = report_dir / "samples" / f"{slug}{source.suffix}"
     target.parent.mkdir(exist_ok=True)
     shutil.copyfile(source, target)
     return str(target.relative_to(report_dir))
@@ -183,27 +288,42 @@ def display_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     metrics = metric_names(rows)
     out = []
     for row in rows:
-        shown = {"stack": row["stack"]}
+        shown = {"stack": label_of(row)}
         for m in metrics:
-            lo, hi = row.get(f"{m}_ci", (None, None))
-            value = row.get(m)
-            shown[m] = "-" if value is None else f"{value:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{value:.3f}"
+            shown[m] = _cell(row, m)
         for c in COST_COLUMNS:
             shown[c] = human_bytes(row.get(c)) if c == "artifact_bytes" else row.get(c)
         out.append(shown)
     return out, ["stack", *metrics, *COST_COLUMNS]
 
 
-def write_report(result: CompareResult, recipe: Recipe) -> None:
+def _cell(row: Mapping[str, Any], metric: str) -> str:
+    lo, hi = row.get(f"{metric}_ci", (None, None))
+    value = row.get(metric)
+    return "-" if value is None else f"{value:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{value:.3f}"
+
+
+def ranked_rows(rows: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows :func:`rank_rows` ranked, best first: rank, label, the metric with its CI, tied (best / yes / no)."""
+    ranked = sorted((r for r in rows if r.get("rank")), key=lambda r: r["rank"])
+    shown = [{"rank": r["rank"], "stack": label_of(r), metric: _cell(r, metric),
+              "tied": "best" if r["rank"] == 1 else "yes" if r["tied"] else "no"} for r in ranked]
+    return shown, ["rank", "stack", metric, "tied"]
+
+
+def write_report(result: CompareResult, recipe: Recipe, failed: Mapping[str, str] | None = None) -> None:
+    """report.json, report.md and report.png in ``result.report_dir``; ``failed``: run label -> its error."""
     shown, columns = display_rows(result.rows)
+    lower = sorted(get_modality(recipe.modality).lower_is_better)
     (result.report_dir / "report.json").write_text(
         json.dumps(
             {
                 "recipe": recipe.name,
                 "modality": recipe.modality,
                 "primary_metric": result.primary_metric,
-                "lower_is_better": sorted(get_modality(recipe.modality).lower_is_better),
+                "lower_is_better": lower,
                 "rows": result.rows,
+                **({"failed": dict(failed)} if failed else {}),
             },
             indent=2,
         )
@@ -219,6 +339,18 @@ def write_report(result: CompareResult, recipe: Recipe) -> None:
         "![quality against training cost](report.png)",
         "",
     ]
+    metric = result.primary_metric
+    ranked, ranked_columns = ranked_rows(result.rows, metric)
+    if ranked:
+        direction = "lower" if metric in lower else "higher"
+        md += [
+            f"## Ranked by {metric} ({direction} is better)",
+            "",
+            "`tied`: the 95% CI overlaps the best one's — no evidence the best is better, so the cheaper may do.",
+            "",
+            table(ranked, ranked_columns, markdown=True),
+            "",
+        ]
     paired, paired_columns = paired_rows(result.rows)
     if paired:
         md += [
@@ -229,11 +361,13 @@ def write_report(result: CompareResult, recipe: Recipe) -> None:
             table(paired, paired_columns, markdown=True),
             "",
         ]
-    sheets = [(row["stack"], row["samples"]) for row in result.rows if row.get("samples")]
+    sheets = [(label_of(row), row["samples"]) for row in result.rows if row.get("samples")]
     if sheets:
         md += ["## Samples", ""]
         for label, rel in sheets:
             md += [f"### {label}", "", f"![{label} samples]({rel})", ""]
+    if failed:
+        md += ["## Failed", "", *[f"- {label}: {error}" for label, error in failed.items()], ""]
     (result.report_dir / "report.md").write_text("\n".join(md))
     plot(result, result.report_dir / "report.png")
 
@@ -257,7 +391,7 @@ def plot(result: CompareResult, path: Path) -> None:
         lo, hi = row.get(f"{metric}_ci", (None, None))
         if lo is not None:
             ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="none", ecolor="grey", capsize=3)
-        ax.annotate(row["stack"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(label_of(row), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training seconds + 1 (log)")
     ax.set_ylabel(metric)
