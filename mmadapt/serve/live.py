@@ -90,10 +90,15 @@ class Router:
 
     async def watch(self) -> None:
         """Poll the registry until cancelled (the app's lifespan runs this)."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
-                await asyncio.to_thread(self.refresh)
+                checked = loop.run_in_executor(None, self.refresh)
+            except RuntimeError:  # the loop's executor is shut down: the server is stopping
+                return
+            try:
+                await checked
             except Exception:  # noqa: BLE001 - keep watching; the error is logged
                 log.exception("registry check failed")
 
