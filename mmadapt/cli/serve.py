@@ -36,7 +36,7 @@ def serve(recipes: tuple[str, ...], host: str, port: int, api_key: str | None, s
     \b
     Examples:
       mmadapt serve recipes/text/zentrix-support.yaml
-      mmadapt serve zentrix-support meeting-asr --port 8080 --split zentrix-support=v0003:90,v0004:10
+      mmadapt serve zentrix-support speech-domain-vocab --port 8080 --split zentrix-support=v0003:90,v0004:10
       mmadapt serve zentrix-support --host 0.0.0.0 --api-key "$KEY"
     """
     from mmadapt.cli.registry import _recipe_dir

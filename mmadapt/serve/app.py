@@ -1,6 +1,6 @@
 """``mmadapt serve``: the current version of each recipe behind OpenAI-compatible endpoints.
 
-    app = create_app(["runs/zentrix-support", "runs/meeting-asr"], api_key="k")
+    app = create_app(["runs/zentrix-support", "runs/speech-domain-vocab"], api_key="k")
     run_server(app, host="127.0.0.1", port=8000)
 
 Endpoints: ``POST /v1/chat/completions`` (stream or not), ``POST /v1/audio/transcriptions``

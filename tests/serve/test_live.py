@@ -116,3 +116,19 @@ def test_concurrent_requests_leave_whole_log_lines(spell_runs):
     assert raw.endswith(b"\n") and len(raw.splitlines()) == len(lines) == 48
     assert {line["id"] for line in lines} == {r.json()["id"] for r in responses}
     assert all(line["output"] == [line["input"]["messages"][0]["content"] + "!"] for line in lines)
+
+
+def test_a_stopping_server_lets_the_running_request_finish(spell_runs):
+    app = create_app([spell_runs["rdir"]])
+    gate = _gate(app, spell_runs["rdir"] / "v0002")
+    with ThreadPoolExecutor(1) as pool:
+        server = LiveServer(app).__enter__()
+        running = pool.submit(httpx.post, f"{server.url}/v1/chat/completions", json=chat("zeta"), timeout=30)
+        assert gate.entered.wait(10)
+        server.server.should_exit = True  # what SIGTERM / Ctrl-C set
+        time.sleep(0.3)
+        assert server.thread.is_alive()  # still waiting for the request
+        gate.release.set()
+        assert running.result().status_code == 200
+        server.thread.join(timeout=20)
+        assert not server.thread.is_alive()
