@@ -242,7 +242,11 @@ async def _answer(request: Request, endpoint: str, router: Router, serve_log: Se
 
 async def _predict(route: Route, router: Router, serve_request: ServeRequest, endpoint: str, limits: ServeLimits,
                    serve_log: ServeLog, request_id: str, entry: dict[str, Any]) -> dict[str, Any]:
-    loaded = await router.loaded(route)
+    try:
+        loaded = await router.loaded(route)
+    except Exception as exc:  # noqa: BLE001 - a pinned version that does not load is the server's failure, not the client's
+        raise ApiError(500, f"cannot load {route.recipe}@{route.version_dir.name}: {exc}", type="server_error",
+                       code="model_unavailable") from exc
     modality = loaded.modality
     if modality.api_endpoint != endpoint:
         raise ApiError(400, f"{route.recipe} answers /v1/{modality.api_endpoint.replace('.', '/')}, not /v1/{endpoint.replace('.', '/')}",

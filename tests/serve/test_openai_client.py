@@ -137,6 +137,9 @@ def test_images_come_back_as_base64_pngs(served, client):
     expected = _predict(served, "tiny-image", ["two circles in a row"])[0].output
     assert len(images) == 2 and all(im.format == "PNG" and im.size == expected.size for im in images)
     assert list(images[0].convert("RGB").getdata()) == list(expected.convert("RGB").getdata())
+    line = json.loads((served["versions"]["tiny-image"].parent / "serve" / "requests.jsonl").read_text().splitlines()[0])
+    assert len(line["output"]) == 2 and all(Path(f).is_file() and Path(f).suffix == ".png" for f in line["output"])
+    assert Path(line["output"][0]).parent.name == result.model_extra["mmadapt"]["id"]
     with pytest.raises(openai.BadRequestError, match="`n`"):
         client.images.generate(model="tiny-image", prompt="a star", n=50, response_format="b64_json")
 

@@ -151,3 +151,20 @@ def test_redacted_inputs_keep_only_a_hash(spell_runs):
     text = (rdir / "serve" / "requests.jsonl").read_text()
     (line,) = read_lines(rdir / "serve" / "requests.jsonl")
     assert "secret-word\"" not in text.replace("secret-word!", "") and line["input"] is None and len(line["input_sha256"]) == 64
+
+
+def test_a_version_that_does_not_load_leaves_the_old_one_answering(spell_runs):
+    import shutil
+
+    from mmadapt.govern.registry import rollback
+
+    rdir = spell_runs["rdir"]
+    shutil.rmtree(rdir / "v0001" / "prompt")  # v0001 no longer loads
+    with TestClient(create_app([rdir])) as c:
+        r = c.post("/v1/chat/completions", json=chat("zeta", model="spell@v0001"))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_unavailable"
+        rollback(rdir, reason="test")  # current -> the broken v0001
+        assert c.app.state.router.refresh() == []
+        r = c.post("/v1/chat/completions", json=chat("zeta"))
+        assert r.status_code == 200 and r.headers["x-mmadapt-version"] == "spell@v0002"
+    assert [line["status"] for line in read_lines(rdir / "serve" / "requests.jsonl")] == [500, 200]
