@@ -181,17 +181,24 @@ async def _read(request: Request) -> tuple[dict[str, Any], Path | None, dict[str
         return await _json(request), None, None
     fields: dict[str, Any] = {}
     upload = info = None
-    async with request.form() as form:
-        for key, value in form.multi_items():
-            if isinstance(value, str):
-                fields[key] = value
-            elif upload is None:
-                data = await value.read()
-                handle, name = tempfile.mkstemp(prefix="mmadapt-upload-", suffix=Path(value.filename or "").suffix[:16])
-                with os.fdopen(handle, "wb") as out:
-                    out.write(data)
-                upload = Path(name)
-                info = {"name": value.filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        async with request.form() as form:
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    fields[key] = value
+                elif upload is None:  # the first file; OpenAI's endpoints take one
+                    data = await value.read()
+                    handle, name = tempfile.mkstemp(prefix="mmadapt-upload-", suffix=Path(value.filename or "").suffix[:16])
+                    upload = Path(name)
+                    with os.fdopen(handle, "wb") as out:
+                        out.write(data)
+                    info = {"name": value.filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    except Exception as exc:
+        if upload is not None:
+            upload.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise
+        raise ApiError(400, f"the multipart body cannot be read: {exc}", code="invalid_multipart") from None
     return fields, upload, info
 
 
@@ -210,7 +217,7 @@ async def _answer(request: Request, endpoint: str, router: Router, serve_log: Se
             return exc.response()
         entry = {"id": request_id, "time": arrived, "recipe": route.recipe, "version": route.version_dir.name,
                  "route": route.how, "endpoint": endpoint, "user": user, "status": 200, "latency_ms": None,
-                 "stream": bool(fields.get("stream")) and endpoint == STREAMING_ENDPOINT,
+                 "stream": fields.get("stream") is True and endpoint == STREAMING_ENDPOINT,
                  "input": {k: v for k, v in fields.items() if k not in ("model", "user")}, "output": None, "error": None}
         if upload_info is not None:
             entry["input"]["file"] = upload_info

@@ -168,3 +168,9 @@ def test_a_version_that_does_not_load_leaves_the_old_one_answering(spell_runs):
         r = c.post("/v1/chat/completions", json=chat("zeta"))
         assert r.status_code == 200 and r.headers["x-mmadapt-version"] == "spell@v0002"
     assert [line["status"] for line in read_lines(rdir / "serve" / "requests.jsonl")] == [500, 200]
+
+
+def test_a_broken_multipart_body_is_400_in_openai_shape(client):
+    r = client.post("/v1/audio/transcriptions", content=b"--xyz\r\nnot a part",
+                    headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "code"}
