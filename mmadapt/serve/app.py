@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import tempfile
@@ -166,10 +167,13 @@ def run_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, grace
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    def no_constants(name: str):  # NaN / Infinity are not JSON: they would make the log's lines unreadable to strict readers
+        raise ValueError(f"{name} is not a JSON number")
+
     try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+        body = json.loads(await request.body(), parse_constant=no_constants)
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     return body

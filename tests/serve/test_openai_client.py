@@ -154,3 +154,40 @@ def test_models_errors_and_the_key(served, client):
     wrong = openai.OpenAI(base_url=served["url"] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_the_command_serves_and_stops_cleanly_on_sigterm(served):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.serve.conftest import free_port
+
+    port = free_port()
+    runs = served["versions"]["tiny-text"].parent.parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MMADAPT_API_KEY": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "mmadapt.cli", "serve", "tiny-text", "--output-dir", str(runs), "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused-on-loopback", max_retries=0)
+        answer = client.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": QUESTION}])
+        assert answer.model == "tiny-text@v0001"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
+    assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in err, err[-2000:]
+    assert "serving tiny-text@v0001 on http://127.0.0.1:" in err and "Traceback" not in err

@@ -174,3 +174,9 @@ def test_a_broken_multipart_body_is_400_in_openai_shape(client):
     r = client.post("/v1/audio/transcriptions", content=b"--xyz\r\nnot a part",
                     headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "code"}
+
+
+def test_nan_is_not_json(client):
+    r = client.post("/v1/chat/completions", content=b'{"model": "spell", "messages": [], "temperature": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "NaN" in r.json()["error"]["message"]
