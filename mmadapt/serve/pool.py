@@ -109,7 +109,7 @@ class Pool:
                 self._loaded[key] = loaded
                 self._loading.pop(key, None)
                 self.loads += 1
-        self.evict()
+        self.evict(spare=key)  # never the version just loaded: its caller is about to use it
         return loaded
 
     def cached(self, version_dir: str | Path) -> Loaded | None:
@@ -121,15 +121,15 @@ class Pool:
         with self._lock:
             self._keep = {Path(d).resolve() for d in version_dirs}
 
-    def evict(self) -> list[str]:
-        """Drop least recently used idle versions while more than ``cache_size`` are loaded."""
+    def evict(self, spare: Path | None = None) -> list[str]:
+        """Drop least recently used idle versions (not kept, not ``spare``) while more than ``cache_size`` are loaded."""
         dropped = []
         with self._lock:
             for key in list(self._loaded):
                 if len(self._loaded) <= self.cache_size:
                     break
                 loaded = self._loaded[key]
-                if key not in self._keep and loaded.close_if_idle():
+                if key not in self._keep and key != spare and loaded.close_if_idle():
                     del self._loaded[key]
                     dropped.append(loaded.label)
         return dropped
