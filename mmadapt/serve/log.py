@@ -2,7 +2,7 @@
 
 Files (under the recipe's folder of versions, ``<output_dir>/<recipe name>/``):
 
-``serve/requests.jsonl`` — one line per request that named a served recipe (an unknown model,
+``serve/requests.jsonl`` — one line per request that named a served recipe (an unknown model, an unreadable body,
 a bad key or an oversized body names none and is not logged)::
 
     {"id": "req-3f2a...",            # the request's id: also the response's `id`, `mmadapt.id`
