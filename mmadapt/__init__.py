@@ -10,6 +10,7 @@ Library first — the CLI is a thin layer over these functions::
     loaded.predictor.predict(["Which port does Zentrix listen on?"])
     table = mmadapt.compare(recipe, ["base", "prompt+retrieval", "prompt+adapter"])
     advice = mmadapt.advise(recipe, privacy="internal", latency_ms=800, gpu_hours=4, release_cadence="monthly")
+    app = mmadapt.create_app(["runs/zentrix-support"])   # OpenAI-compatible ASGI app (mmadapt serve)
 
 A new modality is one folder and one call: ``mmadapt.register_modality("name", "package.module:Class")``
 (see DESIGN.md).
@@ -31,6 +32,7 @@ _LAZY = {
     "advise": ("mmadapt.govern.advise", "advise_recipe"),
     "ab_test": ("mmadapt.govern.ab", "ab_test"),
     "drift": ("mmadapt.govern.drift", "drift"),
+    "create_app": ("mmadapt.serve.app", "create_app"),
     "register_modality": ("mmadapt.protocols", "register_modality"),
     "get_modality": ("mmadapt.protocols", "get_modality"),
 }

@@ -37,3 +37,7 @@ class ModelError(MmadaptError):
 
 class ArtifactError(MmadaptError):
     """An artifact or registry entry is missing, corrupt or cannot be written."""
+
+
+class RequestError(MmadaptError):
+    """A serve request a modality cannot take (no user message, no prompt, an unsupported option): HTTP 400."""

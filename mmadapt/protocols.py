@@ -15,7 +15,8 @@ exactly what reloads from disk.
 A :class:`Modality` declares everything shared code needs to know about it: its recipe
 sections, its one data parser, its stack and predictor, its metrics and which way each one
 is better, which retrieval resource a recipe of it has, what stands for an input in drift,
-how batch reads inputs and writes outputs, and what the CLI shows of a prediction. Shared
+how batch reads inputs and writes outputs, what the CLI shows of a prediction, and which OpenAI
+endpoint ``mmadapt serve`` answers for it (a request's fields -> predictor inputs -> response body). Shared
 code (engine/, govern/, cli/) asks the registered modality and never branches on its name
 or guesses with ``getattr``. :func:`register_modality` (or the ``mmadapt.modalities`` entry
 point group of an installed package) is the one place a modality is registered; the three
@@ -68,6 +69,23 @@ class Prediction:
     output: Any  # text answer, transcript, or a PIL image
     sources: list[str] = field(default_factory=list)  # passages / terms / reference images used
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ServeRequest:
+    """One OpenAI-style request as a modality sees it (``mmadapt serve``).
+
+    ``fields`` is the JSON body (chat, images) or the multipart form's text fields (audio);
+    ``file`` the uploaded file, written by the server to a temporary file it removes after the
+    prediction. The server has already checked the shared limits (body size, ``max_tokens``,
+    ``n``, prompt length) and which endpoint the recipe answers.
+    """
+
+    fields: dict[str, Any]
+    file: Path | None = None
+
+
+API_ENDPOINTS: tuple[str, ...] = ("chat.completions", "audio.transcriptions", "images.generations")
 
 
 class Predictor(Protocol):
@@ -134,7 +152,9 @@ class Modality(ABC):
       has an ``eval`` field: the held-out split);
     * ``metrics``, ``default_metrics``, ``primary_metric`` and ``lower_is_better`` (the metrics
       where a smaller value is better, e.g. WER; every other metric is higher-is-better);
-    * ``input_keys``: the keys of a batch JSONL record that hold its input, first found wins.
+    * ``input_keys``: the keys of a batch JSONL record that hold its input, first found wins;
+    * ``api_endpoint``: the OpenAI endpoint ``mmadapt serve`` answers for it, one of
+      :data:`API_ENDPOINTS` (``chat.completions`` | ``audio.transcriptions`` | ``images.generations``).
     """
 
     name: ClassVar[str]
@@ -146,6 +166,7 @@ class Modality(ABC):
     primary_metric: ClassVar[str]
     lower_is_better: ClassVar[frozenset[str]]
     input_keys: ClassVar[tuple[str, ...]]
+    api_endpoint: ClassVar[str]
 
     # ---- data
     @abstractmethod
@@ -214,6 +235,19 @@ class Modality(ABC):
     def show(self, input: Any, prediction: Prediction) -> str:
         """What the CLI prints for one prediction (a few lines; no trailing newline)."""
 
+    # ---- serve
+    @abstractmethod
+    def serve_inputs(self, request: ServeRequest) -> list[Any]:
+        """The predictor's inputs for one request of :attr:`api_endpoint` (a question, the uploaded
+        file's path, a prompt once per image asked for); raise :class:`~mmadapt.errors.RequestError`
+        (HTTP 400, one line) for a request it cannot take."""
+
+    @abstractmethod
+    def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
+        """The endpoint's response body for these predictions, as OpenAI shapes it (``choices``;
+        ``text``; ``data`` of base64 PNGs). The server adds ``id``, ``created``, ``model`` and
+        ``mmadapt.version``; anything the modality puts under ``mmadapt`` (e.g. ``sources``) is kept."""
+
     # ---- optional
     def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
         """Write the composed stack's weights into ``out_dir`` as one servable model folder
@@ -238,7 +272,7 @@ MODALITIES: dict[str, str] = {
 }
 ENTRY_POINT_GROUP = "mmadapt.modalities"  # an installed package registers a modality as NAME = "module:Class"
 _REQUIRED = ("name", "strategies", "inference_model", "data_model", "metrics", "default_metrics", "primary_metric",
-             "lower_is_better", "input_keys")
+             "lower_is_better", "input_keys", "api_endpoint")
 _loaded: dict[str, Modality] = {}
 _entry_points_read = False
 
@@ -309,6 +343,8 @@ def check_modality(cls: type[Modality]) -> None:
         untyped = [s for s, k in cls.strategies.items() if not hasattr(k, "trains")]
         if untyped:
             problems.append(f"strategies {untyped} do not say whether they train (`trains`)")
+        if cls.api_endpoint not in API_ENDPOINTS:
+            problems.append(f"api_endpoint {cls.api_endpoint!r} is not one of {API_ENDPOINTS}")
         if "eval" not in cls.data_model.model_fields:
             problems.append("its data_model has no `eval` field (the held-out split)")
     if problems:

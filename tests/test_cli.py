@@ -13,7 +13,7 @@ from mmadapt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"ab", "advise", "ask", "batch", "compare", "data", "drift", "export", "launch", "models", "recipe", "registry",
-            "report", "run"}
+            "report", "run", "serve"}
 
 
 def test_every_command_is_registered_on_the_group():

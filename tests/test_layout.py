@@ -20,6 +20,7 @@ MAX_LINES = 450
 FORBIDDEN = {
     "mmadapt.engine": ("mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.govern": ("mmadapt.cli", "mmadapt.modalities"),
+    "mmadapt.serve": ("mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.modalities": ("mmadapt.govern", "mmadapt.cli"),
     "mmadapt.retrieval": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.models": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
@@ -28,7 +29,7 @@ FORBIDDEN = {
     "mmadapt.recipe": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.errors": ("mmadapt.",),
 }
-SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.recipe")  # never guess at a modality
+SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.serve", "mmadapt.cli", "mmadapt.recipe")  # never guess at a modality
 
 
 def module_name(path: Path) -> str:

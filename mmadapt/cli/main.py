@@ -29,6 +29,7 @@ from mmadapt.cli.recipe import recipe
 from mmadapt.cli.registry import registry
 from mmadapt.cli.report import history_report
 from mmadapt.cli.run import ask, export, run
+from mmadapt.cli.serve import serve
 from mmadapt.errors import MmadaptError
 
 
@@ -61,12 +62,13 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# What a user can do, in the order of the README: adapt and use, check inputs, decide and govern, scale out.
+# What a user can do, in the order of the README: adapt and use, check inputs, decide and govern, scale out, serve.
 for command in (
     run, ask, export, compare,  # run.py, compare.py
     recipe, data, models,  # recipe.py, data.py, models.py
     registry, advise, ab, drift, history_report,  # registry.py, advise.py, ab.py, drift.py, report.py
     batch, launch,  # batch.py, launch.py
+    serve,  # serve.py
 ):
     main.add_command(command)
 

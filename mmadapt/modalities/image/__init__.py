@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmadapt.errors import RequestError
 from mmadapt.modalities.image import data as image_data
 from mmadapt.modalities.image import metrics as image_metrics
 from mmadapt.modalities.image.adapter import ImageAdapterStrategy
@@ -24,7 +25,7 @@ from mmadapt.modalities.image.model import ImageStack, load_pipeline
 from mmadapt.modalities.image.predict import ImagePredictor
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction
+from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
 
 METRICS = ("palette_adherence", "clip_i", "clip_t")
 SAMPLES_DIR = "samples"
@@ -46,6 +47,7 @@ class ImageModality(Modality):
     primary_metric = "palette_adherence"
     lower_is_better = frozenset()
     input_keys = ("prompt", "input", "text")
+    api_endpoint = "images.generations"
 
     def load_data(self, recipe) -> DataBundle:
         return image_data.load_data(recipe)
@@ -135,3 +137,24 @@ class ImageModality(Modality):
         if prediction.sources:
             lines.append(f"   references: {', '.join(prediction.sources)}")
         return "\n".join(lines)
+
+    def serve_inputs(self, request: ServeRequest) -> list[str]:
+        """The prompt once per image asked for (``n``). Images are seeded by ``inference.seed`` and the
+        prompt, so ``n`` copies of one prompt are the same image; ``size`` is the recipe's resolution."""
+        prompt = request.fields.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError("`prompt` must be a non-empty string")
+        if request.fields.get("response_format") not in (None, "b64_json"):
+            raise RequestError(f"response_format {request.fields['response_format']!r} is not served", fix="ask for b64_json")
+        return [prompt] * int(request.fields.get("n") or 1)
+
+    def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
+        import base64
+        import io
+
+        data = []
+        for p in predictions:
+            buffer = io.BytesIO()
+            p.output.save(buffer, format="PNG")
+            data.append({"b64_json": base64.b64encode(buffer.getvalue()).decode("ascii"), "revised_prompt": p.info.get("prompt")})
+        return {"data": data, "mmadapt": {"references": [p.sources for p in predictions]}}

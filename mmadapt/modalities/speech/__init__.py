@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmadapt.errors import RequestError
 from mmadapt.modalities.speech import data as speech_data
 from mmadapt.modalities.speech import metrics as speech_metrics
 from mmadapt.modalities.speech.adapter import SpeechAdapterStrategy
@@ -16,7 +17,7 @@ from mmadapt.modalities.speech.model import SpeechStack, load_whisper
 from mmadapt.modalities.speech.predict import SpeechPredictor
 from mmadapt.modalities.speech.prompt import SpeechPromptStrategy
 from mmadapt.modalities.speech.retrieval import SpeechRetrievalStrategy
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction
+from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
 
 METRICS = ("wer", "cer", "b_wer", "u_wer", "term_recall", "term_precision", "mean_wer", "median_wer")
 
@@ -36,6 +37,7 @@ class SpeechModality(Modality):
     primary_metric = "b_wer"
     lower_is_better = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
     input_keys = ("audio", "file_name", "path", "input")
+    api_endpoint = "audio.transcriptions"
 
     def load_data(self, recipe) -> DataBundle:
         return speech_data.load_data(recipe)
@@ -93,3 +95,15 @@ class SpeechModality(Modality):
         if prediction.sources:
             lines.append(f"   prompt terms: {', '.join(prediction.sources)}")
         return "\n".join(lines)
+
+    def serve_inputs(self, request: ServeRequest) -> list[str]:
+        """The uploaded file. ``prompt`` and ``language`` are accepted and not used yet: the recipe's
+        prompt strategy and vocabulary decide the decoder prompt, its model the language."""
+        if request.file is None:
+            raise RequestError("no audio file", fix="send the audio as the multipart field `file`")
+        if request.fields.get("response_format") not in (None, "json"):
+            raise RequestError(f"response_format {request.fields['response_format']!r} is not served", fix="ask for json")
+        return [str(request.file)]
+
+    def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
+        return {"text": predictions[0].output, "mmadapt": {"prompt_terms": predictions[0].sources}}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmadapt.errors import RequestError
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
 from mmadapt.modalities.text.config import TextData, TextInference
@@ -15,7 +16,7 @@ from mmadapt.modalities.text.model import TextStack, load_causal_lm
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
 from mmadapt.modalities.text.retrieval import TextRetrievalStrategy
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction
+from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
 
 
 class TextModality(Modality):
@@ -33,6 +34,7 @@ class TextModality(Modality):
     primary_metric = "fact_accuracy"
     lower_is_better = frozenset()
     input_keys = ("question", "input", "text")
+    api_endpoint = "chat.completions"
 
     def load_data(self, recipe) -> DataBundle:
         return text_data.load_data(recipe)
@@ -84,3 +86,35 @@ class TextModality(Modality):
         if prediction.sources:
             lines.append(f"   sources: {', '.join(prediction.sources)}")
         return "\n".join(lines)
+
+    def serve_inputs(self, request: ServeRequest) -> list[str]:
+        """The last user message is the question (the recipe's prompt strategy supplies the system
+        prompt and examples; earlier turns are not used); ``n`` answers ask it ``n`` times."""
+        question = last_user_message(request.fields.get("messages"))
+        return [question] * int(request.fields.get("n") or 1)
+
+    def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": p.output}, "finish_reason": "stop"}
+            for i, p in enumerate(predictions)
+        ]
+        return {"object": "chat.completion", "choices": choices, "mmadapt": {"sources": [p.sources for p in predictions]}}
+
+
+def last_user_message(messages: Any) -> str:
+    """The text of the last ``user`` message of an OpenAI ``messages`` list (string content, or a
+    list of ``{"type": "text", "text": ...}`` parts)."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("`messages` must be a non-empty list of {role, content}", fix="send at least one user message")
+    for message in reversed(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise RequestError("every message needs a `role` and a `content`")
+        if message["role"] != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+        if not isinstance(content, str) or not content.strip():
+            raise RequestError("the last user message has no text content", fix="send the question as its content")
+        return content
+    raise RequestError("no message with role `user`", fix="send the question as a user message")
