@@ -37,3 +37,7 @@ class ModelError(MmadaptError):
 
 class ArtifactError(MmadaptError):
     """An artifact or registry entry is missing, corrupt or cannot be written."""
+
+
+class SuiteError(MmadaptError):
+    """An evaluation suite file (eval/*.yaml) is malformed, or a target does not fit it."""
