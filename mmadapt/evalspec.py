@@ -238,7 +238,7 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
 def _messages(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.get("loc", ())).lstrip(".") or "(top level)"
         if err["type"] == "extra_forbidden":
             out.append(f"{loc}: unknown key{_suggest(str(err['loc'][-1]), list(SuiteFile.model_fields))}")
         elif err["type"] == "missing":

@@ -209,6 +209,8 @@ def run_all(suites_dir: str | Path = "eval", recipes_dir: str | Path = "recipes"
     """
     from mmadapt.recipe import load_recipe
 
+    if not Path(recipes_dir).is_dir():
+        raise SuiteError("no such folder of recipes", path=recipes_dir, fix="run from the project root or pass --recipes DIR")
     suite_files = sorted(Path(suites_dir).glob("*.yaml"))
     if not suite_files:
         raise SuiteError("no suites (*.yaml) here", path=suites_dir, fix="add suites to eval/ or pass --suites DIR")
