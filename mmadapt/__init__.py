@@ -31,6 +31,8 @@ _LAZY = {
     "advise": ("mmadapt.govern.advise", "advise_recipe"),
     "ab_test": ("mmadapt.govern.ab", "ab_test"),
     "drift": ("mmadapt.govern.drift", "drift"),
+    "run_suite": ("mmadapt.govern.suites", "run_suite"),
+    "load_suite": ("mmadapt.evalspec", "load_suite"),
     "register_modality": ("mmadapt.protocols", "register_modality"),
     "get_modality": ("mmadapt.protocols", "get_modality"),
 }
