@@ -75,7 +75,7 @@ def _all(suites_dir: str, recipes_dir: str, progress: bool) -> None:
     from mmadapt.govern.report import table
     from mmadapt.govern.suites import run_all
 
-    result = run_all(suites_dir, recipes_dir, progress=progress)
+    result = run_all(suites_dir, recipes_dir, progress=progress, announce=lambda what: click.echo(f"scoring {what}", err=True))
     for path, why in result.skipped:
         click.echo(f"skipped {path}: {why}")
     rows = [{"suite": r.suite, "recipe": r.recipe, "version": r.version, "result": "pass" if r.passed else "FAIL",

@@ -17,7 +17,7 @@ its modality that has been run.
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,11 +201,14 @@ class AllResult:
         return all(r.passed for r in self.rows)
 
 
-def run_all(suites_dir: str | Path = "eval", recipes_dir: str | Path = "recipes", *, progress: bool = False) -> AllResult:
+def run_all(
+    suites_dir: str | Path = "eval", recipes_dir: str | Path = "recipes", *, progress: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> AllResult:
     """Every suite of ``suites_dir`` on the current version of every recipe under ``recipes_dir`` of its modality.
 
     Recipes never run are skipped (and listed); a bad suite or recipe file is a one-line error
-    before anything is scored.
+    before anything is scored. ``announce`` is told each (suite, version) before it is scored.
     """
     from mmadapt.recipe import load_recipe
 
@@ -228,6 +231,8 @@ def run_all(suites_dir: str | Path = "eval", recipes_dir: str | Path = "recipes"
                     skipped.append((str(recipe_path), "no versions (run it first)"))
                     seen.add(recipe_path)
                 continue
+            if announce is not None:
+                announce(f"{path}: {recipe.name} {name}")
             score = score_version(suite, rdir / name, f"{recipe.name}@{name}", progress=progress)
             first = score.sets[0].metrics if score.sets else {}
             rows.append(AllRow(str(path), recipe.name, name, score.passed, score.failures, first))
