@@ -79,9 +79,10 @@ def _all(suites_dir: str, recipes_dir: str, progress: bool) -> None:
     for path, why in result.skipped:
         click.echo(f"skipped {path}: {why}")
     rows = [{"suite": r.suite, "recipe": r.recipe, "version": r.version, "result": "pass" if r.passed else "FAIL",
+             "figures": ", ".join(f"{m} {r.metrics[m]:.3f}" for m in r.bars if m in r.metrics),
              "missed": "; ".join(r.failures)} for r in result.rows]
     if rows:
-        click.echo(table(rows, ["suite", "recipe", "version", "result", "missed"]))
+        click.echo(table(rows, ["suite", "recipe", "version", "result", "figures", "missed"]))
     else:
         click.echo("nothing to evaluate: no recipe of a suite's modality has been run")
     click.get_current_context().exit(0 if result.passed else 1)

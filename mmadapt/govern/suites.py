@@ -189,6 +189,7 @@ class AllRow:
     passed: bool
     failures: list[str]
     metrics: dict[str, float]  # of the first set (the table's figures)
+    bars: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -235,5 +236,5 @@ def run_all(
                 announce(f"{path}: {recipe.name} {name}")
             score = score_version(suite, rdir / name, f"{recipe.name}@{name}", progress=progress)
             first = score.sets[0].metrics if score.sets else {}
-            rows.append(AllRow(str(path), recipe.name, name, score.passed, score.failures, first))
+            rows.append(AllRow(str(path), recipe.name, name, score.passed, score.failures, first, dict(suite.bars)))
     return AllResult(rows, skipped)
