@@ -105,8 +105,10 @@ def _check_modality(suite: Suite, version_dir: Path, label: str) -> None:
         )
 
 
-def _set_label(path: Path) -> str:
-    return path.name
+def set_labels(suite: Suite) -> list[str]:
+    """What a set is called in tables and failures: its file or folder name, its path where names repeat."""
+    names = [p.name for p in suite.sets]
+    return names if len(set(names)) == len(names) else [str(p) for p in suite.sets]
 
 
 def score_version(suite: Suite, version_dir: Path, label: str | None = None, *, progress: bool = False) -> TargetScore:
@@ -118,14 +120,14 @@ def score_version(suite: Suite, version_dir: Path, label: str | None = None, *, 
     modality = get_modality(suite.modality)
     recipe = loaded.recipe
     sets = []
-    for set_path in suite.sets:
+    for set_path, set_label in zip(suite.sets, set_labels(suite)):
         as_eval = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(set_path)})})
         data = modality.load_data(as_eval)
         examples = list(data.eval)
         predictions = loaded.predictor.predict([e.input for e in examples], progress=progress)
         rows = score_rows(modality, predictions, examples, suite.metrics, data)
         metrics, ci = aggregate(modality, rows, suite.metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
-        sets.append(SetScore(_set_label(set_path), len(examples), metrics, ci, suite.check(metrics), rows))
+        sets.append(SetScore(set_label, len(examples), metrics, ci, suite.check(metrics), rows))
         del predictions
     del loaded
     gc.collect()

@@ -123,6 +123,14 @@ def test_run_suite_passes_the_glossary_version_and_fails_the_prompt_only_one(spe
     assert diffs["exact"].diff == -1.0 and diffs["exact"].verdict == "worse" and diffs["edits"].verdict == "worse"
 
 
+def test_every_bar_holds_on_every_set(spell, tmp_path):
+    (tmp_path / "eval" / "two.yaml").write_text("name: two\nmodality: spell\nsets: [../heldout.jsonl, ../eval.jsonl]\nbars: {exact: 0.8}\n")
+    version = _run(spell()).version_dir  # the glossary spells the held-out words, not the train words of eval.jsonl
+    target = run_suite("eval/two.yaml", [str(version)]).targets[0]
+    assert [(s.set, s.metrics["exact"]) for s in target.sets] == [("heldout.jsonl", 1.0), ("eval.jsonl", 0.0)]
+    assert target.failures == ["eval.jsonl: exact 0.00 < 0.80"] and not target.passed
+
+
 def test_eval_cli_exit_codes(spell, tmp_path):
     path = spell()
     _run(path)
