@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from mmadapt.cli.common import output_dir_option
@@ -14,8 +16,9 @@ from mmadapt.cli.common import output_dir_option
 @click.option("--suites", "suites_dir", default="eval", show_default=True, help="Where --all finds suites.")
 @click.option("--recipes", "recipes_dir", default="recipes", show_default=True, help="Where --all finds recipes.")
 @output_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit codes).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_suite(suite, targets, run_every, suites_dir, recipes_dir, output_dir, quiet) -> None:
+def eval_suite(suite, targets, run_every, suites_dir, recipes_dir, output_dir, as_json, quiet) -> None:
     """Score versions on an evaluation suite: metrics with 95% CIs, pass/fail per bar.
 
     A target is a version folder (runs/NAME/vNNNN), a recipe (its current version) or
@@ -33,14 +36,17 @@ def eval_suite(suite, targets, run_every, suites_dir, recipes_dir, output_dir, q
     if run_every:
         if suite or targets:
             raise MmadaptError("--all takes no suite or targets", fix="mmadapt eval --all, or mmadapt eval SUITE TARGET...")
-        _all(suites_dir, recipes_dir, not quiet)
+        _all(suites_dir, recipes_dir, not quiet, as_json)
         return
     if not suite or not targets:
         raise MmadaptError("a suite and at least one target are needed", fix="mmadapt eval SUITE VERSION_OR_RECIPE... (or --all)")
     from mmadapt.govern.suites import run_suite
 
     result = run_suite(suite, list(targets), output_dir=output_dir, progress=not quiet)
-    _print(result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print(result)
     click.get_current_context().exit(0 if result.passed else 1)
 
 
@@ -71,11 +77,14 @@ def _print(result) -> None:
         click.echo(table(rows, ["metric", "diff", "ci_low", "ci_high", "p_sign", "verdict"]))
 
 
-def _all(suites_dir: str, recipes_dir: str, progress: bool) -> None:
+def _all(suites_dir: str, recipes_dir: str, progress: bool, as_json: bool) -> None:
     from mmadapt.govern.report import table
     from mmadapt.govern.suites import run_all
 
     result = run_all(suites_dir, recipes_dir, progress=progress, announce=lambda what: click.echo(f"scoring {what}", err=True))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.get_current_context().exit(0 if result.passed else 1)
     for path, why in result.skipped:
         click.echo(f"skipped {path}: {why}")
     rows = [{"suite": r.suite, "recipe": r.recipe, "version": r.version, "result": "pass" if r.passed else "FAIL",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,24 @@ class SuiteResult:
     @property
     def passed(self) -> bool:
         return all(t.passed for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``mmadapt eval --json`` prints (per-example rows left out)."""
+        s = self.suite
+        return {
+            "suite": s.name, "source": str(s.source), "modality": s.modality, "metrics": s.metrics, "bars": s.bars,
+            "lower_is_better": sorted(m for m in s.metrics if m in s.lower_is_better), "passed": self.passed,
+            "targets": [
+                {"target": t.target, "recipe": t.recipe, "version": t.version, "passed": t.passed, "failures": t.failures,
+                 "sets": [{"set": x.set, "examples": x.examples, "metrics": x.metrics, "ci95": {k: list(v) for k, v in x.ci.items()},
+                           "failures": x.failures} for x in t.sets]}
+                for t in self.targets
+            ],
+            "diffs": [
+                {"target": self.targets[i].target, "baseline": self.targets[0].target, "set": name, "metrics": [asdict(d) for d in diffs]}
+                for (i, name), diffs in self.diffs.items()
+            ],
+        }
 
 
 # ---------------------------------------------------------------- targets
@@ -202,6 +220,10 @@ class AllResult:
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "rows": [asdict(r) for r in self.rows],
+                "skipped": [{"recipe": p, "why": why} for p, why in self.skipped]}
 
 
 def run_all(

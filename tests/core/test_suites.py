@@ -144,6 +144,12 @@ def test_eval_cli_exit_codes(spell, tmp_path):
     assert failed.exit_code == 1, failed.output
     assert "FAIL" in failed.output and "(paired, 95% bootstrap CI)" in failed.output and "better" in failed.output
 
+    as_json = cli.invoke(main, ["eval", "eval/spell-heldout.yaml", str(path), f"{path}@v0001", "--quiet", "--json"])
+    report = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and report["passed"] is False and report["lower_is_better"] == ["edits"]
+    assert report["targets"][0]["failures"][0] == "exact 0.00 < 0.80" and report["targets"][1]["passed"] is True
+    assert report["diffs"][0]["set"] == "heldout.jsonl" and report["diffs"][0]["metrics"][0]["verdict"] == "better"
+
     for args, message in [
         (["eval", "eval/nope.yaml", str(path)], "suite file not found"),
         (["eval", "eval/spell-heldout.yaml"], "a suite and at least one target are needed"),
@@ -175,6 +181,8 @@ def test_eval_all_runs_every_suite_on_every_run_recipe_of_its_modality(spell):
     assert out.exit_code == 0, out.output
     assert "skipped recipes/never-run.yaml: no versions (run it first)" in out.output
     assert "eval/spell-heldout.yaml" in out.output and "pass" in out.output and "exact 1.000, edits 0.000" in out.output
+    report = json.loads(cli.invoke(main, ["eval", "--all", "--quiet", "--json"]).stdout)
+    assert report["passed"] and report["skipped"] == [{"recipe": "recipes/never-run.yaml", "why": "no versions (run it first)"}]
 
     _run(good, strategies="{prompt: {}}")  # the current version now misses the bars
     out = cli.invoke(main, ["eval", "--all", "--quiet"])
