@@ -285,6 +285,11 @@ def test_a_user_metric_works_in_compare(spell):
     assert {row["stack"]: row[METRIC] for row in result.rows} == {"base": 0.0, "adapter": 1.0}
 
 
+def test_a_bar_on_a_user_metric_needs_the_metric_measured(spell):
+    with pytest.raises(RecipeError, match=r"eval.min.tests.fixtures.user_metrics:capitalised: a user metric must also be listed in eval.metrics"):
+        mmadapt.load_recipe(spell(eval_extra=f", min: {{'{METRIC}': 0.5}}"))
+
+
 def test_an_unknown_modality_metric_still_names_the_nearest_one(spell):
     with pytest.raises(MmadaptError, match=r"eval.metrics\[0\]: unknown metric 'exakt' \(did you mean 'exact'\?\)"):
         mmadapt.load_recipe(spell(eval_extra=", metrics: [exakt]"))
