@@ -33,6 +33,8 @@ _LAZY = {
     "ab_test": ("mmadapt.govern.ab", "ab_test"),
     "drift": ("mmadapt.govern.drift", "drift"),
     "create_app": ("mmadapt.serve.app", "create_app"),
+    "run_suite": ("mmadapt.govern.suites", "run_suite"),
+    "load_suite": ("mmadapt.evalspec", "load_suite"),
     "register_modality": ("mmadapt.protocols", "register_modality"),
     "get_modality": ("mmadapt.protocols", "get_modality"),
 }

@@ -55,11 +55,16 @@ class TrainOverrides(StrictModel):
 class EvalConfig(StrictModel):
     """How the composed stack is evaluated."""
 
-    metrics: list[str] | None = Field(None, description="metric names; None = the modality's defaults")
+    metrics: list[str] | None = Field(
+        None, description="the modality's metric names or package.module:function (mmadapt.evalspec); None = the modality's defaults"
+    )
     limit: int | None = Field(None, ge=1, le=1_000_000, description="evaluate on the first N eval examples")
     latency_samples: int = Field(8, ge=0, le=10_000, description="inputs timed one by one for latency p50/p95")
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples for confidence intervals")
     min: dict[str, float] = Field(default_factory=dict, description="bars a version must meet to be promoted")
+    suites: list[str] = Field(
+        default_factory=list, description="suite files (eval/*.yaml) whose bars a version must also meet to be promoted"
+    )
 
 
 class CompareConfig(StrictModel):

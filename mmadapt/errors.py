@@ -41,3 +41,7 @@ class ArtifactError(MmadaptError):
 
 class RequestError(MmadaptError):
     """A serve request a modality cannot take (no user message, no prompt, an unsupported option): HTTP 400."""
+
+
+class SuiteError(MmadaptError):
+    """An evaluation suite file (eval/*.yaml) is malformed, or a target does not fit it."""

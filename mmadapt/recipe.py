@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from mmadapt.config import CompareConfig, EvalConfig, StrictModel, TrainConfig
 from mmadapt.errors import RecipeError
+from mmadapt.evalspec import check_eval
 from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, modality_names, ordered
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -96,7 +97,7 @@ class Recipe(BaseModel):
             "data": self.data.model_dump(mode="json"),
             "strategies": {k: self.strategies[k].model_dump(mode="json") for k in self.stack},
             "train": self.train.model_dump(mode="json"),
-            "eval": self.eval.model_dump(mode="json"),
+            "eval": self.eval.model_dump(mode="json", exclude={"suites"} if not self.eval.suites else None),
             "inference": self.inference.model_dump(mode="json"),
             "output_dir": self.output_dir,
             "trust_remote_code": self.trust_remote_code,
@@ -365,13 +366,7 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
         except RecipeError as exc:
             errors.append(f"compare.stacks[{i}]: {exc}")
 
-    metrics = top.eval.metrics or []
-    for i, metric in enumerate(metrics):
-        if metric not in modality.metrics:
-            errors.append(f"eval.metrics[{i}]: unknown metric {metric!r}{_suggest(metric, modality.metrics)}")
-    for metric in top.eval.min:
-        if metric not in modality.metrics:
-            errors.append(f"eval.min.{metric}: unknown metric{_suggest(metric, modality.metrics)}")
+    errors.extend(check_eval(top.eval, modality, source))  # metrics (a user's package.module:fn), bars, suites
 
     data_paths: dict[str, str] = {}
     if data is not None:

@@ -27,9 +27,10 @@ FORBIDDEN = {
     "mmadapt.protocols": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.config": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe"),
     "mmadapt.recipe": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
+    "mmadapt.evalspec": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe"),
     "mmadapt.errors": ("mmadapt.",),
 }
-SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.serve", "mmadapt.cli", "mmadapt.recipe")  # never guess at a modality
+SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.serve", "mmadapt.cli", "mmadapt.recipe", "mmadapt.evalspec")  # never guess at a modality
 
 
 def module_name(path: Path) -> str:

@@ -23,6 +23,7 @@ from mmadapt.cli.batch import batch
 from mmadapt.cli.compare import compare
 from mmadapt.cli.data import data
 from mmadapt.cli.drift import drift
+from mmadapt.cli.eval import eval_suite
 from mmadapt.cli.launch import launch
 from mmadapt.cli.models import models
 from mmadapt.cli.recipe import recipe
@@ -66,7 +67,7 @@ def main() -> None:
 for command in (
     run, ask, export, compare,  # run.py, compare.py
     recipe, data, models,  # recipe.py, data.py, models.py
-    registry, advise, ab, drift, history_report,  # registry.py, advise.py, ab.py, drift.py, report.py
+    registry, eval_suite, advise, ab, drift, history_report,  # registry.py, eval.py, advise.py, ab.py, drift.py, report.py
     batch, launch,  # batch.py, launch.py
     serve,  # serve.py
 ):

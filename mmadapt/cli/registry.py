@@ -90,7 +90,7 @@ def registry_rollback(target: str, to: str | None, reason: str | None, output_di
 @click.option("--reason", default=None, help="Why, for the audit log.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def registry_promote(recipe_path: str, version: str, reason: str | None, overrides: tuple[str, ...]) -> None:
-    """Make VERSION current if its metrics meet every bar in the recipe's eval.min.
+    """Make VERSION current if its metrics meet every bar in the recipe's eval.min and eval.suites.
 
     A refusal prints the figures (e.g. fact_accuracy 0.55 < 0.80), exits 2 and is audited.
 
@@ -103,6 +103,8 @@ def registry_promote(recipe_path: str, version: str, reason: str | None, overrid
     parsed = _load(recipe_path, overrides)
     name = promote(recipe_dir(parsed.output_dir, parsed.name), version, parsed, reason=reason)
     bars = ", ".join(f"{k} >= {v:.2f}" for k, v in parsed.eval.min.items()) or "no eval.min bars"
+    if parsed.eval.suites:
+        bars += "; the bars of " + ", ".join(parsed.eval.suites)
     click.echo(f"current: {name} (meets {bars})")
 
 

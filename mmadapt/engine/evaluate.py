@@ -1,4 +1,9 @@
-"""Evaluate a predictor on a recipe's eval split: quality metrics with CIs, latency."""
+"""Evaluate a predictor on a recipe's eval split: quality metrics with CIs, latency.
+
+Metrics are the modality's (``Modality.score`` / ``aggregate``) and the metrics a user brings,
+``package.module:function`` (:mod:`mmadapt.evalspec`): called per example as ``fn(output, example)``,
+their values are columns of the same score rows and their corpus figure is the mean, so
+bootstrap CIs, ``ab``, ``compare`` and suites treat both alike. Nothing here asks which modality."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmadapt.engine.meters import Stopwatch, latency_percentiles
+from mmadapt.evalspec import is_user_metric, load_user_metric
 from mmadapt.protocols import DataBundle, Example, Modality, Prediction, Predictor
 
 
@@ -22,9 +28,32 @@ class EvalResult:
     costs: dict[str, Any] = field(default_factory=dict)
 
 
+def score_rows(
+    modality: Modality, predictions: list[Prediction], examples: list[Example], metrics: list[str], data: DataBundle
+) -> list[dict[str, Any]]:
+    """One row per example: the modality's metrics, then each user metric's ``fn(output, example)``."""
+    rows = modality.score(predictions, examples, [m for m in metrics if not is_user_metric(m)], data)
+    for metric in (m for m in metrics if is_user_metric(m)):
+        fn = load_user_metric(metric)
+        for row, prediction, example in zip(rows, predictions, examples, strict=True):
+            value = fn(prediction.output, example)
+            row[metric] = None if value is None else float(value)
+    return rows
+
+
+def corpus(modality: Modality, rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, float]:
+    """Corpus figures: the modality's aggregate of its metrics; the mean of each user metric."""
+    out = dict(modality.aggregate(rows, [m for m in metrics if not is_user_metric(m)]))
+    for metric in (m for m in metrics if is_user_metric(m)):
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        if values:
+            out[metric] = float(sum(values) / len(values))
+    return out
+
+
 def aggregate(modality: Modality, rows: list[dict[str, Any]], metrics: list[str], resamples: int, seed: int = 0) -> tuple[dict, dict]:
-    """The modality's corpus metrics and percentile-bootstrap 95% CIs (rows resampled with replacement)."""
-    means = {k: round(v, 4) for k, v in modality.aggregate(rows, metrics).items() if v is not None}
+    """The corpus metrics and percentile-bootstrap 95% CIs (rows resampled with replacement)."""
+    means = {k: round(v, 4) for k, v in corpus(modality, rows, metrics).items() if v is not None}
     cis: dict[str, tuple[float, float]] = {}
     if not rows:
         return means, cis
@@ -34,7 +63,7 @@ def aggregate(modality: Modality, rows: list[dict[str, Any]], metrics: list[str]
     samples: dict[str, list[float]] = {k: [] for k in means}
     for _ in range(resamples):
         picked = [rows[i] for i in rng.integers(0, len(rows), size=len(rows))]
-        for k, v in modality.aggregate(picked, metrics).items():
+        for k, v in corpus(modality, picked, metrics).items():
             if k in samples and v is not None:
                 samples[k].append(v)
     for k, values in samples.items():
@@ -49,7 +78,7 @@ def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe,
     metrics = list(recipe.eval.metrics or modality.default_metrics)
     with Stopwatch() as watch:
         predictions = predictor.predict([e.input for e in examples], progress=progress)
-    rows = modality.score(predictions, examples, metrics, data)
+    rows = score_rows(modality, predictions, examples, metrics, data)
     means, cis = aggregate(modality, rows, metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
 
     latencies = []

@@ -146,8 +146,8 @@ def check_bars(metrics: Mapping[str, Any], bars: Mapping[str, float]) -> list[st
 def committed(rdir: Path, version: str, manifest: Mapping[str, Any], make_current: bool) -> bool:
     """Called by the artifact writer once ``version`` is in place: move ``current`` by the policy, audit.
 
-    Without ``eval.min`` bars a new version becomes current; with bars only when no version
-    is current yet. Returns whether it became current. The pointer and the audit line are
+    Without ``eval.min`` bars or ``eval.suites`` a new version becomes current; with either, only
+    when no version is current yet (later ones wait for ``registry promote``). Returns whether it became current. The pointer and the audit line are
     written under one hold of the recipe lock (the writer already holds it: it is reentrant).
     """
     with recipe_lock(rdir):
@@ -155,15 +155,17 @@ def committed(rdir: Path, version: str, manifest: Mapping[str, Any], make_curren
 
 
 def _committed(rdir: Path, version: str, manifest: Mapping[str, Any], make_current: bool) -> bool:
-    bars = (manifest.get("recipe") or {}).get("eval", {}).get("min") or {}
-    becomes = make_current and (not bars or _pointer(rdir) is None)
+    section = (manifest.get("recipe") or {}).get("eval", {})
+    bars = section.get("min") or {}
+    gated = bool(bars or section.get("suites"))  # suites are bars too: registry promote checks them
+    becomes = make_current and (not gated or _pointer(rdir) is None)
     if becomes:
         write_text_atomic(rdir / CURRENT, version + "\n")
     failures = check_bars(manifest.get("metrics") or {}, bars)
     if not make_current:
         note = "not made current by the caller"
-    elif not bars:
-        note = "current: the recipe has no eval.min bars"
+    elif not gated:
+        note = "current: the recipe has no eval.min bars or eval.suites"
     elif becomes:
         note = "current: first version of a recipe with bars"
     else:

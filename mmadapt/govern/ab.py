@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmadapt.engine.evaluate import score_rows
 from mmadapt.engine.stats import paired_bootstrap
+from mmadapt.engine.versions import recipe_dir, resolve_version
 from mmadapt.errors import ArtifactError, MmadaptError
-from mmadapt.govern.registry import recipe_dir, resolve_version
 from mmadapt.protocols import Example, get_modality
 
 METHODS = ("bootstrap", "sign")
@@ -163,7 +164,7 @@ def _score_version(version_dir: Path, modality, examples: list[Example], metrics
             fix="compare versions of the same recipe",
         )
     predictions = loaded.predictor.predict([e.input for e in examples], progress=progress)
-    rows = modality.score(predictions, examples, metrics, data)
+    rows = score_rows(modality, predictions, examples, metrics, data)
     outputs = [p.output if isinstance(p.output, (str, int, float)) else None for p in predictions]
     del loaded, predictions
     gc.collect()

@@ -127,7 +127,8 @@ def promoted_versions(rdir: Path) -> list[str]:
 
 
 def promote(rdir: Path, version: str, recipe: Any, *, reason: str | None = None) -> str:
-    """Make ``version`` current if it meets every bar in ``recipe.eval.min``; return its name.
+    """Make ``version`` current if it meets every bar in ``recipe.eval.min`` and every bar of each
+    suite in ``recipe.eval.suites`` (scored now, :mod:`mmadapt.govern.suites`); return its name.
 
     A refusal is audited (``refused-promote``) and raised as one line with the figures.
     """
@@ -135,16 +136,25 @@ def promote(rdir: Path, version: str, recipe: Any, *, reason: str | None = None)
     manifest = read_manifest(target)
     bars = dict(recipe.eval.min)
     failures = check_bars(manifest.get("metrics") or {}, bars)
+    suite_figures: dict[str, Any] = {}
+    if recipe.eval.suites:
+        from mmadapt.govern.suites import check_suites
+
+        missed, suite_figures = check_suites(target, recipe)
+        failures += missed
     if failures:
-        audit(rdir, "refused-promote", target.name, reason, bars_missed=failures, bars=bars)
+        extra = {"suites": suite_figures} if suite_figures else {}
+        audit(rdir, "refused-promote", target.name, reason, bars_missed=failures, bars=bars, **extra)
         where = f" in {recipe.source}" if recipe.source else ""
+        gates = "eval.min" if not recipe.eval.suites else "its bars (eval.min, eval.suites)"
         raise PromotionError(
-            f"{target.name} does not meet eval.min: {'; '.join(failures)}",
+            f"{target.name} does not meet {gates}: {'; '.join(failures)}",
             path=rdir,
-            fix=f"improve the version and run again, or change eval.min{where}",
+            fix=f"improve the version and run again, or change the bars{where}",
         )
     with recipe_lock(rdir):
         previous = current_version(rdir)
         write_text_atomic(rdir / CURRENT, target.name + "\n")
-        audit(rdir, "promote", target.name, reason, previous=previous, bars=bars, metrics=manifest.get("metrics") or {})
+        extra = {"suites": suite_figures} if suite_figures else {}
+        audit(rdir, "promote", target.name, reason, previous=previous, bars=bars, metrics=manifest.get("metrics") or {}, **extra)
     return target.name

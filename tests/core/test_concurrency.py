@@ -39,7 +39,7 @@ WORKER = textwrap.dedent(
 
     out, role, rounds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     rng, rdir = random.Random(seed), Path(out) / "r"
-    recipe = SimpleNamespace(eval=SimpleNamespace(min=__BARS__), source=None)
+    recipe = SimpleNamespace(eval=SimpleNamespace(min=__BARS__, suites=[]), source=None)
     for _ in range(rounds):
         if role == "commit":
             writer = ArtifactWriter(out, "r")
