@@ -126,7 +126,8 @@ def _failure(failed: dict[str, Exception], finished: int, report_dir: Path) -> E
 def run_all(
     runs: Sequence[Run], *, parallel: int = 1, resume: bool = False, progress: bool = True
 ) -> list[dict[str, Any] | Exception]:
-    """Each run in a spawned process of its own, up to ``parallel`` at once, started in the order given.
+    """Each run in a spawned process of its own, up to ``parallel`` at once (one at a time: in the order
+    given; several: the runs that train first).
 
     Returns, in the order of ``runs`` (whatever order they finish in), each run's manifest or the
     exception that ended it: a failure does not stop the others. With more than one at a time,
@@ -169,8 +170,18 @@ def run_all(
                 say(f"{state} ({finished}/{len(runs)} finished" + (f"; running: {', '.join(running)})" if running else ")"))
         return outcome
 
+    # Longest first: with several slots, the runs that train start before those that only predict,
+    # so the slots finish close together (a short run left to the end idles the other slots less).
+    order = sorted(range(len(runs)), key=lambda i: not trains(runs[i].recipe)) if width > 1 else range(len(runs))
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="mmadapt-compare") as pool:
-        return list(pool.map(one, runs))
+        futures = {i: pool.submit(one, runs[i]) for i in order}
+        return [futures[i].result() for i in range(len(runs))]
+
+
+def trains(recipe: Recipe) -> bool:
+    """Whether a run's stack trains weights (its modality's strategies say so): the long runs of a compare."""
+    strategies = get_modality(recipe.modality).strategies
+    return any(strategies[name].trains for name in recipe.stack)
 
 
 def _first_line(exc: Exception) -> str:

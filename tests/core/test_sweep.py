@@ -255,3 +255,22 @@ def test_run_all_keeps_the_order_asked_gives_each_running_run_its_own_slot_and_s
     assert [o["name"] for o in (outcomes[0], outcomes[1], outcomes[3])] == ["tiny-text--base", "tiny-text--prompt", "tiny-text--adapter"]
     assert isinstance(outcomes[2], MmadaptError) and len(seen) == 4
     assert [gpu for _, gpu in seen[:2]] == ["0", "1"]
+
+
+def test_run_all_starts_the_runs_that_train_first_when_several_run_at_once(text_recipe, monkeypatch):
+    runs = plan(load_recipe(text_recipe()), ["base", "prompt", "retrieval", "adapter", "prompt+retrieval"])
+    started = []
+
+    def fake_run(recipe, *, resume, progress, env):
+        started.append(recipe.name)
+        time.sleep(0.05)
+        return {"name": recipe.name}
+
+    monkeypatch.setattr(compare_module, "run_in_process", fake_run)
+    outcomes = run_all(runs, parallel=2, progress=False)
+    assert "tiny-text--adapter" in started[:2]  # the long run takes one of the two first slots
+    asked = [f"tiny-text--{s}" for s in ("base", "prompt", "retrieval", "adapter", "prompt-retrieval")]
+    assert [o["name"] for o in outcomes] == asked
+    started.clear()
+    run_all(runs, parallel=1, progress=False)
+    assert started == asked  # one at a time: as asked
