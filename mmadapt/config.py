@@ -1,12 +1,19 @@
 """Recipe sections shared by every modality: the strict base model, and the ``train``, ``eval`` and
-``compare`` sections. A modality's own sections (``data``, ``inference``, each strategy's settings)
+``compare`` sections; and how every YAML file of mmadapt (recipes, evaluation suites) is read strictly
+and how its errors read (key paths, did-you-mean). A modality's own sections (``data``, ``inference``, each strategy's settings)
 live in ``mmadapt/modalities/<name>/config.py`` and are registered in :mod:`mmadapt.protocols`."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmadapt.errors import MmadaptError
 
 
 class StrictModel(BaseModel):
@@ -87,3 +94,107 @@ class CompareConfig(StrictModel):
     @classmethod
     def _not_null_sections(cls, value: dict[str, Any]) -> dict[str, Any]:
         return {k: ({} if v is None else v) for k, v in value.items()}
+
+
+# ---------------------------------------------------------------- strict YAML and its errors
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain string, not {type(key).__name__}", key_node.start_mark
+            )
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+
+
+def read_strict_yaml(path: Path, *, what: str, error: type[MmadaptError], fix_missing: str, max_bytes: int = 1 << 20) -> Any:
+    """Parse a YAML file strictly (no duplicate keys); every failure is one ``error`` line naming the file.
+
+    ``what`` names the kind of file in the messages ("recipe", "suite").
+    """
+    if not path.exists():
+        raise error(f"{what} file not found", path=path, fix=fix_missing)
+    if path.is_dir():
+        raise error(f"is a folder, not a {what} file", path=path, fix="pass the .yaml file inside it")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{what} is {size} bytes; {what}s are at most {max_bytes // 2**20} MiB", path=path)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error("not UTF-8 text", path=path, fix=f"save the {what} as UTF-8 YAML") from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}", path=path) from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise error(f"invalid YAML{where}: {problem}", path=path, fix="fix the YAML syntax") from None
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
+        raise error(f"invalid YAML: {str(exc).splitlines()[0][:200]}", path=path) from None
+
+
+
+
+def fmt_loc(prefix: Sequence[Any], loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in (*prefix, *loc)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "(top level)"
+
+
+def model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model found by walking ``loc`` through ``model``'s fields."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(choices)})"
+
+
+def validation_messages(exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any]) -> list[str]:
+    messages = []
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        where = fmt_loc(prefix, loc)
+        if err["type"] == "extra_forbidden":
+            parent = model_at(model, loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            messages.append(f"{where}: unknown key{suggest(str(loc[-1]), allowed) if allowed else ''}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: required key is missing")
+        else:
+            value = err.get("input")
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            messages.append(f"{where}: {err['msg']} (got {shown})")
+    return messages

@@ -19,7 +19,6 @@ This module sits below :mod:`mmadapt.recipe` (which calls :func:`check_eval`) an
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
-from mmadapt.config import StrictModel
+from mmadapt.config import StrictModel, read_strict_yaml, suggest, validation_messages
 from mmadapt.errors import RecipeError, SuiteError
 from mmadapt.protocols import Modality, get_modality, modality_names
 
@@ -76,7 +74,7 @@ def check_metrics(names: Sequence[str], modality: Modality, where: str) -> list[
             except RecipeError as exc:
                 errors.append(f"{where}[{i}]: {exc.message}")
         elif metric not in modality.metrics:
-            errors.append(f"{where}[{i}]: unknown metric {metric!r}{_suggest(metric, modality.metrics)}")
+            errors.append(f"{where}[{i}]: unknown metric {metric!r}{suggest(metric, modality.metrics)}")
     return errors
 
 
@@ -135,16 +133,16 @@ def load_suite(path: str | Path) -> Suite:
     try:
         top = SuiteFile.model_validate(raw)
     except ValidationError as exc:
-        raise SuiteError("; ".join(_messages(exc)), path=path) from None
+        raise SuiteError("; ".join(validation_messages(exc, SuiteFile, ())), path=path) from None
     if top.modality not in modality_names():
-        raise SuiteError(f"modality: unknown modality {top.modality!r}{_suggest(top.modality, modality_names())}", path=path)
+        raise SuiteError(f"modality: unknown modality {top.modality!r}{suggest(top.modality, modality_names())}", path=path)
     modality = get_modality(top.modality)
     errors: list[str] = []
     metrics = list(top.metrics or modality.default_metrics)
     errors += check_metrics(metrics, modality, "metrics")
     for metric in top.bars:
         if metric not in metrics:
-            errors.append(f"bars.{metric}: not among the suite's metrics{_suggest(metric, metrics)}")
+            errors.append(f"bars.{metric}: not among the suite's metrics{suggest(metric, metrics)}")
     sets = []
     for i, value in enumerate(top.sets):
         found = (path.parent / value).resolve()
@@ -177,7 +175,7 @@ def check_eval(section: Any, modality: Modality, source: str | Path | None) -> l
             if metric not in measured:
                 errors.append(f"eval.min.{metric}: a user metric must also be listed in eval.metrics")
         elif metric not in modality.metrics:
-            errors.append(f"eval.min.{metric}: unknown metric{_suggest(metric, modality.metrics)}")
+            errors.append(f"eval.min.{metric}: unknown metric{suggest(metric, modality.metrics)}")
     for i, value in enumerate(section.suites):
         found = find_suite(value, source)
         if found is None:
@@ -196,54 +194,6 @@ def check_eval(section: Any, modality: Modality, source: str | Path | None) -> l
 # ---------------------------------------------------------------- reading (as recipe.py reads recipes)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a short copy of mmadapt/recipe.py's, which this module sits below)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, (str, int, float, bool)) or key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate or non-string key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise SuiteError("suite file not found", path=path, fix="pass a suite YAML file, e.g. eval/zentrix-regression.yaml")
-    try:
-        if path.stat().st_size > MAX_SUITE_BYTES:
-            raise SuiteError("suite is over 1 MiB", path=path)
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except UnicodeDecodeError:
-        raise SuiteError("not UTF-8 text", path=path) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SuiteError(f"invalid YAML{where}: {exc.problem or exc.context}", path=path, fix="fix the YAML syntax") from None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise SuiteError(f"invalid YAML: {str(exc).splitlines()[0][:200]}", path=path) from None
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(choices)})"
-
-
-def _messages(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.get("loc", ())).lstrip(".") or "(top level)"
-        if err["type"] == "extra_forbidden":
-            out.append(f"{loc}: unknown key{_suggest(str(err['loc'][-1]), list(SuiteFile.model_fields))}")
-        elif err["type"] == "missing":
-            out.append(f"{loc}: required key is missing")
-        else:
-            shown = repr(err.get("input"))
-            out.append(f"{loc}: {err['msg']} (got {shown if len(shown) <= 60 else shown[:57] + '...'})")
-    return out
+    return read_strict_yaml(path, what="suite", error=SuiteError, fix_missing="pass a suite YAML file, e.g. eval/zentrix-regression.yaml",
+                            max_bytes=MAX_SUITE_BYTES)

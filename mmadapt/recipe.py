@@ -11,7 +11,6 @@ modality registers. Every problem found is reported at once, in one line per rec
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import os
@@ -23,7 +22,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from mmadapt.config import CompareConfig, EvalConfig, StrictModel, TrainConfig
+from mmadapt.config import (
+    CompareConfig,
+    EvalConfig,
+    StrictModel,
+    TrainConfig,
+    fmt_loc,
+    read_strict_yaml,
+    suggest,
+    validation_messages,
+)
 from mmadapt.errors import RecipeError
 from mmadapt.evalspec import check_eval
 from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, modality_names, ordered
@@ -142,7 +150,7 @@ def parse_stack(text: str, modality) -> list[str]:
     valid = [s for s in STACK_ORDER if s in modality.strategies]
     for name in names:
         if name not in modality.strategies:
-            raise RecipeError(f"unknown strategy {name!r} in stack {text!r}{_suggest(name, valid)}")
+            raise RecipeError(f"unknown strategy {name!r} in stack {text!r}{suggest(name, valid)}")
     if len(set(names)) != len(names) or not names:
         raise RecipeError(f"stack {text!r} must name each strategy once, joined by '+', or be 'base'")
     for group in EXCLUSIVE:
@@ -158,53 +166,10 @@ def stack_label(names: Sequence[str]) -> str:
 # ---------------------------------------------------------------- YAML loading
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"a key must be a plain string, not {type(key).__name__}", key_node.start_mark
-            )
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file strictly; every failure is a one-line RecipeError naming the file."""
-    if not path.exists():
-        raise RecipeError("recipe file not found", path=path, fix="check the path (run from the project root?)")
-    if path.is_dir():
-        raise RecipeError("is a folder, not a recipe file", path=path, fix="pass the .yaml file inside it")
-    try:
-        size = path.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"recipe is {size} bytes; recipes are at most 1 MiB", path=path)
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise RecipeError("not UTF-8 text", path=path, fix="save the recipe as UTF-8 YAML") from None
-    except OSError as exc:
-        raise RecipeError(f"cannot read: {exc.strerror}", path=path) from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise RecipeError(f"invalid YAML{where}: {problem}", path=path, fix="fix the YAML syntax") from None
-    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
-        raise RecipeError(f"invalid YAML: {str(exc).splitlines()[0][:200]}", path=path) from None
+    """Parse a recipe YAML file strictly; every failure is a one-line RecipeError naming the file."""
+    return read_strict_yaml(path, what="recipe", error=RecipeError, fix_missing="check the path (run from the project root?)",
+                            max_bytes=MAX_RECIPE_BYTES)
 
 
 # ---------------------------------------------------------------- overrides
@@ -237,61 +202,16 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 # ---------------------------------------------------------------- validation
 
 
-def _fmt_loc(prefix: Sequence[Any], loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in (*prefix, *loc)]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
-    return out or "(top level)"
-
-
-def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model found by walking ``loc`` through ``model``'s fields."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = field.annotation
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(choices)})"
-
-
-def _pydantic_messages(exc: ValidationError, model: type[BaseModel], prefix: Sequence[Any]) -> list[str]:
-    messages = []
-    for err in exc.errors():
-        loc = err.get("loc", ())
-        where = _fmt_loc(prefix, loc)
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            allowed = list(parent.model_fields) if parent else []
-            messages.append(f"{where}: unknown key{_suggest(str(loc[-1]), allowed) if allowed else ''}")
-        elif err["type"] == "missing":
-            messages.append(f"{where}: required key is missing")
-        else:
-            value = err.get("input")
-            shown = repr(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            messages.append(f"{where}: {err['msg']} (got {shown})")
-    return messages
-
-
 def _validate_section(model: type[BaseModel], value: Any, prefix: Sequence[Any], errors: list[str]) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        errors.append(f"{_fmt_loc(prefix, ())}: must be a mapping of keys, got {type(value).__name__}")
+        errors.append(f"{fmt_loc(prefix, ())}: must be a mapping of keys, got {type(value).__name__}")
         return None
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        errors.extend(_pydantic_messages(exc, model, prefix))
+        errors.extend(validation_messages(exc, model, prefix))
         return None
 
 
@@ -323,7 +243,7 @@ def _validate_strategies(sections: dict[str, Any], modality, modality_name: str,
             if name in STACK_ORDER:
                 errors.append(f"{where}.{name}: not available for modality {modality_name!r} (available: {', '.join(valid)})")
             else:
-                errors.append(f"{where}.{name}: unknown strategy{_suggest(name, valid)}")
+                errors.append(f"{where}.{name}: unknown strategy{suggest(name, valid)}")
             continue
         parsed = _validate_section(modality.strategies[name].config_model, section, (*prefix, name), errors)
         if parsed is not None:
@@ -344,7 +264,7 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
     try:
         top = RecipeTop.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_pydantic_messages(exc, RecipeTop, ()))
+        errors.extend(validation_messages(exc, RecipeTop, ()))
         top = None
     if top is None:
         raise RecipeError("; ".join(errors), path=where)
