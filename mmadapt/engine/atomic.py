@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, fsynced, renamed over the target.
 
 A reader sees the old content or the new, never a mix; a crash leaves at most a ``.<name>.*``
-temporary beside the target.
+temporary beside the target. Append-only JSONL logs (the audit, the serve request log) are read
+back with :func:`read_json_lines`, which skips a line torn by a crash.
 """
 
 from __future__ import annotations
@@ -43,3 +44,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` (indented, a final newline) atomically, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every whole JSON object line of an append-only log, oldest first (a torn line is skipped); [] when absent."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mmadapt.engine.atomic import write_text_atomic
+from mmadapt.engine.atomic import read_json_lines, write_text_atomic
 from mmadapt.engine.locks import recipe_lock
 from mmadapt.errors import ArtifactError
 
@@ -117,18 +117,7 @@ def audit(rdir: Path, what: str, version: str | None, why: str | None = None, **
 
 def read_audit(rdir: Path) -> list[dict[str, Any]]:
     """Every audit entry, oldest first (a torn last line from a crash is skipped)."""
-    path = rdir / AUDIT
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+    return read_json_lines(rdir / AUDIT)
 
 
 def check_bars(metrics: Mapping[str, Any], bars: Mapping[str, float]) -> list[str]:

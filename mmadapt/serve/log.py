@@ -32,7 +32,7 @@ a bad key or an oversized body names none and is not logged)::
 Each line is written with ONE ``os.write`` of the whole line on a file descriptor opened with
 ``O_APPEND`` (under a lock per file in this process), so concurrent requests never interleave
 and a reader only ever sees whole lines, except a torn last line after a crash: a reader skips a
-line that does not parse (:func:`read_lines`), and the next write starts a fresh line.
+line that does not parse (:func:`mmadapt.engine.atomic.read_json_lines`), and the next write starts a fresh line.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+
+from mmadapt.engine.atomic import read_json_lines
 
 SERVE_DIR = "serve"
 REQUESTS = "requests.jsonl"
@@ -92,21 +94,6 @@ def _last_byte(path: Path, size: int) -> bytes:
         return handle.read(1)
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    """Every whole JSON object line of ``path`` (a torn line is skipped); [] when there is no file."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            out.append(entry)
-    return out
-
-
 class ServeLog:
     """The request and feedback logs of the served recipes, and which recipe each request id belongs to."""
 
@@ -143,7 +130,7 @@ class ServeLog:
             if request_id in self._ids:
                 return self._ids[request_id]
         for name, rdir in self.recipe_dirs.items():
-            for entry in read_lines(rdir / SERVE_DIR / REQUESTS):
+            for entry in read_json_lines(rdir / SERVE_DIR / REQUESTS):
                 if entry.get("id") == request_id:
                     return name, entry.get("version")
         return None

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from mmadapt.engine.atomic import read_json_lines as read_lines
 from mmadapt.govern.registry import promote, rollback
 from mmadapt.recipe import load_recipe
 from mmadapt.serve.app import create_app
-from mmadapt.serve.log import read_lines
 from tests.serve.conftest import LiveServer, chat, wait_for
 
 

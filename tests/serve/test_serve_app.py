@@ -8,9 +8,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from mmadapt.engine.atomic import read_json_lines as read_lines
 from mmadapt.errors import MmadaptError
 from mmadapt.serve.app import check_host, create_app
-from mmadapt.serve.log import read_lines
 from mmadapt.serve.wire import ServeLimits
 from tests.serve.conftest import chat
 

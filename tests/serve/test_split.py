@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from mmadapt.cli import main
+from mmadapt.engine.atomic import read_json_lines as read_lines
 from mmadapt.errors import MmadaptError
 from mmadapt.serve.app import create_app
-from mmadapt.serve.log import read_lines
 from mmadapt.serve.split import Split, parse_split
 from tests.serve.conftest import chat
 
