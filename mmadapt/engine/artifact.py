@@ -177,6 +177,14 @@ class ArtifactWriter:
             self.abort()
 
 
+def read_part_json(part_dir: Path, name: str) -> dict[str, Any]:
+    """The JSON record a strategy wrote into its part (e.g. ``prompt.json``); one ArtifactError if it is unreadable."""
+    try:
+        return json.loads((part_dir / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {name}: {str(exc).splitlines()[0]}", path=part_dir, fix="re-run the recipe") from None
+
+
 def read_manifest(version_dir: str | Path) -> dict[str, Any]:
     path = Path(version_dir) / MANIFEST
     try:

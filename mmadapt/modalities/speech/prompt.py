@@ -13,7 +13,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from mmadapt.config import StrictModel
-from mmadapt.errors import ArtifactError, DataError
+from mmadapt.engine.artifact import read_part_json
+from mmadapt.errors import DataError
 from mmadapt.modalities.speech.predict import fit_terms
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
@@ -52,10 +53,7 @@ class SpeechPromptStrategy(Strategy):
         return FitReport()
 
     def compose(self, stack, part_dir: Path) -> None:
-        try:
-            record = json.loads((part_dir / PROMPT_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"cannot read prompt.json: {exc}", path=part_dir) from None
+        record = read_part_json(part_dir, PROMPT_FILE)
         stack.prompt_template = record["template"]
         stack.max_prompt_tokens = record["max_prompt_tokens"]
         stack.prompt_terms = record["terms"]

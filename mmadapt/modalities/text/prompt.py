@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from mmadapt.config import StrictModel
-from mmadapt.errors import ArtifactError
+from mmadapt.engine.artifact import read_part_json
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 PROMPT_FILE = "prompt.json"
@@ -69,10 +69,7 @@ class TextPromptStrategy(Strategy):
         return FitReport()
 
     def compose(self, stack, part_dir: Path) -> None:
-        try:
-            record = json.loads((part_dir / PROMPT_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"cannot read prompt.json: {exc}", path=part_dir) from None
+        record = read_part_json(part_dir, PROMPT_FILE)
         stack.system = record["system"]
         stack.template = record["template"]
         stack.few_shot = [tuple(pair) for pair in record["few_shot"]]
