@@ -7,6 +7,9 @@
   ``reference`` and ``meta``); ``None`` leaves the example out. Its corpus figure is the mean of
   the per-example values, with a bootstrap CI like the built-ins, and **higher is better**.
   The module is imported from ``sys.path`` (the current folder, an installed package).
+  The guard's metrics (``refusal_rate``, ``escalation_rate``, ``redactions``, ``stopped_rate``,
+  ``caught_rate``, ``planted_redacted``: :func:`mmadapt.guard.apply.guard_metric`) are valid in any modality;
+  the rates of refusal, escalation and stopping are lower-is-better (a suite bar on them is a maximum).
 * **Suites.** ``eval/<name>.yaml``: ``name``, ``modality``, ``sets`` (held-out files or folders
   in the modality's eval format, relative to the suite file), ``metrics`` (default: the
   modality's), ``bars`` (metric -> the value a version must reach: a minimum, or a maximum for
@@ -30,6 +33,7 @@ from pydantic import Field, ValidationError
 
 from mmadapt.config import StrictModel, read_strict_yaml, suggest, validation_messages
 from mmadapt.errors import RecipeError, SuiteError
+from mmadapt.guard.config import GUARD_LOWER_IS_BETTER, GUARD_METRICS
 from mmadapt.protocols import Modality, get_modality, modality_names
 
 USER_METRIC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -73,7 +77,7 @@ def check_metrics(names: Sequence[str], modality: Modality, where: str) -> list[
                 load_user_metric(metric)
             except RecipeError as exc:
                 errors.append(f"{where}[{i}]: {exc.message}")
-        elif metric not in modality.metrics:
+        elif metric not in modality.metrics and metric not in GUARD_METRICS:
             errors.append(f"{where}[{i}]: unknown metric {metric!r}{suggest(metric, modality.metrics)}")
     return errors
 
@@ -151,7 +155,7 @@ def load_suite(path: str | Path) -> Suite:
         sets.append(found)
     if errors:
         raise SuiteError("; ".join(errors), path=path)
-    return Suite(top.name, top.modality, sets, metrics, dict(top.bars), path, top.description, frozenset(modality.lower_is_better))
+    return Suite(top.name, top.modality, sets, metrics, dict(top.bars), path, top.description, frozenset(modality.lower_is_better) | GUARD_LOWER_IS_BETTER)
 
 
 def find_suite(value: str, source: str | Path | None) -> Path | None:

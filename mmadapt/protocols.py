@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from mmadapt.config import StrictModel
 
@@ -83,6 +83,24 @@ class ServeRequest:
 
     fields: dict[str, Any]
     file: Path | None = None
+
+
+@dataclass(frozen=True)
+class GuardSurface:
+    """What a modality offers a recipe's ``guard:`` rules (:mod:`mmadapt.guard`).
+
+    ``words``: where the user's words are, which the input rules read: ``"input"`` (a question, an
+    image prompt: checked before the model runs), ``"output"`` (a speech transcript) or None.
+    ``output_text``: the prediction's output is text the output rules redact (an answer, a transcript).
+    ``escalation``: predictions carry ``info["retrieval_score"]`` (the best retrieved passage's score,
+    when the stack retrieves) and ``info["mean_logprob"]`` (the answer's mean token log-probability),
+    so ``guard.escalation`` applies; a recipe that sets it for a modality without them is refused.
+    Predictions may also carry ``info["passages"]`` (the retrieved texts) for the passage check.
+    """
+
+    words: Literal["input", "output"] | None
+    output_text: bool
+    escalation: bool
 
 
 API_ENDPOINTS: tuple[str, ...] = ("chat.completions", "audio.transcriptions", "images.generations")
@@ -154,7 +172,8 @@ class Modality(ABC):
       where a smaller value is better, e.g. WER; every other metric is higher-is-better);
     * ``input_keys``: the keys of a batch JSONL record that hold its input, first found wins;
     * ``api_endpoint``: the OpenAI endpoint ``mmadapt serve`` answers for it, one of
-      :data:`API_ENDPOINTS` (``chat.completions`` | ``audio.transcriptions`` | ``images.generations``).
+      :data:`API_ENDPOINTS` (``chat.completions`` | ``audio.transcriptions`` | ``images.generations``);
+    * ``guard_surface``: what the ``guard:`` rules may read of its inputs and predictions (:class:`GuardSurface`).
     """
 
     name: ClassVar[str]
@@ -167,6 +186,7 @@ class Modality(ABC):
     lower_is_better: ClassVar[frozenset[str]]
     input_keys: ClassVar[tuple[str, ...]]
     api_endpoint: ClassVar[str]
+    guard_surface: ClassVar[GuardSurface]
 
     # ---- data
     @abstractmethod
@@ -248,6 +268,13 @@ class Modality(ABC):
         ``text``; ``data`` of base64 PNGs). The server adds ``id``, ``created``, ``model`` and
         ``mmadapt.version``; anything the modality puts under ``mmadapt`` (e.g. ``sources``) is kept."""
 
+    # ---- guard
+    @abstractmethod
+    def guard_output(self, message: str, stack: Stack) -> Any:
+        """What stands in for a prediction's output when the guard refuses or hands off (``message``
+        is the recipe's ``guard.refusal`` or ``guard.handoff``): the message itself where outputs are
+        text; a modality whose outputs are not text returns one of its own (an image: a blank one)."""
+
     # ---- optional
     def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
         """Write the composed stack's weights into ``out_dir`` as one servable model folder
@@ -272,7 +299,7 @@ MODALITIES: dict[str, str] = {
 }
 ENTRY_POINT_GROUP = "mmadapt.modalities"  # an installed package registers a modality as NAME = "module:Class"
 _REQUIRED = ("name", "strategies", "inference_model", "data_model", "metrics", "default_metrics", "primary_metric",
-             "lower_is_better", "input_keys", "api_endpoint")
+             "lower_is_better", "input_keys", "api_endpoint", "guard_surface")
 _loaded: dict[str, Modality] = {}
 _entry_points_read = False
 
@@ -345,6 +372,8 @@ def check_modality(cls: type[Modality]) -> None:
             problems.append(f"strategies {untyped} do not say whether they train (`trains`)")
         if cls.api_endpoint not in API_ENDPOINTS:
             problems.append(f"api_endpoint {cls.api_endpoint!r} is not one of {API_ENDPOINTS}")
+        if not isinstance(cls.guard_surface, GuardSurface):
+            problems.append("guard_surface is not a GuardSurface")
         if "eval" not in cls.data_model.model_fields:
             problems.append("its data_model has no `eval` field (the held-out split)")
     if problems:

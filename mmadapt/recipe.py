@@ -34,6 +34,7 @@ from mmadapt.config import (
 )
 from mmadapt.errors import RecipeError
 from mmadapt.evalspec import check_eval
+from mmadapt.guard.config import GuardConfig
 from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, modality_names, ordered
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -55,6 +56,7 @@ class RecipeTop(StrictModel):
     output_dir: str = Field("runs", min_length=1, max_length=4096)
     trust_remote_code: bool = False
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    guard: GuardConfig | None = Field(None, description="guardrails (mmadapt.guard); None = off")
 
     @field_validator("strategies")
     @classmethod
@@ -87,6 +89,7 @@ class Recipe(BaseModel):
     output_dir: str = "runs"
     trust_remote_code: bool = False
     compare: CompareConfig = CompareConfig()
+    guard: GuardConfig | None = None
     compare_strategies: dict[str, Any] = {}  # parsed compare.strategies
     source: str | None = None  # the YAML file it came from
     data_paths: dict[str, str] = {}  # each data path as written -> the absolute path it was found at
@@ -115,6 +118,8 @@ class Recipe(BaseModel):
                 **({"grid": self.compare.grid} if self.compare.grid else {}),  # only when set: hashes of the rest unchanged
             },
         }
+        if self.guard is not None:  # only when set: hashes of unguarded recipes unchanged
+            out["guard"] = self.guard.model_dump(mode="json")
         return out
 
     def hash(self) -> str:
@@ -287,6 +292,8 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
             errors.append(f"compare.stacks[{i}]: {exc}")
 
     errors.extend(check_eval(top.eval, modality, source))  # metrics (a user's package.module:fn), bars, suites
+    if top.guard is not None and top.guard.escalates and not modality.guard_surface.escalation:
+        errors.append(f"guard.escalation: the {top.modality} modality's predictions carry no escalation signals (remove guard.escalation)")
 
     data_paths: dict[str, str] = {}
     if data is not None:
@@ -318,6 +325,7 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
         output_dir=top.output_dir,
         trust_remote_code=top.trust_remote_code,
         compare=top.compare,
+        guard=top.guard,
         compare_strategies=compare_strategies,
         source=str(source) if source is not None else None,
         data_paths=data_paths,
@@ -355,6 +363,7 @@ def recipe_from_resolved(resolved: dict[str, Any], data_paths: dict[str, str] | 
         output_dir=top.output_dir,
         trust_remote_code=top.trust_remote_code,
         compare=top.compare,
+        guard=top.guard,
         compare_strategies={
             k: modality.strategies[k].config_model.model_validate(v or {}) for k, v in top.compare.strategies.items()
         },

@@ -28,9 +28,10 @@ FORBIDDEN = {
     "mmadapt.config": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe"),
     "mmadapt.recipe": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.evalspec": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe"),
+    "mmadapt.guard": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe", "mmadapt.serve"),
     "mmadapt.errors": ("mmadapt.",),
 }
-SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.serve", "mmadapt.cli", "mmadapt.recipe", "mmadapt.evalspec")  # never guess at a modality
+SHARED = ("mmadapt.engine", "mmadapt.govern", "mmadapt.serve", "mmadapt.cli", "mmadapt.recipe", "mmadapt.evalspec", "mmadapt.guard")  # never guess at a modality
 
 
 def module_name(path: Path) -> str:

@@ -15,6 +15,8 @@ import numpy as np
 
 from mmadapt.engine.meters import Stopwatch, latency_percentiles
 from mmadapt.evalspec import is_user_metric, load_user_metric
+from mmadapt.guard.apply import guard_metric
+from mmadapt.guard.config import GUARD_METRICS, REPORT_METRICS
 from mmadapt.protocols import DataBundle, Example, Modality, Prediction, Predictor
 
 
@@ -31,8 +33,12 @@ class EvalResult:
 def score_rows(
     modality: Modality, predictions: list[Prediction], examples: list[Example], metrics: list[str], data: DataBundle
 ) -> list[dict[str, Any]]:
-    """One row per example: the modality's metrics, then each user metric's ``fn(output, example)``."""
-    rows = modality.score(predictions, examples, [m for m in metrics if not is_user_metric(m)], data)
+    """One row per example: the modality's metrics, then each user metric's ``fn(output, example)``,
+    then the guard's metrics asked for (:data:`~mmadapt.guard.apply.GUARD_METRICS`, from each prediction's guard outcome)."""
+    rows = modality.score(predictions, examples, [m for m in metrics if not _row_mean(m)], data)
+    for metric in (m for m in metrics if m in GUARD_METRICS):
+        for row, prediction, example in zip(rows, predictions, examples, strict=True):
+            row[metric] = guard_metric(metric, prediction, example)
     for metric in (m for m in metrics if is_user_metric(m)):
         fn = load_user_metric(metric)
         for row, prediction, example in zip(rows, predictions, examples, strict=True):
@@ -41,10 +47,15 @@ def score_rows(
     return rows
 
 
+def _row_mean(metric: str) -> bool:
+    """Metrics whose corpus figure is the mean of their per-example values, whatever the modality."""
+    return is_user_metric(metric) or metric in GUARD_METRICS
+
+
 def corpus(modality: Modality, rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, float]:
-    """Corpus figures: the modality's aggregate of its metrics; the mean of each user metric."""
-    out = dict(modality.aggregate(rows, [m for m in metrics if not is_user_metric(m)]))
-    for metric in (m for m in metrics if is_user_metric(m)):
+    """Corpus figures: the modality's aggregate of its metrics; the mean of each user and guard metric."""
+    out = dict(modality.aggregate(rows, [m for m in metrics if not _row_mean(m)]))
+    for metric in (m for m in metrics if _row_mean(m)):
         values = [r[metric] for r in rows if r.get(metric) is not None]
         if values:
             out[metric] = float(sum(values) / len(values))
@@ -76,6 +87,8 @@ def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe,
     """Predict every eval example (batched), score it, and time ``latency_samples`` inputs one by one."""
     examples = data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
     metrics = list(recipe.eval.metrics or modality.default_metrics)
+    if recipe.guard is not None:  # what the guard costs: in every report of a guarded recipe
+        metrics += [m for m in REPORT_METRICS if m not in metrics]
     with Stopwatch() as watch:
         predictions = predictor.predict([e.input for e in examples], progress=progress)
     rows = score_rows(modality, predictions, examples, metrics, data)

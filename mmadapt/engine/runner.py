@@ -18,6 +18,7 @@ from mmadapt.engine.artifact import ArtifactWriter, read_manifest
 from mmadapt.engine.evaluate import EvalResult, evaluate
 from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
 from mmadapt.errors import ArtifactError, MmadaptError
+from mmadapt.guard.apply import guarded
 from mmadapt.protocols import FitContext, FitReport, Modality, Predictor, Stack, get_modality
 from mmadapt.recipe import Recipe, recipe_from_resolved
 
@@ -123,7 +124,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 }
                 for name, report in reports.items()
             }
-            predictor = modality.predictor(stack)
+            predictor = guarded(modality.predictor(stack), modality, stack, recipe.guard)
             result = evaluate(modality, predictor, data, recipe, progress=progress)
             samples = modality.write_samples(result.predictions, result.rows, writer.tmp)
             _write_predictions(writer.tmp / "predictions.jsonl", result)
@@ -180,7 +181,7 @@ def load_artifact(version_dir: str | Path) -> LoadedArtifact:
             raise ArtifactError(f"the {name} part is missing", path=version_dir, fix="re-run the recipe")
         modality.strategies[name](recipe.strategies[name], recipe).compose(stack, part)
         stack.applied.append(name)
-    return LoadedArtifact(manifest, recipe, modality, stack, modality.predictor(stack))
+    return LoadedArtifact(manifest, recipe, modality, stack, guarded(modality.predictor(stack), modality, stack, recipe.guard))
 
 
 # ---------------------------------------------------------------- one run in a process of its own

@@ -22,10 +22,10 @@ from mmadapt.modalities.image.adapter import ImageAdapterStrategy
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import ImageStack, load_pipeline
-from mmadapt.modalities.image.predict import ImagePredictor
+from mmadapt.modalities.image.predict import ImagePredictor, resolution
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
+from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
 
 METRICS = ("palette_adherence", "clip_i", "clip_t")
 SAMPLES_DIR = "samples"
@@ -48,6 +48,13 @@ class ImageModality(Modality):
     lower_is_better = frozenset()
     input_keys = ("prompt", "input", "text")
     api_endpoint = "images.generations"
+    guard_surface = GuardSurface(words="input", output_text=False, escalation=False)  # prompts checked before generating
+
+    def guard_output(self, message: str, stack: Stack) -> Any:
+        """A refused prompt gets a plain grey image of the recipe's size (the message is in ``info["guard"]``)."""
+        from PIL import Image
+
+        return Image.new("RGB", resolution(stack), (128, 128, 128))
 
     def load_data(self, recipe) -> DataBundle:
         return image_data.load_data(recipe)

@@ -17,7 +17,7 @@ from mmadapt.modalities.speech.model import SpeechStack, load_whisper
 from mmadapt.modalities.speech.predict import SpeechPredictor
 from mmadapt.modalities.speech.prompt import SpeechPromptStrategy
 from mmadapt.modalities.speech.retrieval import SpeechRetrievalStrategy
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
+from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
 
 METRICS = ("wer", "cer", "b_wer", "u_wer", "term_recall", "term_precision", "mean_wer", "median_wer")
 
@@ -38,6 +38,10 @@ class SpeechModality(Modality):
     lower_is_better = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
     input_keys = ("audio", "file_name", "path", "input")
     api_endpoint = "audio.transcriptions"
+    guard_surface = GuardSurface(words="output", output_text=True, escalation=False)  # the transcript is the user's words
+
+    def guard_output(self, message: str, stack: Stack) -> str:
+        return message
 
     def load_data(self, recipe) -> DataBundle:
         return speech_data.load_data(recipe)

@@ -16,7 +16,7 @@ from mmadapt.modalities.text.model import TextStack, load_causal_lm
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
 from mmadapt.modalities.text.retrieval import TextRetrievalStrategy
-from mmadapt.protocols import DataBundle, Example, Modality, Prediction, ServeRequest
+from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
 
 
 class TextModality(Modality):
@@ -35,6 +35,10 @@ class TextModality(Modality):
     lower_is_better = frozenset()
     input_keys = ("question", "input", "text")
     api_endpoint = "chat.completions"
+    guard_surface = GuardSurface(words="input", output_text=True, escalation=True)  # predict.py fills the signals
+
+    def guard_output(self, message: str, stack: Stack) -> str:
+        return message
 
     def load_data(self, recipe) -> DataBundle:
         return text_data.load_data(recipe)

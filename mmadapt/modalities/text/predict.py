@@ -1,4 +1,9 @@
-"""Batched generation for the text stack: retrieve, build chats, left-pad, generate."""
+"""Batched generation for the text stack: retrieve, build chats, left-pad, generate.
+
+Each prediction carries the guard's escalation signals (:class:`mmadapt.protocols.GuardSurface`):
+``info["mean_logprob"]`` (the mean log-probability of the answer's tokens under the model, from
+``generate``'s scores via ``compute_transition_scores``), and with retrieval ``info["retrieval_score"]``
+(the best passage's cosine score) and ``info["passages"]`` (the retrieved texts)."""
 
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ class TextPredictor:
         outputs: dict[int, str] = {}
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         device = next(model.parameters()).device
-        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True)
+        stops = _stop_ids(model, tok)
+        logprobs: dict[int, float | None] = {}
         if cfg.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
         else:
@@ -49,9 +56,34 @@ class TextPredictor:
             enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with quiet_libraries(logs_errors_only=True):
                 out = model.generate(**enc, **gen_kwargs)
-            new = out[:, enc["input_ids"].shape[1] :]
-            for i, ids in zip(batch, new):
+            new = out.sequences[:, enc["input_ids"].shape[1] :]
+            token_logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            for i, ids, scores in zip(batch, new, token_logprobs):
                 outputs[i] = tok.decode(ids, skip_special_tokens=True).strip()
+                logprobs[i] = _mean_answer_logprob(ids.tolist(), scores.tolist(), stops)
         return [
-            Prediction(outputs[i], sources=[h["id"] for h in retrieved[i]]) for i in range(len(texts))
+            Prediction(outputs[i], sources=[h["id"] for h in retrieved[i]], info=_info(retrieved[i], logprobs[i]))
+            for i in range(len(texts))
         ]
+
+
+def _stop_ids(model, tok) -> set[int]:
+    """Token ids that end an answer (the generation config's eos ids, the tokenizer's eos and pad)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+
+
+def _mean_answer_logprob(ids: list[int], scores: list[float], stops: set[int]) -> float | None:
+    """Mean log-probability of the tokens before the first stop token (None for an empty answer)."""
+    end = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+    kept = scores[:end]
+    return round(sum(kept) / len(kept), 4) if kept else None
+
+
+def _info(hits: list[dict], mean_logprob: float | None) -> dict:
+    info: dict = {"mean_logprob": mean_logprob}
+    if hits:
+        info["retrieval_score"] = max(h["score"] for h in hits)
+        info["passages"] = [passage_text(h) for h in hits]
+    return info

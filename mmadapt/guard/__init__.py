@@ -1,0 +1,1 @@
+"""Guardrails: a recipe's ``guard:`` section, its text rules, and the predictor that applies them."""
