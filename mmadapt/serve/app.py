@@ -277,6 +277,9 @@ async def _predict(route: Route, router: Router, serve_request: ServeRequest, en
     entry["output"] = await asyncio.to_thread(lambda: [modality.output_json(p.output, i, files) for i, p in enumerate(predictions)])
     label = loaded.label
     extra = payload.pop("mmadapt", None) or {}
+    guard = [p.info["guard"] for p in predictions if "guard" in p.info]  # a guarded recipe's outcomes (mmadapt.guard)
+    if guard:
+        extra["guard"] = entry["guard"] = guard
     return {"id": request_id, "created": int(time.time()), **payload, "model": label, "mmadapt": {**extra, "version": label, "id": request_id}}
 
 

@@ -22,7 +22,9 @@ a bad key or an oversized body names none and is not logged)::
      "input_sha256": "9c1e...",      # only with --redact-inputs: sha256 of the canonical JSON of `input`
      "output": [...],                # one value per prediction (Modality.output_json: the answer, the
                                      #   transcript; images as files under serve/files/<id>/); null on error
-     "error": null}                  # the error message when status is not 200
+     "error": null,                  # the error message when status is not 200
+     "guard": [...]}                 # only for a recipe with a guard: per prediction {refused, escalated,
+                                     #   redactions, reason, kinds} (what was removed is never logged)
 
 ``serve/feedback.jsonl`` — one line per ``POST /v1/feedback``::
 
