@@ -272,3 +272,15 @@ def test_a_folder_keeps_the_x0_clipping_its_scheduler_chose(tmp_path, tiny_pipe,
     pipe, _ = load_pipeline(str(folder))
     assert pipe.scheduler.config.clip_sample is kept
     assert pipe.scheduler.config.clip_sample_range == clip_range
+
+
+def test_a_guarded_image_recipe_refuses_a_prompt_with_a_grey_image(tmp_path, tiny_pipe, brand_subset):
+    from mmadapt.engine.runner import run
+
+    guard = {"input": {"blocked_patterns": ["star"]}, "refusal": "Not that shape."}
+    result = run(load_recipe(recipe_file(tmp_path, tiny_pipe, brand_subset, {}, guard=guard)), progress=False)
+    made, refused, _ = result.evaluation.predictions  # PROMPTS[1] names a star
+    assert refused.info["guard"] == {"refused": True, "escalated": False, "redactions": 0, "kinds": {},
+                                     "reason": "input matches blocked pattern 'star'"}
+    assert refused.output.size == made.output.size and set(refused.output.getdata()) == {(128, 128, 128)}
+    assert result.manifest["metrics"]["refusal_rate"] == round(1 / 3, 4) and "escalation_rate" in result.manifest["metrics"]
