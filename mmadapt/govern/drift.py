@@ -34,7 +34,7 @@ import numpy as np
 
 from mmadapt.engine.versions import recipe_dir
 from mmadapt.errors import DataError, MmadaptError
-from mmadapt.govern.livelog import read_requests, requests_path
+from mmadapt.govern.livelog import read_requests, requests_path, write_drift
 from mmadapt.protocols import Example, Modality, ServeRequest, get_modality
 
 DEFAULT_EMBEDDER = "embedded:minilm-l6"
@@ -262,10 +262,13 @@ def drift(
     train_texts = modality.drift_texts(data.train)
     new_texts = log_inputs(recipe, modality) if from_log else read_new_inputs(recipe, new_data, modality)
     model = load_embedder(embedder or modality.drift_embedder(recipe) or DEFAULT_EMBEDDER)
-    return detect(
+    result = detect(
         train_texts, new_texts, model, vocabulary=modality.drift_terms(data), threshold=threshold, level=level,
         splits=splits, seed=recipe.train.seed, recipe_name=recipe.name,
     )
+    if from_log:  # the dashboard of `mmadapt serve` shows the last check
+        write_drift(recipe_dir(recipe.output_dir, recipe.name), result.to_dict())
+    return result
 
 
 def log_inputs(recipe, modality: Modality | None = None) -> list[str]:

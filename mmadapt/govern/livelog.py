@@ -8,11 +8,13 @@ file names live here and the server imports them).
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmadapt.engine.atomic import read_json_lines
+from mmadapt.engine.atomic import read_json_lines, write_text_atomic
 
 SERVE_DIR = "serve"
 REQUESTS = "requests.jsonl"
@@ -71,3 +73,53 @@ def rated_requests(rdir: Path) -> Joined:
              for rid, score in scores.items()]
     rated.sort(key=lambda r: (r.time, r.id))
     return Joined(rated, len(lines), unmatched)
+
+
+def recent_requests(rdir: Path, max_bytes: int = 4 * 2**20) -> list[dict[str, Any]]:
+    """The request lines in the last ``max_bytes`` of the log (the dashboard's view: a long-running
+    server's log is not read whole on every page load)."""
+    return tail_lines(requests_path(rdir), max_bytes)
+
+
+def recent_feedback(rdir: Path, max_bytes: int = 4 * 2**20) -> list[dict[str, Any]]:
+    return tail_lines(feedback_path(rdir), max_bytes)
+
+
+def tail_lines(path: Path, max_bytes: int) -> list[dict[str, Any]]:
+    """The whole JSON object lines in the last ``max_bytes`` of an append-only log (the first,
+    partial line of the window and a torn line after a crash are skipped)."""
+    if not path.is_file():
+        return []
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - max_bytes))
+        lines = handle.read().split(b"\n")
+    out = []
+    for line in lines[1:] if size > max_bytes else lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+DRIFT = "drift.json"  # the last `drift --from-log` result, shown on the dashboard
+
+
+def write_drift(rdir: Path, result: dict[str, Any]) -> None:
+    (Path(rdir) / SERVE_DIR).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(rdir) / SERVE_DIR / DRIFT, json.dumps({"checked": now_iso(), **result}, indent=2, default=str))
+
+
+def read_drift(rdir: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((Path(rdir) / SERVE_DIR / DRIFT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

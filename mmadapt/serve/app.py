@@ -5,7 +5,7 @@
 
 Endpoints: ``POST /v1/chat/completions`` (stream or not), ``POST /v1/audio/transcriptions``
 (multipart ``file``), ``POST /v1/images/generations`` (base64 PNGs), ``GET /v1/models`` and
-``POST /v1/feedback``. Which endpoint a recipe answers is its modality's ``api_endpoint``; the
+``POST /v1/feedback``; the dashboard at ``/`` (:mod:`mmadapt.serve.dashboard`). Which endpoint a recipe answers is its modality's ``api_endpoint``; the
 modality turns a request into predictor inputs and predictions into the body
 (``Modality.serve_inputs`` / ``serve_payload``), so nothing here knows a modality. Every answer
 names its version: the ``x-mmadapt-version: recipe@vNNNN`` header, the body's ``model`` and
@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from mmadapt.engine.versions import versions
 from mmadapt.errors import MmadaptError
 from mmadapt.protocols import ServeRequest
+from mmadapt.serve.dashboard import render
 from mmadapt.serve.live import Route, Router, UnknownModel
 from mmadapt.serve.log import ServeLog, now_iso
 from mmadapt.serve.pool import Evicted, Pool, QueueFull
@@ -135,6 +136,10 @@ def create_app(
     @app.post("/v1/images/generations")
     async def images_generations(request: Request) -> Response:
         return await answer(request, "images.generations")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(await asyncio.to_thread(render, router))
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

@@ -37,7 +37,6 @@ line that does not parse (:func:`mmadapt.govern.livelog.read_requests`), and the
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -46,11 +45,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from mmadapt.govern.livelog import FILES, SERVE_DIR, feedback_path, read_requests, requests_path
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from mmadapt.govern.livelog import FILES, SERVE_DIR, feedback_path, now_iso, read_requests, requests_path
 
 
 def canonical_sha256(value: Any) -> str:
