@@ -82,6 +82,7 @@ def test_the_dashboard_without_a_report_or_drift_says_what_to_run_and_needs_the_
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+@pytest.mark.slow  # a uvicorn server and two chromium runs (~10 s)
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (.ci/run installs the Debian package `chromium`)")
 def test_headless_chromium_renders_the_versions_table_and_the_compare_plot(spell_runs, tmp_path):
     from PIL import Image
