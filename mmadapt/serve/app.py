@@ -73,6 +73,7 @@ def create_app(
     limits: ServeLimits | None = None,
     max_queue: int = 8,
     max_batch: int = 16,
+    share_base: bool = True,
     cache_size: int = 4,
     redact_inputs: bool = False,
     poll_seconds: float = 0.5,
@@ -93,7 +94,7 @@ def create_app(
         raise MmadaptError("an API key is required but none was given", fix="pass --api-key KEY")
     limits = limits or ServeLimits()
     splits = validate_split(split or {}, recipe_dirs, seed=seed)
-    pool = Pool(max_queue=max_queue, cache_size=max(cache_size, 1), max_batch=max_batch)
+    pool = Pool(max_queue=max_queue, cache_size=max(cache_size, 1), max_batch=max_batch, share_base=share_base)
     router = Router(recipe_dirs, pool, splits, poll_seconds=poll_seconds)
     serve_log = ServeLog(recipe_dirs, redact_inputs=redact_inputs)
 

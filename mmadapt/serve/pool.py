@@ -7,12 +7,15 @@ behind the running one: one more is refused (:class:`QueueFull`, HTTP 429) inste
 without bound. The :class:`Pool` is a small cache keyed by version folder: a version is loaded
 once (concurrent requests for it wait for the one load), and when more than ``cache_size``
 versions are loaded the least recently used one that is neither kept (current, or in a split)
-nor busy is dropped.
+nor busy is dropped. Versions on the same base model share one loaded base, their adapters loaded
+into it as named adapters (:mod:`mmadapt.engine.shared`); a dropped version's adapter stays in the
+base until the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import OrderedDict, deque
@@ -135,12 +138,14 @@ class Loaded:
 class Pool:
     """Loaded versions keyed by version folder (a small LRU cache)."""
 
-    def __init__(self, *, max_queue: int = 8, cache_size: int = 4, max_batch: int = 16,
-                 loader: Callable[[Path], LoadedArtifact] = load_artifact):
+    def __init__(self, *, max_queue: int = 8, cache_size: int = 4, max_batch: int = 16, share_base: bool = True,
+                 loader: Callable[[Path], LoadedArtifact] | None = None):
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.cache_size = cache_size
-        self.loader = loader
+        self.bases: dict[tuple, Any] = {}  # loaded base models shared by versions (engine/shared.py)
+        self.loader = loader or (functools.partial(load_artifact, bases=self.bases) if share_base else load_artifact)
+        self._load_lock = threading.Lock()  # one load at a time: a version composes onto a shared base alone
         self._loaded: OrderedDict[Path, Loaded] = OrderedDict()
         self._loading: dict[Path, threading.Lock] = {}
         self._keep: set[Path] = set()
@@ -159,7 +164,9 @@ class Pool:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            loaded = Loaded(Path(version_dir), self.loader(key), self.max_queue, self.max_batch)
+            with self._load_lock:
+                artifact = self.loader(key)
+            loaded = Loaded(Path(version_dir), artifact, self.max_queue, self.max_batch)
             with self._lock:
                 self._loaded[key] = loaded
                 self._loading.pop(key, None)
