@@ -48,7 +48,12 @@ class TextModality(Modality):
         return TextStack(recipe, model, tokenizer, info)
 
     def base_key(self, recipe) -> tuple | None:
-        return None if "full" in recipe.stack else ("text", recipe.base_model, recipe.trust_remote_code)
+        """Shared unless a `full` part owns the weights or the adapter is prompt tuning (peft keeps one
+        adapter type per model: the shared base's named adapters are LoRAs)."""
+        adapter = recipe.strategies.get("adapter")
+        if "full" in recipe.stack or (adapter is not None and adapter.method != "lora"):
+            return None
+        return ("text", recipe.base_model, recipe.trust_remote_code)
 
     def share_stack(self, recipe, base: TextStack | None) -> TextStack:
         from mmadapt.engine.shared import SharedBase
