@@ -78,31 +78,11 @@ def rated_requests(rdir: Path) -> Joined:
 def recent_requests(rdir: Path, max_bytes: int = 4 * 2**20) -> list[dict[str, Any]]:
     """The request lines in the last ``max_bytes`` of the log (the dashboard's view: a long-running
     server's log is not read whole on every page load)."""
-    return tail_lines(requests_path(rdir), max_bytes)
+    return read_json_lines(requests_path(rdir), max_bytes)
 
 
 def recent_feedback(rdir: Path, max_bytes: int = 4 * 2**20) -> list[dict[str, Any]]:
-    return tail_lines(feedback_path(rdir), max_bytes)
-
-
-def tail_lines(path: Path, max_bytes: int) -> list[dict[str, Any]]:
-    """The whole JSON object lines in the last ``max_bytes`` of an append-only log (the first,
-    partial line of the window and a torn line after a crash are skipped)."""
-    if not path.is_file():
-        return []
-    with open(path, "rb") as handle:
-        size = handle.seek(0, 2)
-        handle.seek(max(0, size - max_bytes))
-        lines = handle.read().split(b"\n")
-    out = []
-    for line in lines[1:] if size > max_bytes else lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            out.append(entry)
-    return out
+    return read_json_lines(feedback_path(rdir), max_bytes)
 
 
 DRIFT = "drift.json"  # the last `drift --from-log` result, shown on the dashboard
