@@ -42,10 +42,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the runs here (a second call reuses them)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="serve-memory-") as tmp:
-        runs = Path(tmp) / "runs"
-        recipe = Path(tmp) / f"{NAME}.yaml"
+    with tempfile.TemporaryDirectory(prefix="serve-memory-") as scratch:
+        tmp = args.workdir or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        runs = tmp / "runs"
+        recipe = tmp / f"{NAME}.yaml"
         recipe.write_text(json.dumps({
             "name": NAME, "modality": "text", "base_model": args.model,
             "data": {"train": str(DATA / "train.jsonl"), "eval": str(DATA / "eval.jsonl")},
@@ -54,7 +57,7 @@ def main() -> int:
             "train": {"steps": args.steps, "lr": 2.0e-3, "batch_size": 4, "seed": 0},
             "inference": {"max_new_tokens": 8, "batch_size": 4},
             "eval": {"limit": 2, "bootstrap": 10, "latency_samples": 1}, "output_dir": str(runs)}))
-        for seed in (0, 1, 2):
+        for seed in (0, 1, 2)[len(list((runs / NAME).glob("v0*"))):]:
             subprocess.run([sys.executable, "-m", "mmadapt.cli", "run", str(recipe), "--quiet", "--set", f"train.seed={seed}"],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         dirs = [str(runs / NAME / v) for v in ("v0001", "v0002", "v0003")]
