@@ -283,6 +283,18 @@ class Modality(ABC):
 
         raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
 
+    def base_key(self, recipe: Recipe) -> tuple | None:
+        """What identifies the loaded base model of ``recipe`` for sharing (``mmadapt serve``: versions
+        with equal keys share one loaded base, see :mod:`mmadapt.engine.shared`); None (the default):
+        this recipe's stack cannot share its base (e.g. a `full` fine-tune owns its weights)."""
+        return None
+
+    def share_stack(self, recipe: Recipe, base: Stack | None) -> Stack:
+        """A stack for ``recipe`` over the loaded base of ``base`` (no copy of its weights), or, with
+        ``base`` None, a new stack whose base later stacks may share; adapters it composes then load
+        as named adapters of that base. Called only where :meth:`base_key` is not None."""
+        raise NotImplementedError(f"the {self.name} modality does not share a base model")
+
     def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
         """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
         generated images and a contact sheet for images; the first one is the overview a report shows.

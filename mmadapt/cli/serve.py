@@ -16,6 +16,8 @@ from mmadapt.cli.common import output_dir_option
               help="A/B split of a recipe's traffic by weight, sticky per user (repeatable), e.g. zentrix=v0003:90,v0004:10.")
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 10_000),
               help="Requests waiting per loaded version; one more is answered 429.")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Most inputs of waiting requests one version answers in one batch.")
 @click.option("--max-body-mb", default=25.0, show_default=True, type=click.FloatRange(0.001, 1024), help="Larger bodies: 413.")
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-n", default=4, show_default=True, type=click.IntRange(1, 128), help="Most images (or choices) per request.")
@@ -24,7 +26,7 @@ from mmadapt.cli.common import output_dir_option
 @click.option("--cache-size", default=4, show_default=True, type=click.IntRange(1, 64), help="Loaded versions kept in memory.")
 @output_dir_option
 def serve(recipes: tuple[str, ...], host: str, port: int, api_key: str | None, splits: tuple[str, ...], max_queue: int,
-          max_body_mb: float, max_tokens: int, max_n: int, max_prompt_chars: int, redact_inputs: bool, cache_size: int,
+          max_batch: int, max_body_mb: float, max_tokens: int, max_n: int, max_prompt_chars: int, redact_inputs: bool, cache_size: int,
           output_dir: str | None) -> None:
     """Serve the current version of each recipe (OpenAI-compatible; `registry promote` / `rollback` apply live).
 
@@ -51,6 +53,6 @@ def serve(recipes: tuple[str, ...], host: str, port: int, api_key: str | None, s
         folders[rdir.name] = rdir
     limits = ServeLimits(max_body_bytes=int(max_body_mb * 2**20), max_tokens=max_tokens, max_n=max_n, max_prompt_chars=max_prompt_chars)
     app = create_app(folders, api_key=api_key, split=parse_split(splits), limits=limits, max_queue=max_queue,
-                     cache_size=cache_size, redact_inputs=redact_inputs)
+                     max_batch=max_batch, cache_size=cache_size, redact_inputs=redact_inputs)
     click.echo(f"serving {', '.join(f'{n}@{app.state.router.current[n].name}' for n in folders)} on http://{host}:{port}/v1", err=True)
     run_server(app, host=host, port=port)

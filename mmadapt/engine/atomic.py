@@ -46,15 +46,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """Every whole JSON object line of an append-only log, oldest first (a torn line is skipped); [] when absent."""
+def read_json_lines(path: Path, max_bytes: int | None = None) -> list[dict[str, Any]]:
+    """Every whole JSON object line of an append-only log, oldest first (a torn line is skipped); [] when absent.
+
+    ``max_bytes``: only the lines in the file's last ``max_bytes`` (the window's first, partial line is skipped).
+    """
     if not path.is_file():
         return []
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        start = 0 if max_bytes is None else max(0, size - max_bytes)
+        handle.seek(start)
+        lines = handle.read().split(b"\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines[1:] if start else lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except ValueError:  # a torn line after a crash (or invalid UTF-8 in it), the empty tail
             continue
         if isinstance(entry, dict):
             out.append(entry)

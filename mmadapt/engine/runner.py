@@ -168,13 +168,22 @@ class LoadedArtifact:
     predictor: Predictor
 
 
-def load_artifact(version_dir: str | Path) -> LoadedArtifact:
-    """Rebuild the composed stack saved in ``version_dir`` and return its predictor."""
+def load_artifact(version_dir: str | Path, bases: dict[tuple, Stack] | None = None) -> LoadedArtifact:
+    """Rebuild the composed stack saved in ``version_dir`` and return its predictor.
+
+    ``bases`` (``mmadapt serve``): the stacks whose loaded base model later versions share, by
+    :meth:`~mmadapt.protocols.Modality.base_key` (see :mod:`mmadapt.engine.shared`); filled here.
+    """
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
     recipe = recipe_from_resolved(manifest["recipe"], manifest.get("data", {}).get("paths"))
     modality = get_modality(recipe.modality)
-    stack = modality.new_stack(recipe)
+    key = modality.base_key(recipe) if bases is not None else None
+    if key is not None:
+        stack = modality.share_stack(recipe, bases.get(key))
+        bases.setdefault(key, stack)
+    else:
+        stack = modality.new_stack(recipe)
     for name in recipe.stack:
         part = version_dir / name
         if not part.is_dir():

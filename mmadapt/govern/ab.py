@@ -9,6 +9,12 @@ verdict, from B's point of view:
 * ``better`` / ``worse``: the CI excludes 0 (bootstrap; or p < 1 - level for the sign test)
   on the side where the metric improves (higher is better, except error rates such as WER);
 * ``no evidence``: otherwise.
+
+:func:`ab_from_log` runs the same tests on live traffic instead: the feedback scores that
+``POST /v1/feedback`` recorded for the requests each version answered (``mmadapt serve`` with a
+split). A live request is answered by one version only, so the pairs are made in time order: the
+k-th rated request of A with the k-th of B (each pair close in time, so a change in the traffic
+over the day moves both sides alike; the larger side's surplus is left out and counted).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import Any
 
 from mmadapt.engine.evaluate import score_rows
 from mmadapt.engine.stats import paired_bootstrap
-from mmadapt.engine.versions import recipe_dir, resolve_version
+from mmadapt.engine.versions import current_version, recipe_dir, resolve_version
 from mmadapt.errors import ArtifactError, MmadaptError
+from mmadapt.govern.livelog import feedback_path, rated_requests
 from mmadapt.protocols import Example, get_modality
 
 METHODS = ("bootstrap", "sign")
@@ -69,6 +76,8 @@ class ABResult:
     primary_metric: str
     metrics: list[MetricDiff]
     rows: list[dict[str, Any]] = field(default_factory=list)  # per example: id, a/b outputs and scores
+    source: str = "eval"  # eval: the eval split predicted by both; log: live feedback from the serve log
+    unpaired: int = 0  # (log) rated requests left without a partner: the larger side's surplus
 
     @property
     def primary(self) -> MetricDiff:
@@ -208,3 +217,56 @@ def ab_test(
         rows.append(row)
     primary = modality.primary_metric if modality.primary_metric in metrics else diffs[0].metric
     return ABResult(recipe.name, dir_a.name, dir_b.name, method, level, len(examples), primary, diffs, rows)
+
+
+FEEDBACK_METRIC = "feedback"  # the score clients send to /v1/feedback; higher is better
+
+
+def ab_from_log(
+    recipe,
+    a: str | None = None,
+    b: str | None = None,
+    *,
+    method: str = "bootstrap",
+    resamples: int = 2000,
+    level: float = 0.95,
+) -> ABResult:
+    """A/B test of two served versions on live feedback (``serve/feedback.jsonl`` joined with
+    ``serve/requests.jsonl``). Without ``a``/``b``: the two versions that have rated requests, the
+    current one (or the older) as A."""
+    if method not in METHODS:
+        raise MmadaptError(f"unknown test {method!r}", fix=f"use one of: {', '.join(METHODS)}")
+    rdir = recipe_dir(recipe.output_dir, recipe.name)
+    joined = rated_requests(rdir)
+    by_version: dict[str, list] = {}
+    for r in joined.rated:
+        by_version.setdefault(r.version, []).append(r)
+    rated = sorted(by_version)
+    va = resolve_version(rdir, a).name if a is not None else None
+    vb = resolve_version(rdir, b).name if b is not None else None
+    if va is None or vb is None:
+        if len(rated) != 2 or not {va, vb} - {None} <= set(rated):
+            raise MmadaptError(
+                f"the serve log has feedback for {len(rated)} version(s) ({', '.join(rated) or 'none'}); which two to test?",
+                path=feedback_path(rdir), fix="name them: --a vNNNN --b vNNNN (clients send POST /v1/feedback {id, score})",
+            )
+        if va is None and vb is None:
+            va = current_version(rdir) if current_version(rdir) in rated else rated[0]
+        va = va or next(v for v in rated if v != vb)
+        vb = vb or next(v for v in rated if v != va)
+    if va == vb:
+        raise MmadaptError(f"A and B are both {va}", fix="name two different versions")
+    side_a, side_b = by_version.get(va, []), by_version.get(vb, [])
+    n = min(len(side_a), len(side_b))
+    if n < 2:
+        raise MmadaptError(
+            f"{len(side_a)} rated requests of {va} and {len(side_b)} of {vb} in the serve log; the test needs at least 2 of each",
+            path=feedback_path(rdir), fix="serve both (--split) and send POST /v1/feedback {id, score} for their answers",
+        )
+    rows_a = [{FEEDBACK_METRIC: r.score} for r in side_a[:n]]
+    rows_b = [{FEEDBACK_METRIC: r.score} for r in side_b[:n]]
+    diffs = compare_scores(rows_a, rows_b, [FEEDBACK_METRIC], method=method, resamples=resamples, level=level, seed=recipe.train.seed)
+    rows = [{"id_a": ra.id, "id_b": rb.id, f"{FEEDBACK_METRIC}_a": ra.score, f"{FEEDBACK_METRIC}_b": rb.score}
+            for ra, rb in zip(side_a[:n], side_b[:n])]
+    return ABResult(recipe.name, va, vb, method, level, n, FEEDBACK_METRIC, diffs, rows, source="log",
+                    unpaired=len(side_a) + len(side_b) - 2 * n)

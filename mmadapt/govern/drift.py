@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from mmadapt.engine.versions import recipe_dir
 from mmadapt.errors import DataError, MmadaptError
-from mmadapt.protocols import Modality, get_modality
+from mmadapt.govern.livelog import read_requests, requests_path, write_drift
+from mmadapt.protocols import Example, Modality, ServeRequest, get_modality
 
 DEFAULT_EMBEDDER = "embedded:minilm-l6"
 MAX_ITEMS = 2000  # inputs per side; larger sets are subsampled (seeded)
@@ -236,18 +238,21 @@ def detect(
 
 def drift(
     recipe,
-    new_data: str | Path,
+    new_data: str | Path | None = None,
     *,
     threshold: float | None = None,
     embedder: str | None = None,
     level: float = 0.95,
     splits: int = 40,
+    from_log: bool = False,
 ) -> DriftResult:
-    """Drift of the inputs in ``new_data`` from ``recipe``'s train split."""
+    """Drift of the inputs in ``new_data`` (or, ``from_log``, of the served requests) from ``recipe``'s train split."""
     from mmadapt.retrieval import load_embedder
 
     if not 0.5 < level < 1.0:
         raise MmadaptError(f"level {level} must be between 0.5 and 1", fix="e.g. --level 0.95")
+    if (new_data is None) == (not from_log):
+        raise MmadaptError("drift compares new inputs: name a file or the serve log, not both", fix="pass --inputs PATH or --from-log")
     modality = get_modality(recipe.modality)
     data = modality.load_data(recipe)
     if not data.train:
@@ -255,9 +260,47 @@ def drift(
             "the recipe has no train split to compare with", path=recipe.source, fix="set data.train"
         )
     train_texts = modality.drift_texts(data.train)
-    new_texts = read_new_inputs(recipe, new_data, modality)
+    new_texts = log_inputs(recipe, modality) if from_log else read_new_inputs(recipe, new_data, modality)
     model = load_embedder(embedder or modality.drift_embedder(recipe) or DEFAULT_EMBEDDER)
-    return detect(
+    result = detect(
         train_texts, new_texts, model, vocabulary=modality.drift_terms(data), threshold=threshold, level=level,
         splits=splits, seed=recipe.train.seed, recipe_name=recipe.name,
     )
+    if from_log:  # the dashboard of `mmadapt serve` shows the last check
+        write_drift(recipe_dir(recipe.output_dir, recipe.name), result.to_dict())
+    return result
+
+
+def log_inputs(recipe, modality: Modality | None = None) -> list[str]:
+    """The served requests' inputs (``serve/requests.jsonl``, answered ones) as drift texts.
+
+    Each logged request becomes the example its predictor saw: the input is what
+    :meth:`~mmadapt.protocols.Modality.serve_inputs` makes of its logged fields (an upload, gone
+    by now, stands as its file name) and the reference is the answer it got, so
+    :meth:`~mmadapt.protocols.Modality.drift_texts` picks the question, the prompt, or, for a
+    clip, the transcript the model heard.
+    """
+    modality = modality or get_modality(recipe.modality)
+    rdir = recipe_dir(recipe.output_dir, recipe.name)
+    examples, redacted = [], 0
+    for entry in read_requests(rdir):
+        fields, output = entry.get("input"), entry.get("output")
+        if entry.get("status") != 200:
+            continue
+        if not isinstance(fields, dict):
+            redacted += 1
+            continue
+        upload = fields.get("file")
+        request = ServeRequest(dict(fields), Path(upload.get("name") or "upload") if isinstance(upload, dict) else None)
+        try:
+            inputs = modality.serve_inputs(request)
+        except MmadaptError:
+            continue  # answered, so it was readable then: a request the modality reads differently now is skipped
+        reference = output[0] if isinstance(output, list) and output else None
+        examples.append(Example(str(entry.get("id")), inputs[0] if inputs else None, reference))
+    texts = [t for t in modality.drift_texts(examples) if t.strip()]
+    if not texts:
+        why = f"{redacted} answered requests were logged with --redact-inputs" if redacted else "no answered request is logged"
+        raise DataError(f"no served inputs to compare: {why}", path=requests_path(rdir),
+                        fix="serve the recipe (without --redact-inputs) and let traffic come in, or pass --inputs PATH")
+    return texts

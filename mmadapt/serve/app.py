@@ -5,7 +5,7 @@
 
 Endpoints: ``POST /v1/chat/completions`` (stream or not), ``POST /v1/audio/transcriptions``
 (multipart ``file``), ``POST /v1/images/generations`` (base64 PNGs), ``GET /v1/models`` and
-``POST /v1/feedback``. Which endpoint a recipe answers is its modality's ``api_endpoint``; the
+``POST /v1/feedback``; the dashboard at ``/`` (:mod:`mmadapt.serve.dashboard`). Which endpoint a recipe answers is its modality's ``api_endpoint``; the
 modality turns a request into predictor inputs and predictions into the body
 (``Modality.serve_inputs`` / ``serve_payload``), so nothing here knows a modality. Every answer
 names its version: the ``x-mmadapt-version: recipe@vNNNN`` header, the body's ``model`` and
@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from mmadapt.engine.versions import versions
 from mmadapt.errors import MmadaptError
 from mmadapt.protocols import ServeRequest
+from mmadapt.serve.dashboard import render
 from mmadapt.serve.live import Route, Router, UnknownModel
 from mmadapt.serve.log import ServeLog, now_iso
 from mmadapt.serve.pool import Evicted, Pool, QueueFull
@@ -71,6 +72,8 @@ def create_app(
     split: Mapping[str, Mapping[str, float]] | None = None,
     limits: ServeLimits | None = None,
     max_queue: int = 8,
+    max_batch: int = 16,
+    share_base: bool = True,
     cache_size: int = 4,
     redact_inputs: bool = False,
     poll_seconds: float = 0.5,
@@ -91,7 +94,7 @@ def create_app(
         raise MmadaptError("an API key is required but none was given", fix="pass --api-key KEY")
     limits = limits or ServeLimits()
     splits = validate_split(split or {}, recipe_dirs, seed=seed)
-    pool = Pool(max_queue=max_queue, cache_size=max(cache_size, 1))
+    pool = Pool(max_queue=max_queue, cache_size=max(cache_size, 1), max_batch=max_batch, share_base=share_base)
     router = Router(recipe_dirs, pool, splits, poll_seconds=poll_seconds)
     serve_log = ServeLog(recipe_dirs, redact_inputs=redact_inputs)
 
@@ -135,6 +138,10 @@ def create_app(
     @app.post("/v1/images/generations")
     async def images_generations(request: Request) -> Response:
         return await answer(request, "images.generations")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(await asyncio.to_thread(render, router))
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

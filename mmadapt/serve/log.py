@@ -34,12 +34,11 @@ a bad key or an oversized body names none and is not logged)::
 Each line is written with ONE ``os.write`` of the whole line on a file descriptor opened with
 ``O_APPEND`` (under a lock per file in this process), so concurrent requests never interleave
 and a reader only ever sees whole lines, except a torn last line after a crash: a reader skips a
-line that does not parse (:func:`mmadapt.engine.atomic.read_json_lines`), and the next write starts a fresh line.
+line that does not parse (:func:`mmadapt.govern.livelog.read_requests`), and the next write starts a fresh line.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -48,16 +47,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from mmadapt.engine.atomic import read_json_lines
-
-SERVE_DIR = "serve"
-REQUESTS = "requests.jsonl"
-FEEDBACK = "feedback.jsonl"
-FILES = "files"
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from mmadapt.govern.livelog import FILES, SERVE_DIR, feedback_path, now_iso, read_requests, requests_path
 
 
 def canonical_sha256(value: Any) -> str:
@@ -104,8 +94,8 @@ class ServeLog:
     def __init__(self, recipe_dirs: dict[str, Path], *, redact_inputs: bool = False):
         self.recipe_dirs = recipe_dirs
         self.redact_inputs = redact_inputs
-        self._requests = {name: JsonlAppender(d / SERVE_DIR / REQUESTS) for name, d in recipe_dirs.items()}
-        self._feedback = {name: JsonlAppender(d / SERVE_DIR / FEEDBACK) for name, d in recipe_dirs.items()}
+        self._requests = {name: JsonlAppender(requests_path(d)) for name, d in recipe_dirs.items()}
+        self._feedback = {name: JsonlAppender(feedback_path(d)) for name, d in recipe_dirs.items()}
         self._ids: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._ids_lock = threading.Lock()
 
@@ -132,7 +122,7 @@ class ServeLog:
             if request_id in self._ids:
                 return self._ids[request_id]
         for name, rdir in self.recipe_dirs.items():
-            for entry in read_json_lines(rdir / SERVE_DIR / REQUESTS):
+            for entry in read_requests(rdir):
                 if entry.get("id") == request_id:
                     return name, entry.get("version")
         return None

@@ -1,22 +1,26 @@
 """The loaded versions of ``mmadapt serve``: each version folder loaded once, each with one worker.
 
-A :class:`Loaded` version runs its predictions one at a time in its own worker thread (a model
-is not shared between threads mid-generation) and holds at most ``max_queue`` requests waiting
+A :class:`Loaded` version runs its predictions in its own worker thread (a model is not shared
+between threads mid-generation), the requests that wait together batched into one predictor call,
+and holds at most ``max_queue`` requests waiting
 behind the running one: one more is refused (:class:`QueueFull`, HTTP 429) instead of queueing
 without bound. The :class:`Pool` is a small cache keyed by version folder: a version is loaded
 once (concurrent requests for it wait for the one load), and when more than ``cache_size``
 versions are loaded the least recently used one that is neither kept (current, or in a split)
-nor busy is dropped.
+nor busy is dropped. Versions on the same base model share one loaded base, their adapters loaded
+into it as named adapters (:mod:`mmadapt.engine.shared`); a dropped version's adapter stays in the
+base until the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,16 @@ class Evicted(Exception):
 
 
 class Loaded:
-    """One loaded version: its artifact, its worker thread and its bounded queue."""
+    """One loaded version: its artifact, its worker thread and its bounded queue.
 
-    def __init__(self, version_dir: Path, artifact: LoadedArtifact, max_queue: int):
+    The worker batches: it takes every request waiting when it is free (up to ``max_batch``
+    inputs) and runs them through the predictor in one call (the text predictor pads them into
+    one generation batch; speech windows and image prompts batch the same way), then hands each
+    request its own predictions. A batch that fails is retried request by request, so one bad
+    input fails only its own request.
+    """
+
+    def __init__(self, version_dir: Path, artifact: LoadedArtifact, max_queue: int, max_batch: int = 16):
         self.version_dir = version_dir
         self.recipe = version_dir.parent.name
         self.version = version_dir.name
@@ -42,11 +53,16 @@ class Loaded:
         self.artifact = artifact
         self.modality = artifact.modality
         self.max_queue = max_queue
-        self.in_flight = 0  # the running prediction and those waiting for the worker
+        self.max_batch = max(1, max_batch)
+        self.in_flight = 0  # the running predictions and those waiting for the worker
         self.closed = False
         self.last_used = time.monotonic()
+        self.batches: list[int] = []  # requests per predictor call, most recent last (bounded)
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mmadapt-{self.label}")
+        self._wake = threading.Condition(self._lock)
+        self._waiting: deque[tuple[list[Any], Future]] = deque()
+        self._worker = threading.Thread(target=self._work, name=f"mmadapt-{self.label}", daemon=True)
+        self._worker.start()
 
     def submit(self, inputs: list[Any]) -> asyncio.Future:
         """Queue a prediction; an awaitable of its list of Predictions. Raises QueueFull or Evicted."""
@@ -57,35 +73,79 @@ class Loaded:
                 raise QueueFull(self.label)
             self.in_flight += 1
             self.last_used = time.monotonic()
-            future = self._executor.submit(self.artifact.predictor.predict, inputs)
-        future.add_done_callback(self._done)  # runs on completion and on cancellation alike
+            future: Future = Future()
+            self._waiting.append((list(inputs), future))
+            self._wake.notify()
         return asyncio.wrap_future(future)
 
-    def _done(self, _future) -> None:
-        with self._lock:
-            self.in_flight -= 1
+    def _next_batch(self) -> list[tuple[list[Any], Future]] | None:
+        with self._wake:
+            while not self._waiting and not self.closed:
+                self._wake.wait()
+            if not self._waiting:  # closed, and everything queued has been answered
+                return None
+            batch, size = [], 0
+            while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self.max_batch):
+                item = self._waiting.popleft()
+                batch.append(item)
+                size += len(item[0])
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [(inputs, future) for inputs, future in batch if future.set_running_or_notify_cancel()]
+            results: list[tuple[Future, Any, bool]] = []  # (future, predictions or exception, ok)
+            try:
+                flat = self.artifact.predictor.predict([x for inputs, _ in live for x in inputs]) if live else []
+                start = 0
+                for inputs, future in live:
+                    results.append((future, list(flat[start:start + len(inputs)]), True))
+                    start += len(inputs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request(s); the worker goes on
+                if len(live) == 1:
+                    results = [(live[0][1], exc, False)]
+                else:  # one request's bad input must not fail the others: each again, alone
+                    results = []
+                    for inputs, future in live:
+                        try:
+                            results.append((future, self.artifact.predictor.predict(inputs), True))
+                        except BaseException as single:  # noqa: BLE001
+                            results.append((future, single, False))
+            with self._lock:  # counted out before the answers go: a caller that awaits one sees it done
+                self.in_flight -= len(batch)
+                self.batches = [*self.batches[-999:], len(live)]
+            for future, value, ok in results:
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def close_if_idle(self) -> bool:
         with self._lock:
             if self.in_flight:
                 return False
             self.closed = True
-        self._executor.shutdown(wait=False)
+            self._wake.notify_all()
         return True
 
     def close(self) -> None:
         with self._lock:
             self.closed = True
-        self._executor.shutdown(wait=True)  # in-flight predictions finish
+            self._wake.notify_all()
+        self._worker.join()  # in-flight predictions finish
 
 
 class Pool:
     """Loaded versions keyed by version folder (a small LRU cache)."""
 
-    def __init__(self, *, max_queue: int = 8, cache_size: int = 4, loader: Callable[[Path], LoadedArtifact] = load_artifact):
+    def __init__(self, *, max_queue: int = 8, cache_size: int = 4, max_batch: int = 16, share_base: bool = True,
+                 loader: Callable[[Path], LoadedArtifact] | None = None):
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self.cache_size = cache_size
-        self.loader = loader
+        self.bases: dict[tuple, Any] = {}  # loaded base models shared by versions (engine/shared.py)
+        self.loader = loader or (functools.partial(load_artifact, bases=self.bases) if share_base else load_artifact)
+        self._load_lock = threading.Lock()  # one load at a time: a version composes onto a shared base alone
         self._loaded: OrderedDict[Path, Loaded] = OrderedDict()
         self._loading: dict[Path, threading.Lock] = {}
         self._keep: set[Path] = set()
@@ -104,7 +164,9 @@ class Pool:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            loaded = Loaded(Path(version_dir), self.loader(key), self.max_queue)
+            with self._load_lock:
+                artifact = self.loader(key)
+            loaded = Loaded(Path(version_dir), artifact, self.max_queue, self.max_batch)
             with self._lock:
                 self._loaded[key] = loaded
                 self._loading.pop(key, None)

@@ -87,3 +87,39 @@ def test_the_queue_bound_counts_the_running_and_the_waiting(tmp_path):
 
     assert asyncio.run(three()) == ["a", "b"] and loaded.in_flight == 0
     pool.close()
+
+
+class Picky(Echo):
+    """Echo that records each call's inputs and refuses the input 'bad'."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[list[str]] = []
+
+    def predict(self, inputs, *, progress=False):
+        self.calls.append(list(inputs))
+        out = super().predict(inputs)
+        if "bad" in inputs:
+            raise ValueError("bad input")
+        return out
+
+
+def test_requests_waiting_together_run_as_one_batch_and_a_bad_one_fails_alone(tmp_path):
+    pool = Pool(max_queue=8, max_batch=4, loader=lambda folder: SimpleNamespace(modality=None, predictor=Picky()))
+    loaded = pool.get(tmp_path / "r" / "v0001")
+    picky = loaded.artifact.predictor
+    picky.release.clear()
+
+    async def many():
+        first = loaded.submit(["a"])  # runs alone; the next ones wait behind it
+        await asyncio.sleep(0.1)
+        rest = [loaded.submit([w]) for w in ("b", "bad", "c", "d", "e")]
+        picky.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(many())
+    assert [r[0].output if isinstance(r, list) else type(r).__name__ for r in results] == ["a", "b", "ValueError", "c", "d", "e"]
+    # a alone; b, bad, c, d batched (max_batch 4) and, failing, retried one by one; then e
+    assert picky.calls == [["a"], ["b", "bad", "c", "d"], ["b"], ["bad"], ["c"], ["d"], ["e"]]
+    assert loaded.batches == [1, 4, 1] and loaded.in_flight == 0
+    pool.close()

@@ -55,6 +55,21 @@ class SpeechModality(Modality):
         vocabulary = read_vocabulary(recipe.path(recipe.data.vocabulary)) if recipe.data.vocabulary else []
         return SpeechStack(recipe, model, processor, info, vocabulary)
 
+    def base_key(self, recipe) -> tuple | None:
+        return None if "full" in recipe.stack else ("speech", recipe.base_model, recipe.trust_remote_code)
+
+    def share_stack(self, recipe, base: SpeechStack | None) -> SpeechStack:
+        from mmadapt.engine.shared import SharedBase
+
+        if base is None:
+            stack = self.new_stack(recipe)
+            stack.shared = SharedBase(stack.model)
+            return stack
+        vocabulary = read_vocabulary(recipe.path(recipe.data.vocabulary)) if recipe.data.vocabulary else []
+        stack = SpeechStack(recipe, base.shared.model, base.processor, base.base_info, vocabulary)
+        stack.shared = base.shared
+        return stack
+
     def predictor(self, stack: SpeechStack) -> SpeechPredictor:
         return SpeechPredictor(stack)
 

@@ -65,5 +65,9 @@ class SpeechAdapterStrategy(Strategy):
         folder = part_dir / ADAPTER_DIR
         if not (folder / "adapter_model.safetensors").is_file():
             raise ArtifactError("adapter weights are missing", path=folder, fix="re-run the recipe")
+        if stack.shared is not None:  # a base shared with other versions: this adapter is one of its named adapters
+            stack.adapter = stack.shared.add_adapter(folder)
+            stack.model = stack.shared.model
+            return
         stack.model = PeftModel.from_pretrained(stack.model, str(folder), is_trainable=False)
         stack.model.eval()

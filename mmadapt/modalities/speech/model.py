@@ -49,3 +49,5 @@ class SpeechStack(Stack):
         self.prompt_template = "{terms}"
         self.max_prompt_tokens = 200
         self.retriever = None  # per-utterance terms (retrieval strategy)
+        self.shared = None  # engine.shared.SharedBase when this stack shares its base (mmadapt serve)
+        self.adapter: str | None = None  # the named adapter of the shared base this stack answers with

@@ -207,6 +207,13 @@ class SpeechPredictor:
         self.stack = stack
 
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+        if self.stack.shared is None:
+            return self._predict(inputs, progress)
+        with self.stack.shared.use(self.stack.adapter) as model:  # the shared base, this version's adapter on
+            self.stack.model = model  # (a peft model by now, if another version loaded an adapter since)
+            return self._predict(inputs, progress)
+
+    def _predict(self, inputs: Sequence[str], progress: bool) -> list[Prediction]:
         stack = self.stack
         static_terms = list(stack.prompt_terms or [])
         static = prompt_token_ids(stack, static_terms)

@@ -51,6 +51,25 @@ class TextModality(Modality):
         model, tokenizer, info = load_causal_lm(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
         return TextStack(recipe, model, tokenizer, info)
 
+    def base_key(self, recipe) -> tuple | None:
+        """Shared unless a `full` part owns the weights or the adapter is prompt tuning (peft keeps one
+        adapter type per model: the shared base's named adapters are LoRAs)."""
+        adapter = recipe.strategies.get("adapter")
+        if "full" in recipe.stack or (adapter is not None and adapter.method != "lora"):
+            return None
+        return ("text", recipe.base_model, recipe.trust_remote_code)
+
+    def share_stack(self, recipe, base: TextStack | None) -> TextStack:
+        from mmadapt.engine.shared import SharedBase
+
+        if base is None:
+            stack = self.new_stack(recipe)
+            stack.shared = SharedBase(stack.model)
+            return stack
+        stack = TextStack(recipe, base.shared.model, base.tokenizer, base.base_info)
+        stack.shared = base.shared
+        return stack
+
     def predictor(self, stack: TextStack) -> TextPredictor:
         return TextPredictor(stack)
 

@@ -57,3 +57,5 @@ class TextStack(Stack):
         self.few_shot: list[tuple[str, str]] = []
         self.retriever = None
         self.context_template = "Context:\n{context}\n\n{question}"
+        self.shared = None  # engine.shared.SharedBase when this stack shares its base (mmadapt serve)
+        self.adapter: str | None = None  # the named adapter of the shared base this stack answers with

@@ -33,10 +33,16 @@ class TextPredictor:
         self.stack = stack
         self.settings = stack.recipe.inference  # TextInference
 
-    @torch.inference_mode()
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+        if self.stack.shared is None:
+            return self._predict(self.stack.model, inputs, progress)
+        with self.stack.shared.use(self.stack.adapter) as model:  # the shared base, this version's adapter on
+            return self._predict(model, inputs, progress)
+
+    @torch.inference_mode()
+    def _predict(self, model, inputs: Sequence[str], progress: bool) -> list[Prediction]:
         stack, cfg = self.stack, self.settings
-        tok, model = stack.tokenizer, stack.model
+        tok = stack.tokenizer
         model.eval()
         texts, retrieved = chat_texts(stack, inputs)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
