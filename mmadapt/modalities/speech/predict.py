@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmadapt.modalities.speech.audio import SAMPLE_RATE, iter_chunks, load_audio
+from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.protocols import Prediction
 
 
@@ -111,7 +112,7 @@ def greedy_decode(
 
 
 @torch.inference_mode()
-def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int) -> list[list[int]]:
+def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix) -> list[list[int]]:
     from transformers.modeling_outputs import BaseModelOutput
 
     special = _base(model).generation_config
@@ -121,8 +122,8 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int) -> lis
     for row, prefix in enumerate(prefixes):
         by_prompt.setdefault(tuple(prefix), []).append(row)
     for prefix, rows in by_prompt.items():
-        prompt = list(prefix[:-2])  # generate adds <|startoftranscript|> <|notimestamps|> itself
-        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows)}
+        prompt = list(prefix[: prefix.index(special.decoder_start_token_id)])  # generate adds the task prefix itself
+        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows), **task.generate_kwargs(prefix)}
         if prompt:
             kwargs["prompt_ids"] = torch.tensor(prompt, device=encoder_states.device)
         seqs = _base(model).generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]), **kwargs)
@@ -139,6 +140,7 @@ class Windows:
     def __init__(self, stack, paths: Sequence[str]):
         cfg = stack.recipe.inference
         self.stack = stack
+        self.task = TaskPrefix(stack)  # <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|> per window
         self.items: list[tuple[int, object]] = []  # (file index, samples)
         for fi, path in enumerate(paths):
             for chunk in iter_chunks(load_audio(path), SAMPLE_RATE, cfg.chunk_seconds):
@@ -163,14 +165,13 @@ class Windows:
         """Transcripts of the windows ``batch`` (encoder ``states``), each under its prompt ids (or none)."""
         stack = self.stack
         tok = stack.processor.tokenizer
-        special = special_ids(tok)
-        prefixes = [[*(p or []), special["sot"], special["notimestamps"]] for p in prompts]
+        prefixes = [[*(p or []), *task] for p, task in zip(prompts, self.task.prefixes(states, batch))]
         limits = [self.limit(n) for n in batch]
         beams = stack.recipe.inference.num_beams
         ids = (
             greedy_decode(stack.model, states, prefixes, limits)
             if beams == 1
-            else _beam_decode(stack.model, states, prefixes, limits, beams)
+            else _beam_decode(stack.model, states, prefixes, limits, beams, self.task)
         )
         return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
 
