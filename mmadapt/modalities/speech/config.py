@@ -29,6 +29,13 @@ class SpeechInference(StrictModel):
     )
     task: Literal["transcribe", "translate"] = Field("transcribe", description="multilingual checkpoints: translate = into English")
 
+    engine: Literal["transformers", "ctranslate2"] = Field(
+        "transformers", description="ctranslate2: decode through CTranslate2 (pip install 'mmadapt[ct2]'), same greedy transcripts"
+    )
+    compute_type: Literal["float32", "int8"] = Field(
+        "float32", description="ctranslate2 only: int8 quantises the weights at load (faster, transcripts may differ)"
+    )
+
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:

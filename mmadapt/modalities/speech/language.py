@@ -48,8 +48,9 @@ def is_multilingual(model) -> bool:
 class TaskPrefix:
     """The task prefix of each window for a stack; detected languages are kept per window index."""
 
-    def __init__(self, stack):
+    def __init__(self, stack, ct2=None):
         cfg = stack.recipe.inference
+        self.ct2 = ct2  # detect with CTranslate2 when it decodes
         self.model = stack.model
         self.tokenizer = stack.processor.tokenizer
         self.multilingual = is_multilingual(stack.model)
@@ -90,6 +91,8 @@ class TaskPrefix:
 
     def detect(self, states) -> list[int]:
         """The language token id of each window whose encoder states are ``states`` (transformers' detection)."""
+        if self.ct2 is not None:
+            return self.tokenizer.convert_tokens_to_ids(self.ct2.detect(states))
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 

@@ -137,10 +137,11 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: 
 class Windows:
     """The 30 s windows of a list of files, batched by length; encodes each batch once."""
 
-    def __init__(self, stack, paths: Sequence[str]):
+    def __init__(self, stack, paths: Sequence[str], ct2=None):
         cfg = stack.recipe.inference
         self.stack = stack
-        self.task = TaskPrefix(stack)  # <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|> per window
+        self.ct2 = ct2  # a CT2Whisper (inference.engine: ctranslate2) or None: transformers
+        self.task = TaskPrefix(stack, ct2)  # <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|> per window
         self.items: list[tuple[int, object]] = []  # (file index, samples)
         for fi, path in enumerate(paths):
             for chunk in iter_chunks(load_audio(path), SAMPLE_RATE, cfg.chunk_seconds):
@@ -159,6 +160,8 @@ class Windows:
         fe, model = self.stack.processor.feature_extractor, self.stack.model
         device = next(model.parameters()).device
         feats = fe([self.items[n][1] for n in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        if self.ct2 is not None:
+            return self.ct2.encode(feats.numpy())
         return _base(model).get_encoder()(feats.to(device)).last_hidden_state
 
     def decode(self, states: torch.Tensor, batch: list[int], prompts: Sequence[list[int] | None]) -> list[str]:
@@ -169,7 +172,9 @@ class Windows:
         limits = [self.limit(n) for n in batch]
         beams = stack.recipe.inference.num_beams
         ids = (
-            greedy_decode(stack.model, states, prefixes, limits)
+            self.ct2.generate(states, prefixes, limits, beams)
+            if self.ct2 is not None
+            else greedy_decode(stack.model, states, prefixes, limits)
             if beams == 1
             else _beam_decode(stack.model, states, prefixes, limits, beams, self.task)
         )
@@ -206,12 +211,17 @@ class SpeechPredictor:
 
     def __init__(self, stack):
         self.stack = stack
+        self.ct2 = None
+        if stack.recipe.inference.engine == "ctranslate2":
+            from mmadapt.modalities.speech.ct2_engine import stack_ct2
+
+            self.ct2 = stack_ct2(stack, stack.recipe.inference.compute_type)  # converted once per predictor
 
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
         stack = self.stack
         static_terms = list(stack.prompt_terms or [])
         static = prompt_token_ids(stack, static_terms)
-        windows = Windows(stack, inputs)
+        windows = Windows(stack, inputs, self.ct2)
         first: dict[int, str] = {}
         second: dict[int, str] = {}
         used: dict[int, list[str]] = {}
