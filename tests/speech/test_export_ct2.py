@@ -93,3 +93,4 @@ def test_ct2_export_refuses_no_merge_in_one_line(speech_recipe, tmp_path):
     result = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "out"), "--format", "ct2", "--no-merge"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "writes a merged model" in result.output and not (tmp_path / "out").exists()
+
