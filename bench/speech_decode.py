@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=int, default=None, help="mmadapt's batch (default: the recipe's inference.batch_size)"
     )
     parser.add_argument(
-        "--sides", nargs="+", default=["pipeline", "ct2:float32", "ct2:int8"], help="besides mmadapt: pipeline, ct2:<compute_type>"
+        "--sides",
+        nargs="+",
+        default=["pipeline", "ct2:float32", "ct2:int8"],
+        help="besides mmadapt: pipeline, ct2:<compute_type>",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -170,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         same = sum(a == b for a, b in zip(r["texts"], mine["texts"]))
         ratio = mine["throughput"] / r["throughput"]
-        print(f"{name:<14} {r['seconds']:8.1f} {r['throughput']:10.2f} {100 * r['wer']:6.1f} {ratio:9.2f}x {same:>4}/{len(paths)}")
+        print(
+            f"{name:<14} {r['seconds']:8.1f} {r['throughput']:10.2f} {100 * r['wer']:6.1f} {ratio:9.2f}x {same:>4}/{len(paths)}"
+        )
     return 0
 
 

@@ -12,7 +12,6 @@ Weights stay float32 unless ``quantization`` is given: CTranslate2 quantises at 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 

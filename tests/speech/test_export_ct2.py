@@ -52,7 +52,9 @@ def _export_ct2(version_dir: Path, out: Path) -> dict:
 def test_lora_version_exports_to_ct2_with_the_same_greedy_transcripts(speech_recipe, tmp_path):
     inference = {"max_new_tokens": 12, "batch_size": 4}
     base = mmadapt.run(mmadapt.load_recipe(speech_recipe({}, name="base", inference=inference)), progress=False)
-    tuned = mmadapt.run(mmadapt.load_recipe(speech_recipe({"adapter": {"r": 4, "alpha": 8}}, inference=inference)), progress=False)
+    tuned = mmadapt.run(
+        mmadapt.load_recipe(speech_recipe({"adapter": {"r": 4, "alpha": 8}}, inference=inference)), progress=False
+    )
     info = _export_ct2(tuned.version_dir, tmp_path / "ct2")
     assert info["model_format"] == "ct2" and info["merged"] and info["copied"] == []
     preprocessor = json.loads((tmp_path / "ct2" / "preprocessor_config.json").read_text())
@@ -93,4 +95,3 @@ def test_ct2_export_refuses_no_merge_in_one_line(speech_recipe, tmp_path):
     result = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "out"), "--format", "ct2", "--no-merge"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "writes a merged model" in result.output and not (tmp_path / "out").exists()
-

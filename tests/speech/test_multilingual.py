@@ -76,7 +76,10 @@ def test_multilingual_lora_trains_on_language_and_task_tokens(speech_recipe, mul
     for inputs, targets, _i in encode_examples(stack, data, seed=0):
         assert tok.convert_ids_to_tokens(inputs[:4]) == ["<|startoftranscript|>", "<|fr|>", "<|transcribe|>", "<|notimestamps|>"]
         assert targets[:3] == [IGNORE] * 3 and targets[3] != IGNORE
-    base = mmadapt.run(mmadapt.load_recipe(speech_recipe({}, name="ml-base", base_model=str(multilingual_dir), inference=inference)), progress=False)
+    base = mmadapt.run(
+        mmadapt.load_recipe(speech_recipe({}, name="ml-base", base_model=str(multilingual_dir), inference=inference)),
+        progress=False,
+    )
     tuned = mmadapt.run(mmadapt.load_recipe(path), progress=False)
     assert tuned.manifest["parts"]["adapter"]["steps"] == 6
     assert [p.output for p in tuned.evaluation.predictions] != [p.output for p in base.evaluation.predictions]

@@ -27,10 +27,13 @@ class SpeechInference(StrictModel):
     language: str = Field(
         "auto", description="multilingual checkpoints: a Whisper language code (en, fr, ...) or auto (detected per window)"
     )
-    task: Literal["transcribe", "translate"] = Field("transcribe", description="multilingual checkpoints: translate = into English")
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description="multilingual checkpoints: translate = into English"
+    )
 
     engine: Literal["transformers", "ctranslate2"] = Field(
-        "transformers", description="ctranslate2: decode through CTranslate2 (pip install 'mmadapt[ct2]'), same greedy transcripts"
+        "transformers",
+        description="ctranslate2: decode through CTranslate2 (pip install 'mmadapt[ct2]'), same greedy transcripts",
     )
     compute_type: Literal["float32", "int8"] = Field(
         "float32", description="ctranslate2 only: int8 quantises the weights at load (faster, transcripts may differ)"

@@ -38,9 +38,7 @@ class CT2Whisper:
     def __init__(self, folder: str | Path, *, compute_type: str = "float32", threads: int = 0):
         ctranslate2 = require_ctranslate2()
         self.folder = Path(folder)
-        self.model = ctranslate2.models.Whisper(
-            str(self.folder), device="cpu", compute_type=compute_type, intra_threads=threads
-        )
+        self.model = ctranslate2.models.Whisper(str(self.folder), device="cpu", compute_type=compute_type, intra_threads=threads)
         self._storage = ctranslate2.StorageView
 
     def encode(self, features: np.ndarray) -> np.ndarray:
