@@ -276,9 +276,12 @@ class Modality(ABC):
         text; a modality whose outputs are not text returns one of its own (an image: a blank one)."""
 
     # ---- optional
-    def export_model(self, stack: Stack, out_dir: Path) -> list[str]:
+    export_formats: ClassVar[tuple[str, ...]] = ("transformers",)  # what ``export_model`` can write
+
+    def export_model(self, stack: Stack, out_dir: Path, format: str = "transformers") -> list[str]:
         """Write the composed stack's weights into ``out_dir`` as one servable model folder
-        (adapters merged, safetensors); return what was merged. See :mod:`mmadapt.engine.export`."""
+        (adapters merged; ``transformers``: safetensors, or another of :attr:`export_formats`);
+        return what was merged. See :mod:`mmadapt.engine.export`."""
         from mmadapt.errors import ArtifactError
 
         raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")

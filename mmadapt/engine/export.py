@@ -10,7 +10,9 @@ the source version, its recipe hash, and what was merged and what was copied.
 
 The folder is written like an artifact: in a temporary sibling renamed into place when
 complete, so a failed export leaves nothing behind. The result loads with plain
-``from_pretrained`` and is a valid ``base_model:`` for another recipe.
+``from_pretrained`` and is a valid ``base_model:`` for another recipe. Another ``format`` a
+modality declares in ``export_formats`` (speech: ``ct2``, a CTranslate2 folder for
+faster-whisper) is written the same way, with the same ``mmadapt/`` sidecar.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ def save_model_folder(model, out_dir: Path, *companions) -> list[str]:
     return merged
 
 
-def export(version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, progress: bool = False) -> Path:
+def export(
+    version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, progress: bool = False, format: str = "transformers"
+) -> Path:
     """Write ``out_dir`` from the version in ``version_dir``; return ``out_dir``.
 
-    With ``merge`` the modality writes a merged model folder; without it, only the
+    With ``merge`` the modality writes a merged model folder in ``format`` (one of its
+    ``export_formats``: ``transformers``, or e.g. speech's ``ct2``); without it, only the
     version's parts are copied (the adapter stays a peft folder) under ``mmadapt/``.
     """
     from mmadapt.engine.runner import load_artifact
@@ -70,7 +75,14 @@ def export(version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, 
     version_dir, out = Path(version_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError("the export folder exists and is not empty", path=out, fix="name a new folder or remove it")
+    if format != "transformers" and not merge:
+        raise ArtifactError(f"--format {format} writes a merged model", fix="drop --no-merge, or export --format transformers")
     loaded = load_artifact(version_dir)
+    if format not in loaded.modality.export_formats:
+        raise ArtifactError(
+            f"the {loaded.recipe.modality} modality cannot export --format {format}",
+            fix=f"use one of: {', '.join(loaded.modality.export_formats)}",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
@@ -84,11 +96,12 @@ def export(version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, 
             "stack": loaded.recipe.stack,
             "base_model": loaded.recipe.base_model,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model_format": format,
             "merged": [],
             "copied": [],
         }
         if merge:
-            info["merged"] = loaded.modality.export_model(loaded.stack, tmp)
+            info["merged"] = loaded.modality.export_model(loaded.stack, tmp, format)
         sidecar = tmp / SIDECAR
         sidecar.mkdir()
         for name in loaded.recipe.stack:

@@ -73,9 +73,18 @@ class SpeechModality(Modality):
     def predictor(self, stack: SpeechStack) -> SpeechPredictor:
         return SpeechPredictor(stack)
 
-    def export_model(self, stack: SpeechStack, out_dir: Path) -> list[str]:
-        from mmadapt.engine.export import save_model_folder
+    export_formats = ("transformers", "ct2")
 
+    def export_model(self, stack: SpeechStack, out_dir: Path, format: str = "transformers") -> list[str]:
+        """A transformers folder, or (``ct2``) a CTranslate2 Whisper folder that faster-whisper loads."""
+        from mmadapt.engine.export import merge_adapters, save_model_folder
+
+        if format == "ct2":
+            from mmadapt.models.ct2_export import write_ct2_whisper
+
+            plain, merged = merge_adapters(stack.model)
+            write_ct2_whisper(plain, stack.processor, out_dir)
+            return merged
         return save_model_folder(stack.model, out_dir, stack.processor)
 
     def score(

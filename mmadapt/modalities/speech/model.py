@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 from mmadapt.protocols import Stack
 
@@ -28,6 +29,7 @@ def load_whisper(ref: str, *, trust_remote_code: bool = False, allow_pickle: boo
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None
     model.eval()
+    _match_mel_bins(processor, model.config.num_mel_bins)
     config_path = Path(location) / "config.json"
     info = {
         "resolved": location,
@@ -35,6 +37,23 @@ def load_whisper(ref: str, *, trust_remote_code: bool = False, allow_pickle: boo
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
     return model, processor, info
+
+
+def _match_mel_bins(processor, n_mels: int) -> None:
+    """The feature extractor's mel count follows the checkpoint (80, or 128 for large-v3): a folder whose
+    preprocessor_config.json disagrees with its model gets a matching extractor (same STFT settings)."""
+    from transformers import WhisperFeatureExtractor
+
+    fe = processor.feature_extractor
+    if fe.feature_size != n_mels:
+        processor.feature_extractor = WhisperFeatureExtractor(
+            feature_size=n_mels,
+            sampling_rate=fe.sampling_rate,
+            hop_length=fe.hop_length,
+            chunk_length=fe.chunk_length,
+            n_fft=fe.n_fft,
+            padding_value=fe.padding_value,
+        )
 
 
 class SpeechStack(Stack):
@@ -51,3 +70,4 @@ class SpeechStack(Stack):
         self.retriever = None  # per-utterance terms (retrieval strategy)
         self.shared = None  # engine.shared.SharedBase when this stack shares its base (mmadapt serve)
         self.adapter: str | None = None  # the named adapter of the shared base this stack answers with
+        TaskPrefix(self)  # a language or task the checkpoint cannot do fails here, in one line

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmadapt.modalities.speech.audio import SAMPLE_RATE, iter_chunks, load_audio
+from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.protocols import Prediction
 
 
@@ -111,7 +112,7 @@ def greedy_decode(
 
 
 @torch.inference_mode()
-def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int) -> list[list[int]]:
+def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix) -> list[list[int]]:
     from transformers.modeling_outputs import BaseModelOutput
 
     special = _base(model).generation_config
@@ -121,8 +122,8 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int) -> lis
     for row, prefix in enumerate(prefixes):
         by_prompt.setdefault(tuple(prefix), []).append(row)
     for prefix, rows in by_prompt.items():
-        prompt = list(prefix[:-2])  # generate adds <|startoftranscript|> <|notimestamps|> itself
-        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows)}
+        prompt = list(prefix[: prefix.index(special.decoder_start_token_id)])  # generate adds the task prefix itself
+        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows), **task.generate_kwargs(prefix)}
         if prompt:
             kwargs["prompt_ids"] = torch.tensor(prompt, device=encoder_states.device)
         seqs = _base(model).generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]), **kwargs)
@@ -136,9 +137,11 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int) -> lis
 class Windows:
     """The 30 s windows of a list of files, batched by length; encodes each batch once."""
 
-    def __init__(self, stack, paths: Sequence[str]):
+    def __init__(self, stack, paths: Sequence[str], ct2=None):
         cfg = stack.recipe.inference
         self.stack = stack
+        self.ct2 = ct2  # a CT2Whisper (inference.engine: ctranslate2) or None: transformers
+        self.task = TaskPrefix(stack, ct2)  # <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|> per window
         self.items: list[tuple[int, object]] = []  # (file index, samples)
         for fi, path in enumerate(paths):
             for chunk in iter_chunks(load_audio(path), SAMPLE_RATE, cfg.chunk_seconds):
@@ -157,20 +160,23 @@ class Windows:
         fe, model = self.stack.processor.feature_extractor, self.stack.model
         device = next(model.parameters()).device
         feats = fe([self.items[n][1] for n in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        if self.ct2 is not None:
+            return self.ct2.encode(feats.numpy())
         return _base(model).get_encoder()(feats.to(device)).last_hidden_state
 
     def decode(self, states: torch.Tensor, batch: list[int], prompts: Sequence[list[int] | None]) -> list[str]:
         """Transcripts of the windows ``batch`` (encoder ``states``), each under its prompt ids (or none)."""
         stack = self.stack
         tok = stack.processor.tokenizer
-        special = special_ids(tok)
-        prefixes = [[*(p or []), special["sot"], special["notimestamps"]] for p in prompts]
+        prefixes = [[*(p or []), *task] for p, task in zip(prompts, self.task.prefixes(states, batch))]
         limits = [self.limit(n) for n in batch]
         beams = stack.recipe.inference.num_beams
         ids = (
-            greedy_decode(stack.model, states, prefixes, limits)
+            self.ct2.generate(states, prefixes, limits, beams)
+            if self.ct2 is not None
+            else greedy_decode(stack.model, states, prefixes, limits)
             if beams == 1
-            else _beam_decode(stack.model, states, prefixes, limits, beams)
+            else _beam_decode(stack.model, states, prefixes, limits, beams, self.task)
         )
         return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
 
@@ -205,6 +211,11 @@ class SpeechPredictor:
 
     def __init__(self, stack):
         self.stack = stack
+        self.ct2 = None
+        if stack.recipe.inference.engine == "ctranslate2":
+            from mmadapt.modalities.speech.ct2_engine import stack_ct2
+
+            self.ct2 = stack_ct2(stack, stack.recipe.inference.compute_type)  # converted once per predictor
 
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
         if self.stack.shared is None:
@@ -217,7 +228,7 @@ class SpeechPredictor:
         stack = self.stack
         static_terms = list(stack.prompt_terms or [])
         static = prompt_token_ids(stack, static_terms)
-        windows = Windows(stack, inputs)
+        windows = Windows(stack, inputs, self.ct2)
         first: dict[int, str] = {}
         second: dict[int, str] = {}
         used: dict[int, list[str]] = {}

@@ -1,7 +1,8 @@
 """Whisper training data for the shared loop: decoder sequences with the loss on the transcript.
 
-The decoder input is ``[<|startofprev|> prompt] <|startoftranscript|> <|notimestamps|>
-transcript <|endoftext|>``, built with the stack fitted so far: the static vocabulary
+The decoder input is ``[<|startofprev|> prompt] <|startoftranscript|> [<|lang|> <|task|>]
+<|notimestamps|> transcript <|endoftext|>`` (language and task for multilingual checkpoints,
+see language.py), built with the stack fitted so far: the static vocabulary
 prompt (or none); with retrieval, each utterance also appears a second time prompted with
 its own terms mixed with random distractors from the vocabulary, so the model learns to
 use a prompt without trusting it blindly, and still transcribes well without one (the
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from mmadapt.engine import trainer
 from mmadapt.errors import DataError
 from mmadapt.modalities.speech.audio import SAMPLE_RATE, load_audio
+from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.modalities.speech.predict import fit_terms, prompt_token_ids, special_ids
 from mmadapt.protocols import DataBundle, FitContext, FitReport
 
@@ -41,17 +43,22 @@ def _retrieval_terms(stack, example, rng: random.Random) -> list[str]:
     return fit_terms(stack, list(dict.fromkeys([*terms, *(stack.prompt_terms or [])])), stack.max_prompt_tokens)
 
 
-def encode_examples(stack, data: DataBundle, seed: int, max_len: int = 440) -> list[tuple[list[int], list[int], int]]:
+def encode_examples(
+    stack, data: DataBundle, seed: int, max_len: int = 440, languages: list[int | None] | None = None
+) -> list[tuple[list[int], list[int], int]]:
     """(decoder input ids, target ids, train utterance index) per training sequence; targets are
     IGNORE on the prefix. The prefix is the stack's static prompt; with retrieval each utterance
     gives two sequences, one per pass: the first pass's (static prompt) and the second pass's
     (retrieved-style terms), so the model still transcribes well without the terms it is later
-    prompted with, and the first pass it retrieves from stays good."""
+    prompted with, and the first pass it retrieves from stays good. ``languages``: each train
+    utterance's language token (multilingual checkpoints; see :func:`train_languages`)."""
     examples = [e for e in data.train if e.reference]
     if not examples:
         raise DataError("training needs train utterances with transcriptions", path=stack.recipe.data.train, fix="set data.train")
     tok = stack.processor.tokenizer
     special = special_ids(tok)
+    task = TaskPrefix(stack)
+    languages = languages or task.language_ids(None, range(len(examples)))
     rng = random.Random(seed)
     out = []
     for index, example in enumerate(examples):
@@ -60,7 +67,7 @@ def encode_examples(stack, data: DataBundle, seed: int, max_len: int = 440) -> l
             prompts.append(_retrieval_terms(stack, example, rng))
         text = tok.encode(" " + example.reference, add_special_tokens=False)
         for terms in prompts:
-            prefix = [*(prompt_token_ids(stack, terms) or []), special["sot"], special["notimestamps"]]
+            prefix = [*(prompt_token_ids(stack, terms) or []), *task.prefix(languages[index])]
             seq = (prefix + text + [special["eot"]])[:max_len]
             inputs, targets = seq[:-1], seq[1:]
             targets = [IGNORE if i < len(prefix) - 1 else t for i, t in enumerate(targets)]
@@ -87,6 +94,19 @@ def audio_features(stack, data: DataBundle, progress: bool) -> tuple[torch.Tenso
     return torch.stack(feats), states
 
 
+def train_languages(stack, model, features: torch.Tensor, states: torch.Tensor | None, batch: int = 8) -> list[int | None]:
+    """Each train clip's language token: the forced one, None (English-only), or with ``auto`` detected
+    once from its encoder ``states`` (computed here from ``features`` when the encoder trains)."""
+    task = TaskPrefix(stack)
+    if not task.detects:
+        return task.language_ids(None, range(len(features)))
+    out: list[int | None] = []
+    for i in range(0, len(features), batch):
+        chunk = states[i : i + batch] if states is not None else cached_encoder_states(model, features[i : i + batch])
+        out.extend(task.language_ids(chunk, list(range(i, i + len(chunk)))))
+    return out
+
+
 @torch.inference_mode()
 def cached_encoder_states(model, features: torch.Tensor, batch: int = 8, progress: bool = False) -> torch.Tensor:
     encoder = model.get_encoder()
@@ -102,7 +122,6 @@ def train_whisper(
     """Train ``model`` (peft-wrapped or the full Whisper) on the train split with the shared loop;
     ``trim`` (frozen encoder only): cross-attend to the clip's audio states + 1 s while training."""
     config = overrides.apply(stack.recipe.train) if overrides is not None else stack.recipe.train
-    encoded = encode_examples(stack, data, config.seed)
     features, audio_states = audio_features(stack, data, ctx.progress)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if freeze_encoder:
@@ -111,6 +130,8 @@ def train_whisper(
         encoder_input = cached_encoder_states(base, features, progress=ctx.progress)
     else:
         encoder_input = features
+    languages = train_languages(stack, base, features, encoder_input if freeze_encoder else None)
+    encoded = encode_examples(stack, data, config.seed, languages=languages)
     pad = special_ids(stack.processor.tokenizer)["eot"]
 
     def collate(indices: list[int]):

@@ -73,7 +73,7 @@ class TextModality(Modality):
     def predictor(self, stack: TextStack) -> TextPredictor:
         return TextPredictor(stack)
 
-    def export_model(self, stack: TextStack, out_dir: Path) -> list[str]:
+    def export_model(self, stack: TextStack, out_dir: Path, format: str = "transformers") -> list[str]:
         from mmadapt.engine.export import save_model_folder
 
         return save_model_folder(stack.model, out_dir, stack.tokenizer)
