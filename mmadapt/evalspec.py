@@ -96,6 +96,9 @@ class SuiteFile(StrictModel):
     bars: dict[str, float] = Field(
         default_factory=dict, description="metric -> minimum (maximum for the modality's lower-is-better metrics)"
     )
+    recipes: list[str] | None = Field(
+        None, description="names of the recipes `eval --all` holds to this suite; default: every recipe of its modality"
+    )
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Suite:
     source: Path
     description: str = ""
     lower_is_better: frozenset[str] = field(default_factory=frozenset)
+    recipes: frozenset[str] | None = None  # eval --all: only these recipe names (None: every recipe of the modality)
 
     def check(self, metrics: Mapping[str, Any]) -> list[str]:
         """The bars ``metrics`` miss, e.g. ``'fact_accuracy 0.10 < 0.30'`` or ``'wer 0.21 > 0.15'``."""
@@ -155,7 +159,9 @@ def load_suite(path: str | Path) -> Suite:
         sets.append(found)
     if errors:
         raise SuiteError("; ".join(errors), path=path)
-    return Suite(top.name, top.modality, sets, metrics, dict(top.bars), path, top.description, frozenset(modality.lower_is_better) | GUARD_LOWER_IS_BETTER)
+    return Suite(top.name, top.modality, sets, metrics, dict(top.bars), path, top.description,
+                 frozenset(modality.lower_is_better) | GUARD_LOWER_IS_BETTER,
+                 None if top.recipes is None else frozenset(top.recipes))
 
 
 def find_suite(value: str, source: str | Path | None) -> Path | None:

@@ -230,7 +230,8 @@ def run_all(
     suites_dir: str | Path = "eval", recipes_dir: str | Path = "recipes", *, progress: bool = False,
     announce: Callable[[str], None] | None = None,
 ) -> AllResult:
-    """Every suite of ``suites_dir`` on the current version of every recipe under ``recipes_dir`` of its modality.
+    """Every suite of ``suites_dir`` on the current version of every recipe under ``recipes_dir`` of its modality
+    (only the recipes a suite names under ``recipes:``, where it names any).
 
     Recipes never run are skipped (and listed); a bad suite or recipe file is a one-line error
     before anything is scored. ``announce`` is told each (suite, version) before it is scored.
@@ -247,7 +248,7 @@ def run_all(
     rows, skipped, seen = [], [], set()
     for suite, path in zip(suites, suite_files):
         for recipe_path, recipe in recipes:
-            if recipe.modality != suite.modality:
+            if recipe.modality != suite.modality or (suite.recipes is not None and recipe.name not in suite.recipes):
                 continue
             rdir = recipe_dir(recipe.output_dir, recipe.name)
             name = current_version(rdir) if versions(rdir) else None

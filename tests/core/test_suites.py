@@ -193,6 +193,16 @@ def test_eval_all_runs_every_suite_on_every_run_recipe_of_its_modality(spell):
     assert out.exit_code == 2 and out.output == "error: eval/broken.yaml: modality: required key is missing; sets: required key is missing\n"
 
 
+def test_eval_all_holds_only_the_recipes_a_suite_names(spell):
+    good, other = spell(), spell(name="other")
+    _run(good)
+    _run(other)
+    suite = good.parent.parent / "eval" / "spell-heldout.yaml"
+    suite.write_text(suite.read_text() + "recipes: [other]\n")
+    report = json.loads(CliRunner().invoke(main, ["eval", "--all", "--quiet", "--json"]).stdout)
+    assert [row["recipe"] for row in report["rows"]] == ["other"]
+
+
 # ---------------------------------------------------------------- the promote gate
 
 
