@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mmadapt.config import StrictModel
+from mmadapt.modalities.speech.fallback import FallbackConfig
 
 
 class SpeechData(StrictModel):
@@ -22,3 +23,4 @@ class SpeechInference(StrictModel):
     batch_size: int = Field(8, ge=1, le=256, description="windows per encoder/decoder batch")
     num_beams: int = Field(1, ge=1, le=16, description="1 = greedy (batched, mixed prompts); > 1 = beam search via generate")
     chunk_seconds: float = Field(30.0, gt=1.0, le=30.0)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig, description="temperature fallback (fallback.py)")

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE
 from mmadapt.protocols import Stack
 
 
@@ -46,6 +47,8 @@ class SpeechStack(Stack):
         self.processor = processor
         self.vocabulary: list[str] = vocabulary
         self.prompt_terms: list[str] | None = None  # static decoder prompt (prompt strategy)
-        self.prompt_template = "{terms}"
+        self.prompt_template = DEFAULT_TEMPLATE  # a per-request vocabulary's prompt when no strategy sets one
         self.max_prompt_tokens = 200
         self.retriever = None  # per-utterance terms (retrieval strategy)
+        self.boost = None  # BoostConfig (boost.py) of the prompt or retrieval strategy, or None
+        self.boost_passes: set[str] = set()  # "static": boost the prompt's terms; "retrieved": the retrieved ones
