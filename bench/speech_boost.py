@@ -7,6 +7,7 @@ the stack as their ``compose`` does) and is scored by the speech modality's metr
 * ``SPLIT base`` — no prompt;
 * ``SPLIT prompt[template]`` — the vocabulary as the decoder prompt;
 * ``SPLIT prompt+boost[w=W]`` — plus the boost at weight W (other keys at their defaults);
+* ``SPLIT boost:W`` — the vocabulary boosted without the prompt (``boost: {with_prompt: false}``);
 * ``SPLIT retrieval[300]`` / ``retrieval+boost`` — per-utterance terms of ``vocabulary-300.txt``.
 
     HF_HUB_OFFLINE=1 python bench/speech_boost.py --split eval --configs base prompt prompt+boost:4 ...
@@ -55,11 +56,16 @@ def cache_encoder() -> None:
 
 
 def configure(stack, config: str, vocabulary: list[str], vocab300: list[str], template: str) -> None:
+    config, _, own_template = config.partition("@")  # prompt@TEMPLATE: another template
+    template = own_template or template
     name, _, arg = config.partition(":")
     stack.prompt_terms, stack.retriever, stack.boost, stack.boost_passes = None, None, None, set()
     stack.prompt_template, stack.max_prompt_tokens = template, 200
     boost = BoostConfig(**json.loads(arg)) if arg.startswith("{") else (BoostConfig(weight=float(arg)) if arg else None)
-    if name.startswith("prompt"):
+    if name == "boost":  # the prompt strategy's terms boosted, not in the decoder prompt
+        stack.prompt_terms = fit_terms(stack, vocabulary, 200)
+        stack.boost, stack.boost_passes = (boost or BoostConfig()).model_copy(update={"with_prompt": False}), {"static"}
+    elif name.startswith("prompt"):
         stack.prompt_terms = fit_terms(stack, vocabulary, 200)
         if "boost" in name:
             stack.boost, stack.boost_passes = boost or BoostConfig(), {"static"}

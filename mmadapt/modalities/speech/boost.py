@@ -32,15 +32,18 @@ class BoostConfig(StrictModel):
     weight: float = Field(4.0, ge=0.0, le=50.0, description="log-prob added to a started term's next token")
     first_weight: float = Field(0.0, ge=0.0, le=50.0, description="log-prob added to every term's first token")
     max_terms: int = Field(100, ge=1, le=5000, description="terms boosted per utterance (first in prompt/retrieval order)")
-    min_logprob: float = Field(
-        -12.0, le=0.0, description="boost a continuation only where the model's own log-prob is at least this"
+    min_logprob: float = Field(-6.0, le=0.0, description="boost a token only where the model's own log-prob is at least this")
+    with_prompt: bool = Field(True, description="prompt strategy: also put the terms in the decoder prompt (false: boost alone)")
+    min_prefix_chars: int = Field(
+        3, ge=0, le=20, description="push a term on only once this many of its characters are decoded (one letter is not a start)"
     )
 
 
 class TermTrie:
     """Token sequences of terms (nested dicts token -> node); ``spaced`` match anywhere, ``bare`` only at the start."""
 
-    def __init__(self, tokenizer, terms: Sequence[str]):
+    def __init__(self, tokenizer, terms: Sequence[str], min_prefix_chars: int = 0):
+        self.min_chars = min_prefix_chars
         self.spaced: dict = {}
         self.bare: dict = {}
         self.depth = 0
@@ -50,13 +53,14 @@ class TermTrie:
                 continue
             forms = dict.fromkeys([term, term[0].upper() + term[1:]])
             for form in forms:
-                self._add(self.spaced, tokenizer.encode(" " + form, add_special_tokens=False))
-                self._add(self.bare, tokenizer.encode(form, add_special_tokens=False))
+                self._add(self.spaced, tokenizer.encode(" " + form, add_special_tokens=False), tokenizer)
+                self._add(self.bare, tokenizer.encode(form, add_special_tokens=False), tokenizer)
 
-    def _add(self, root: dict, ids: list[int]) -> None:
+    def _add(self, root: dict, ids: list[int], tokenizer) -> None:
         node = root
-        for token in ids:
-            node = node.setdefault(int(token), {})
+        for n, token in enumerate(ids):
+            # a node's key None: the term's characters decoded up to here (its continuations wait for min_prefix_chars)
+            node = node.setdefault(int(token), {None: len(tokenizer.decode(ids[: n + 1]).strip())})
         self.depth = max(self.depth, len(ids))
 
     def next_tokens(self, generated: Sequence[int]) -> tuple[set[int], set[int]]:
@@ -70,8 +74,8 @@ class TermTrie:
                     node = node.get(token)
                     if node is None:
                         break
-                if node:
-                    cont.update(node)
+                if node and node[None] >= self.min_chars:
+                    cont.update(k for k in node if k is not None)
         first = set(self.spaced) | (set(self.bare) if n == 0 else set())
         return cont, first
 
@@ -120,6 +124,6 @@ def boost_processor(stack, terms_per_row: Sequence[Sequence[str] | None], *, bea
     for terms in terms_per_row:
         key = tuple(terms or ())[: config.max_terms]
         if key and key not in cache:
-            cache[key] = TermTrie(tok, key)
+            cache[key] = TermTrie(tok, key, config.min_prefix_chars)
         tries.append(cache.get(key))
     return VocabularyBoost(tries, config, beams=beams, marker=marker)

@@ -35,7 +35,8 @@ def special_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-DEFAULT_TEMPLATE = "We talked about {terms}."  # reads like a transcript, so Whisper keeps sentence form
+DEFAULT_TEMPLATE = "{terms}. Okay, let us get started. The first thing I want to look at is the plan for this week."
+# ^ the terms, then a sentence as a transcript reads: Whisper continues in the style of what it saw last
 
 
 def prompt_text(stack, terms: Sequence[str]) -> str:
@@ -317,7 +318,8 @@ class SpeechPredictor:
                 check_vocabulary(stack, req.vocabulary, f"vocabulary of {req.audio}")
         plans = [self._plan(req) for req in requests]
         statics = [terms for terms, _r in plans]
-        static_ids = [prompt_token_ids(stack, terms) for terms in statics]
+        boost_alone = "static" in stack.boost_passes and not stack.boost.with_prompt
+        static_ids = [None if boost_alone else prompt_token_ids(stack, terms) for terms in statics]
         windows = Windows(stack, [str(x) for x in inputs])
         first: dict[int, str] = {}
         second: dict[int, str] = {}
