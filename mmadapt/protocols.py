@@ -171,6 +171,9 @@ class Modality(ABC):
     * ``metrics``, ``default_metrics``, ``primary_metric`` and ``lower_is_better`` (the metrics
       where a smaller value is better, e.g. WER; every other metric is higher-is-better);
     * ``input_keys``: the keys of a batch JSONL record that hold its input, first found wins;
+    * ``option_keys`` (optional, default none): per-request settings a batch record (and ``ask``,
+      the library) may give beside the input, e.g. speech's ``vocabulary``; :meth:`request_input`
+      folds them into the predictor's input;
     * ``api_endpoint``: the OpenAI endpoint ``mmadapt serve`` answers for it, one of
       :data:`API_ENDPOINTS` (``chat.completions`` | ``audio.transcriptions`` | ``images.generations``);
     * ``guard_surface``: what the ``guard:`` rules may read of its inputs and predictions (:class:`GuardSurface`).
@@ -185,6 +188,7 @@ class Modality(ABC):
     primary_metric: ClassVar[str]
     lower_is_better: ClassVar[frozenset[str]]
     input_keys: ClassVar[tuple[str, ...]]
+    option_keys: ClassVar[tuple[str, ...]] = ()
     api_endpoint: ClassVar[str]
     guard_surface: ClassVar[GuardSurface]
 
@@ -277,6 +281,16 @@ class Modality(ABC):
 
     # ---- optional
     export_formats: ClassVar[tuple[str, ...]] = ("transformers",)  # what ``export_model`` can write
+
+    def request_input(self, input: Any, options: dict[str, Any], source: str) -> Any:
+        """One predictor input from an input and its per-request ``options`` (keys of :attr:`option_keys`;
+        ``source`` names where they came from, for errors). With no options: the input unchanged."""
+        from mmadapt.errors import MmadaptError
+
+        if options:
+            raise MmadaptError(f"{', '.join(sorted(options))}: not an option of the {self.name} modality", path=source,
+                               fix=f"options: {', '.join(self.option_keys) or 'none'}")
+        return input
 
     def export_model(self, stack: Stack, out_dir: Path, format: str = "transformers") -> list[str]:
         """Write the composed stack's weights into ``out_dir`` as one servable model folder

@@ -74,17 +74,26 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
 @click.command()
 @click.argument("version_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-def ask(version_dir: str, inputs: tuple[str, ...]) -> None:
+@click.option("--vocabulary", type=click.Path(dir_okay=False), default=None,
+              help="A vocabulary file (one term a line) for these inputs instead of the artifact's "
+              "(modalities whose option_keys name `vocabulary`: speech).")
+def ask(version_dir: str, inputs: tuple[str, ...], vocabulary: str | None) -> None:
     """Load a saved artifact and predict for INPUTS (questions, audio files, prompts).
 
     \b
-    Example:
+    Examples:
       mmadapt ask runs/zentrix-support/v0001 "Which port does the Zentrix gateway use?"
+      mmadapt ask runs/speech-domain-vocab/v0001 call.wav --vocabulary customer-terms.txt
     """
+    from mmadapt.engine.artifact import read_manifest
     from mmadapt.engine.runner import load_artifact
+    from mmadapt.protocols import get_modality
 
+    modality = get_modality(read_manifest(Path(version_dir))["modality"])
+    options = {"vocabulary": vocabulary} if vocabulary else {}
+    requests = [modality.request_input(item, options, vocabulary or "--vocabulary") for item in inputs]  # bad options: exit 2 before loading
     loaded = load_artifact(version_dir)
-    for item, pred in zip(inputs, loaded.predictor.predict(list(inputs))):
+    for item, pred in zip(inputs, loaded.predictor.predict(requests)):
         click.echo(loaded.modality.show(item, pred))
 
 

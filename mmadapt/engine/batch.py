@@ -40,11 +40,12 @@ class BatchReport:
     world_size: int = 1
 
 
-def read_inputs(path: str | Path, input_keys: Sequence[str]) -> list[tuple[str, Any]]:
+def read_inputs(path: str | Path, input_keys: Sequence[str], option_keys: Sequence[str] = (), options: dict[str, dict] | None = None) -> list[tuple[str, Any]]:
     """(id, input) per input: a folder gives its files (sorted); a .jsonl file one record per line
     (a string, or an object with an ``id`` and one of ``input_keys`` — the modality's
     :attr:`~mmadapt.protocols.Modality.input_keys`, first found wins); any other file one input
-    per non-empty line."""
+    per non-empty line. A record's ``option_keys`` (the modality's per-request settings) go to
+    ``options[id]`` when a dict is passed."""
     path = Path(path)
     if not path.exists():
         raise DataError("inputs not found", path=path, fix="pass a file of inputs or a folder of files")
@@ -72,7 +73,11 @@ def read_inputs(path: str | Path, input_keys: Sequence[str]) -> list[tuple[str, 
                 key = next((k for k in input_keys if k in record), None)
                 if key is None:
                     raise DataError(f"line {number}: no input key (one of {', '.join(input_keys)})", path=path)
-                items.append((str(record.get("id", f"line-{number}")), record[key]))
+                item_id = str(record.get("id", f"line-{number}"))
+                items.append((item_id, record[key]))
+                given = {k: record[k] for k in option_keys if k in record}
+                if given and options is not None:
+                    options[item_id] = {**given, "_source": f"{path}:{number}"}
             else:
                 items.append((f"line-{number}", record))
     if not items:
@@ -147,8 +152,16 @@ def run_batch(
     files_dir = output.with_name(output.name + ".files")
     version_dir = resolve_target(target, output_dir)
     modality = get_modality(read_manifest(version_dir)["modality"])
-    items = read_inputs(inputs, modality.input_keys)
+    options: dict[str, dict] = {}
+    items = read_inputs(inputs, modality.input_keys, modality.option_keys, options)
+    requests = {}  # per-request options folded into the predictor's input, checked before anything is written
+    for item_id, value in items:
+        if item_id in options:
+            given = dict(options[item_id])
+            requests[item_id] = modality.request_input(value, given, given.pop("_source"))
     plan = _plan(items, version_dir, shard_size)
+    if options:
+        plan["options_sha256"] = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
 
     if distributed.is_main():
         try:
@@ -191,7 +204,7 @@ def run_batch(
 
             predictor = load_artifact(version_dir).predictor
         start = k * shard_size
-        predictions = predictor.predict([x for _, x in chunks[k]], progress=progress)
+        predictions = predictor.predict([requests.get(i, x) for i, x in chunks[k]], progress=progress)
         lines = []
         for offset, ((item_id, value), pred) in enumerate(zip(chunks[k], predictions, strict=True)):
             index = start + offset

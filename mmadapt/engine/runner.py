@@ -7,7 +7,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +19,7 @@ from mmadapt.engine.evaluate import EvalResult, evaluate
 from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
 from mmadapt.errors import ArtifactError, MmadaptError
 from mmadapt.guard.apply import guarded
-from mmadapt.protocols import FitContext, FitReport, Modality, Predictor, Stack, get_modality
+from mmadapt.protocols import FitContext, FitReport, Modality, Prediction, Predictor, Stack, get_modality
 from mmadapt.recipe import Recipe, recipe_from_resolved
 
 PACKAGES = ("mmadapt", "torch", "transformers", "peft", "diffusers", "sentence-transformers", "open-clip-torch", "torchaudio")
@@ -166,6 +166,12 @@ class LoadedArtifact:
     modality: Modality
     stack: Stack
     predictor: Predictor
+
+    def predict(self, inputs: Sequence[Any], *, progress: bool = False, **options: Any) -> list[Prediction]:
+        """Predict ``inputs``, each with the per-request ``options`` the modality declares
+        (:attr:`~mmadapt.protocols.Modality.option_keys`, e.g. ``vocabulary=["Zentrix", ...]`` for speech)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return self.predictor.predict([self.modality.request_input(x, given, "predict()") for x in inputs], progress=progress)
 
 
 def load_artifact(version_dir: str | Path, bases: dict[tuple, Stack] | None = None) -> LoadedArtifact:

@@ -253,7 +253,7 @@ def paired_vs_base(rows: list[dict[str, Any]], version_dirs: Sequence[Path], see
             if len(pairs) < 2:
                 continue
             test = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
-            row[f"{metric}_vs_base"] = {k: round(v, 4) for k, v in test.items()}
+            row[f"{metric}_vs_base"] = {**{k: round(v, 4) for k, v in test.items()}, "n": len(pairs), "of": len(ids)}
 
 
 def paired_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -266,7 +266,9 @@ def paired_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
         shown = {"stack": label_of(row)}
         for m in metrics:
             t = row.get(f"{m}_vs_base")
-            shown[f"Δ {m}"] = "-" if t is None else f"{t['diff']:+.3f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] p={t['p_value']:.3f}"
+            shown[f"Δ {m}"] = "-" if t is None else f"{t['diff']:+.3f} [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}] p={t['p_value']:.3f}" + (
+                f" n={t['n']}/{t['of']}" if t.get("n", 0) < t.get("of", 0) else ""  # a metric undefined on some clips
+            )
         out.append(shown)
     return (out, ["stack", *[f"Δ {m}" for m in metrics]]) if metrics else ([], [])
 

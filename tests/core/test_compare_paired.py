@@ -27,10 +27,20 @@ def test_paired_difference_to_base(tmp_path):
     assert "m_vs_base" not in rows[0]
     gain = rows[1]["m_vs_base"]
     assert abs(gain["diff"] - 0.05) < 1e-9 and gain["ci_low"] > 0.049 and gain["p_value"] == 0.0
-    assert rows[2]["m_vs_base"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    assert rows[2]["m_vs_base"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0, "n": 6, "of": 6}
     shown, columns = paired_rows(rows)
     assert columns == ["stack", "Δ m"] and [r["stack"] for r in shown] == ["adapter", "prompt"]
     assert shown[0]["Δ m"].startswith("+0.050 [+0.05, +0.05]")
+
+
+def test_a_paired_test_on_some_clips_says_how_many(tmp_path):
+    rows = [{"stack": "base", "m": 0.5, "m_ci": [0, 1]}, {"stack": "prompt", "m": 0.5, "m_ci": [0, 1]}]
+    base = _version(tmp_path / "base", [0.1, 0.5, 0.2])
+    other = tmp_path / "prompt"
+    other.mkdir()
+    (other / "predictions.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "m": v}) + "\n" for i, v in enumerate([0.2, None, 0.3])))
+    paired_vs_base(rows, [base, other])
+    assert rows[1]["m_vs_base"]["n"] == 2 and paired_rows(rows)[0][0]["Δ m"].endswith("n=2/3")
 
 
 def test_no_base_row_no_paired_columns(tmp_path):

@@ -63,7 +63,7 @@ def test_substituted_term_is_a_biased_error():
     assert r["b_wer"] == 0.5 and r["u_wer"] == 0.0
     assert (r["terms_ref"], r["terms_hyp"], r["term_hits"]) == (2, 1, 1)
     assert r["term_recall"] == 0.5 and r["term_precision"] == 1.0
-    assert r["missed_terms"] == ["zentrix"] and r["false_terms"] == []
+    assert r["missed_terms"] == ["zentrix"] and r["false_term_names"] == [] and r["false_terms"] == 0
     # CER: "zentrix" -> "centrics" is 3 character edits over the 39 characters of the normalised reference
     assert r["ref_chars"] == len("the zentrix dashboard shows p99 latency") == 39
     assert r["char_errors"] == 3 and r["cer"] == pytest.approx(3 / 39)
@@ -84,7 +84,7 @@ def test_inserted_term_is_a_biased_insertion_and_a_false_term():
     assert r["b_words"] == 0 and r["b_wer"] is None and r["u_wer"] == 0.0
     assert r["wer"] == pytest.approx(1 / 3)
     assert r["term_recall"] is None and r["term_precision"] == 0.0
-    assert r["false_terms"] == ["flarn cache"]
+    assert r["false_term_names"] == ["flarn cache"] and r["false_terms"] == 1
 
 
 def test_plain_insertion_is_unbiased():
@@ -97,7 +97,7 @@ def test_repeated_terms_are_counted_per_occurrence():
     r = score_utterance("Zentrix talks to Zentrix", "Zentrix talks to Zentrix and Zentrix", VOCAB)
     assert (r["terms_ref"], r["terms_hyp"], r["term_hits"]) == (2, 3, 2)
     assert r["term_recall"] == 1.0 and r["term_precision"] == pytest.approx(2 / 3)
-    assert r["false_terms"] == ["zentrix"]
+    assert r["false_term_names"] == ["zentrix"] and r["false_alarm_rate"] == 1.0
 
 
 def test_empty_reference_and_hypothesis():

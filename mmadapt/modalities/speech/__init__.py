@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmadapt.errors import RequestError
+from mmadapt.errors import DataError, RequestError
 from mmadapt.modalities.speech import data as speech_data
 from mmadapt.modalities.speech import metrics as speech_metrics
 from mmadapt.modalities.speech.adapter import SpeechAdapterStrategy
@@ -14,12 +14,13 @@ from mmadapt.modalities.speech.config import SpeechData, SpeechInference
 from mmadapt.modalities.speech.data import read_vocabulary
 from mmadapt.modalities.speech.full import SpeechFullStrategy
 from mmadapt.modalities.speech.model import SpeechStack, load_whisper
-from mmadapt.modalities.speech.predict import SpeechPredictor
+from mmadapt.modalities.speech.predict import SpeechPredictor, SpeechRequest
 from mmadapt.modalities.speech.prompt import SpeechPromptStrategy
 from mmadapt.modalities.speech.retrieval import SpeechRetrievalStrategy
 from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
 
-METRICS = ("wer", "cer", "b_wer", "u_wer", "term_recall", "term_precision", "mean_wer", "median_wer")
+METRICS = ("wer", "cer", "b_wer", "u_wer", "term_recall", "term_precision", "mean_wer", "median_wer",
+           "false_terms", "false_alarm_rate", "style")
 
 
 class SpeechModality(Modality):
@@ -35,8 +36,9 @@ class SpeechModality(Modality):
     metrics = METRICS
     default_metrics = ("wer", "b_wer", "u_wer", "term_recall", "term_precision", "cer", "median_wer")
     primary_metric = "b_wer"
-    lower_is_better = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer"})
+    lower_is_better = frozenset({"wer", "cer", "b_wer", "u_wer", "mean_wer", "median_wer", "false_terms", "false_alarm_rate", "style"})
     input_keys = ("audio", "file_name", "path", "input")
+    option_keys = ("vocabulary",)
     api_endpoint = "audio.transcriptions"
     guard_surface = GuardSurface(words="output", output_text=True, escalation=False)  # the transcript is the user's words
 
@@ -75,6 +77,26 @@ class SpeechModality(Modality):
 
     export_formats = ("transformers", "ct2")
 
+    def request_input(self, input: Any, options: dict[str, Any], source: str) -> Any:
+        """A clip with its own ``vocabulary``: a list of terms, or a vocabulary file (one term a line;
+        a relative path is read from the current folder). No options: the path unchanged."""
+        unknown = sorted(set(options) - set(self.option_keys))
+        if unknown:
+            raise RequestError(f"{', '.join(unknown)}: not an option of speech inputs", fix="options: vocabulary")
+        vocabulary = options.get("vocabulary")
+        if vocabulary is None:
+            return input
+        if isinstance(vocabulary, str):
+            terms = read_vocabulary(Path(vocabulary))
+        elif isinstance(vocabulary, list) and all(isinstance(t, str) for t in vocabulary):
+            terms = [t.strip() for t in vocabulary if t.strip()]
+        else:
+            raise DataError("vocabulary must be a list of terms or a file path", path=source, fix='e.g. "vocabulary": ["Zentrix", "QPX-9"]')
+        if not terms:
+            raise DataError("the vocabulary is empty", path=source, fix="give one term or more")
+        return SpeechRequest(str(input), tuple(dict.fromkeys(terms)))
+
+
     def export_model(self, stack: SpeechStack, out_dir: Path, format: str = "transformers") -> list[str]:
         """A transformers folder, or (``ct2``) a CTranslate2 Whisper folder that faster-whisper loads."""
         from mmadapt.engine.export import merge_adapters, save_model_folder
@@ -95,6 +117,7 @@ class SpeechModality(Modality):
         for pred, ex in zip(predictions, examples):
             row = speech_metrics.score_utterance(ex.reference, pred.output, terms, id=ex.id)
             row["prompt_terms"] = pred.sources
+            row["temperature"] = pred.info.get("temperature", 0.0)
             rows.append(row)
         return rows
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mmadapt.config import StrictModel
+from mmadapt.modalities.speech.fallback import FallbackConfig
 
 
 class SpeechData(StrictModel):
@@ -45,3 +46,4 @@ class SpeechInference(StrictModel):
         from mmadapt.modalities.speech.language import language_code
 
         return language_code(value)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig, description="temperature fallback (fallback.py)")

@@ -35,6 +35,14 @@ Term recall / precision
     (a term in the hypothesis that the reference does not hold is a false term insertion).
     An undefined ratio (0 / 0) is ``None``.
 
+False alarms and style (defined on every clip, so paired differences cover every clip)
+    ``false_terms``: how many vocabulary terms the hypothesis writes beyond those said (0 where
+    none; the terms themselves are in ``false_term_names``); ``false_alarm_rate``: 1.0 when a
+    clip has any, else 0.0 (corpus: the share of clips with a false alarm, and ``false_terms``
+    the mean per clip). ``style``: 1.0 when the transcript came out as a comma list of short
+    items (the style of a ``Glossary:`` prompt) rather than a sentence (:func:`is_comma_list`);
+    the corpus figure is the share of such clips.
+
 Aggregates
     :func:`aggregate` sums counts over utterances (corpus WER = all word errors / all
     reference words, likewise CER, B-WER, U-WER, recall, precision) and adds the mean
@@ -234,6 +242,12 @@ def _utterance_rate(errors: int, n: int) -> float:
     return 0.0 if errors == 0 else 1.0
 
 
+def is_comma_list(text: str) -> bool:
+    """Three or more comma-separated items, all of at most three words but possibly one."""
+    items = [item.strip() for item in text.strip().rstrip(".!?").split(",")]
+    return len(items) >= 3 and sum(len(item.split()) <= 3 for item in items) >= len(items) - 1
+
+
 def score_utterance(reference: str, hypothesis: str, terms: Iterable[str] = (), id: str = "") -> dict[str, Any]:
     """Every metric of one utterance as a flat row (counts too, so rows can be aggregated).
 
@@ -260,6 +274,7 @@ def score_utterance(reference: str, hypothesis: str, terms: Iterable[str] = (), 
     ref_terms, hyp_terms = _term_occurrences(ref_owner), _term_occurrences(hyp_owner)
     hits = {t: min(c, hyp_terms.get(t, 0)) for t, c in ref_terms.items()}
     n_hits = sum(hits.values())
+    false = sorted(t for t, c in hyp_terms.items() for _ in range(c - min(c, ref_terms.get(t, 0))))
     ref_text, hyp_text = " ".join(ref_words), " ".join(hyp_words)
     char_errors = char_edit_distance(ref_text, hyp_text)
     return {
@@ -289,7 +304,10 @@ def score_utterance(reference: str, hypothesis: str, terms: Iterable[str] = (), 
         "term_recall": _ratio(n_hits, sum(ref_terms.values())),
         "term_precision": _ratio(n_hits, sum(hyp_terms.values())),
         "missed_terms": sorted(t for t, c in ref_terms.items() for _ in range(c - hits[t])),
-        "false_terms": sorted(t for t, c in hyp_terms.items() for _ in range(c - min(c, ref_terms.get(t, 0)))),
+        "false_term_names": false,
+        "false_terms": len(false),
+        "false_alarm_rate": 1.0 if false else 0.0,
+        "style": 1.0 if is_comma_list(hypothesis) else 0.0,
     }
 
 
@@ -319,6 +337,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "terms_ref": total("terms_ref"),
         "terms_hyp": total("terms_hyp"),
         "term_hits": total("term_hits"),
+        "false_terms": statistics.fmean(r["false_terms"] for r in rows) if rows else None,
+        "false_alarm_rate": statistics.fmean(r["false_alarm_rate"] for r in rows) if rows else None,
+        "style": statistics.fmean(r["style"] for r in rows) if rows else None,
     }
 
 

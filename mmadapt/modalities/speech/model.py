@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from mmadapt.modalities.speech.language import TaskPrefix
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 from mmadapt.protocols import Stack
 
@@ -65,9 +66,11 @@ class SpeechStack(Stack):
         self.processor = processor
         self.vocabulary: list[str] = vocabulary
         self.prompt_terms: list[str] | None = None  # static decoder prompt (prompt strategy)
-        self.prompt_template = "{terms}"
+        self.prompt_template = DEFAULT_TEMPLATE  # a per-request vocabulary's prompt when no strategy sets one
         self.max_prompt_tokens = 200
         self.retriever = None  # per-utterance terms (retrieval strategy)
         self.shared = None  # engine.shared.SharedBase when this stack shares its base (mmadapt serve)
         self.adapter: str | None = None  # the named adapter of the shared base this stack answers with
         TaskPrefix(self)  # a language or task the checkpoint cannot do fails here, in one line
+        self.boost = None  # BoostConfig (boost.py) of the prompt or retrieval strategy, or None
+        self.boost_passes: set[str] = set()  # "static": boost the prompt's terms; "retrieved": the retrieved ones

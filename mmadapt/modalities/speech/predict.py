@@ -14,11 +14,15 @@ loop of tiny.en cannot run past what the speech could need. ``num_beams > 1`` go
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from mmadapt.errors import DataError
 from mmadapt.modalities.speech.audio import SAMPLE_RATE, iter_chunks, load_audio
+from mmadapt.modalities.speech.boost import boost_processor
+from mmadapt.modalities.speech.fallback import decode_with_fallback
 from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.protocols import Prediction
 
@@ -30,6 +34,10 @@ def special_ids(tokenizer) -> dict[str, int]:
     }
     ids["eot"] = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     return ids
+
+
+DEFAULT_TEMPLATE = "{terms}. Okay, let us get started. The first thing I want to look at is the plan for this week."
+# ^ the terms, then a sentence as a transcript reads: Whisper continues in the style of what it saw last
 
 
 def prompt_text(stack, terms: Sequence[str]) -> str:
@@ -63,10 +71,22 @@ def _base(model):
 
 @torch.inference_mode()
 def greedy_decode(
-    model, encoder_states: torch.Tensor, prefixes: Sequence[Sequence[int]], limits: Sequence[int]
+    model,
+    encoder_states: torch.Tensor,
+    prefixes: Sequence[Sequence[int]],
+    limits: Sequence[int],
+    *,
+    logits_processor=None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    logprob_sums: list[float] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (up to ``<|endoftext|>``, which is dropped) of one decoder prefix per row,
-    each row bounded by its own limit; suppresses the tokens ``generate`` suppresses."""
+    each row bounded by its own limit; suppresses the tokens ``generate`` suppresses.
+
+    ``logits_processor(generated ids so far, logits) -> logits`` biases each step (boost.py);
+    ``temperature > 0`` samples instead (with ``generator``); ``logprob_sums`` (a list) receives each
+    row's summed log-probability of its tokens and end-of-text, as openai-whisper's fallback reads it."""
     gen = _base(model).generation_config
     base = _base(model)
     decoder, head, eot = base.model.decoder, base.proj_out, gen.eos_token_id
@@ -85,6 +105,7 @@ def greedy_decode(
     )
     last = positions[:, -1:]
     done = bound <= 0
+    totals = torch.zeros(n, device=device)
     steps: list[torch.Tensor] = []
     for step in range(int(bound.max()) if n else 0):
         logits = head(out.last_hidden_state[:, -1]).float()
@@ -92,7 +113,15 @@ def greedy_decode(
             logits[:, suppress] = float("-inf")
         if step == 0 and len(begin):
             logits[:, begin] = float("-inf")
-        token = torch.where(done, torch.full((n,), eot, device=device), logits.argmax(-1))
+        if logits_processor is not None:
+            generated = torch.stack(steps, 1) if steps else torch.zeros((n, 0), dtype=torch.long, device=device)
+            logits = logits_processor(generated, logits)
+        if temperature > 0:
+            choice = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        else:
+            choice = logits.argmax(-1)
+        token = torch.where(done, torch.full((n,), eot, device=device), choice)
+        totals = totals + torch.where(done, 0.0, torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0])
         steps.append(token)
         done = done | (token == eot) | (step + 1 >= bound)
         if bool(done.all()):
@@ -108,11 +137,15 @@ def greedy_decode(
             use_cache=True,
         )
     rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(n)]
+    if logprob_sums is not None:
+        logprob_sums[:] = totals.tolist()
     return [(r[: r.index(eot)] if eot in r else r)[:limit] for r, limit in zip(rows, limits)]
 
 
 @torch.inference_mode()
-def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix) -> list[list[int]]:
+def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix, processor_for=None) -> list[list[int]]:
+    """``processor_for(rows, beams)``: a logits processor for those batch rows (boost.py), or None."""
+    from transformers import LogitsProcessorList
     from transformers.modeling_outputs import BaseModelOutput
 
     special = _base(model).generation_config
@@ -126,6 +159,9 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: 
         kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows), **task.generate_kwargs(prefix)}
         if prompt:
             kwargs["prompt_ids"] = torch.tensor(prompt, device=encoder_states.device)
+        processor = processor_for(rows, num_beams) if processor_for else None
+        if processor is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         seqs = _base(model).generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states[rows]), **kwargs)
         for row, ids in zip(rows, (seqs.sequences if hasattr(seqs, "sequences") else seqs).tolist()):
             cut = max((i for i, t in enumerate(ids) if t in markers), default=-1)
@@ -148,6 +184,7 @@ class Windows:
                 self.items.append((fi, chunk.samples))
         order = sorted(range(len(self.items)), key=lambda n: len(self.items[n][1]))  # similar lengths share a batch
         self.batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        self.temperatures: dict[int, float] = {}  # window -> the temperature its kept decode used
 
     def limit(self, n: int) -> int:
         cfg = self.stack.recipe.inference
@@ -164,20 +201,46 @@ class Windows:
             return self.ct2.encode(feats.numpy())
         return _base(model).get_encoder()(feats.to(device)).last_hidden_state
 
-    def decode(self, states: torch.Tensor, batch: list[int], prompts: Sequence[list[int] | None]) -> list[str]:
-        """Transcripts of the windows ``batch`` (encoder ``states``), each under its prompt ids (or none)."""
+    def decode(
+        self, states: torch.Tensor, batch: list[int], prompts: Sequence[list[int] | None], boosts: Sequence | None = None
+    ) -> list[str]:
+        """Transcripts of the windows ``batch`` (encoder ``states``), each under its prompt ids (or none)
+        and boosting its terms (``boosts``, one list per row, or None); greedy windows that come out
+        degenerate are decoded again at higher temperatures (fallback.py), noted in ``temperatures``."""
         stack = self.stack
         tok = stack.processor.tokenizer
         prefixes = [[*(p or []), *task] for p, task in zip(prompts, self.task.prefixes(states, batch))]
         limits = [self.limit(n) for n in batch]
+        boosts = list(boosts) if boosts is not None else [None] * len(batch)
         beams = stack.recipe.inference.num_beams
-        ids = (
-            self.ct2.generate(states, prefixes, limits, beams)
-            if self.ct2 is not None
-            else greedy_decode(stack.model, states, prefixes, limits)
-            if beams == 1
-            else _beam_decode(stack.model, states, prefixes, limits, beams, self.task)
-        )
+        special = special_ids(tok)
+        if self.ct2 is not None:  # CTranslate2 decodes its own way: no boost, no fallback
+            ids = self.ct2.generate(states, prefixes, limits, beams)
+            temps = dict.fromkeys(range(len(batch)), 0.0)
+        elif beams > 1:
+            ids = _beam_decode(
+                stack.model, states, prefixes, limits, beams, self.task,
+                lambda rows, k: boost_processor(stack, [boosts[r] for r in rows], beams=k, marker=special["notimestamps"]),
+            )
+            temps = dict.fromkeys(range(len(batch)), 0.0)
+        else:
+
+            def run(rows: list[int], temperature: float, seed: int):
+                sums: list[float] = []
+                gen = torch.Generator(device=states.device).manual_seed(seed) if temperature > 0 else None
+                out = greedy_decode(
+                    stack.model, states[rows], [prefixes[r] for r in rows], [limits[r] for r in rows],
+                    logits_processor=boost_processor(stack, [boosts[r] for r in rows]),
+                    temperature=temperature, generator=gen, logprob_sums=sums,
+                )
+                return out, sums
+
+            found, temps = decode_with_fallback(
+                run, list(range(len(batch))), lambda t: tok.decode(t, skip_special_tokens=True), stack.recipe.inference.fallback
+            )
+            ids = [found[r] for r in range(len(batch))]
+        for r, n in enumerate(batch):
+            self.temperatures[n] = temps[r]
         return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
 
     def join(self, texts: dict[int, str], n_files: int) -> list[str]:
@@ -201,12 +264,39 @@ def transcribe(
     return windows.join(texts, len(paths))
 
 
+@dataclass(frozen=True)
+class SpeechRequest:
+    """One clip with its own vocabulary (``ask --vocabulary``, a batch line's ``vocabulary``, the
+    library's ``SpeechRequest(path, terms)``): it replaces the artifact's vocabulary for this clip —
+    in the static prompt, in what retrieval searches, in what is boosted."""
+
+    audio: str
+    vocabulary: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.audio
+
+
+def check_vocabulary(stack, terms: Sequence[str], source: str) -> None:
+    """One DataError when a per-request vocabulary is empty or holds a term that alone overflows the prompt budget."""
+    if not terms:
+        raise DataError("the vocabulary is empty", path=source, fix="give one term per line")
+    for term in terms:
+        if not fit_terms(stack, [term], stack.max_prompt_tokens):
+            raise DataError(
+                f"the term {term[:40]!r} is longer than the prompt budget ({stack.max_prompt_tokens} tokens)",
+                path=source, fix="shorten the term or raise max_prompt_tokens",
+            )
+
+
 class SpeechPredictor:
     """Transcribe audio files under the stack: a static prompt, or a first pass + per-window retrieved terms.
 
     With retrieval each window's first-pass hypothesis picks its terms (merged with the static
     prompt's, within the budget) and the window is decoded again under them, from the same
-    encoder states; a window for which nothing is retrieved keeps its first pass.
+    encoder states; a window for which nothing is retrieved keeps its first pass. With ``boost``
+    (boost.py) the prompt's terms bias the first pass and the retrieved terms the second.
+    An input is a path or a :class:`SpeechRequest` (a clip with its own vocabulary).
     """
 
     def __init__(self, stack):
@@ -216,45 +306,82 @@ class SpeechPredictor:
             from mmadapt.modalities.speech.ct2_engine import stack_ct2
 
             self.ct2 = stack_ct2(stack, stack.recipe.inference.compute_type)  # converted once per predictor
+        self._retrievers: dict[tuple[str, ...], object] = {}
 
-    def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+    def _plan(self, request: SpeechRequest | None) -> tuple[list[str], object]:
+        """(static prompt terms, retriever) of one input: the artifact's, or those of its own vocabulary."""
+        stack = self.stack
+        if request is None or not request.vocabulary:
+            return list(stack.prompt_terms or []), stack.retriever
+        terms = list(request.vocabulary)
+        retriever = stack.retriever
+        if retriever is not None:
+            key = tuple(terms)
+            if key not in self._retrievers:
+                self._retrievers[key] = retriever.for_terms(terms)
+            retriever = self._retrievers[key]
+        static = fit_terms(stack, terms, stack.max_prompt_tokens) if stack.prompt_terms is not None or retriever is None else []
+        return static, retriever
+
+    def predict(self, inputs: Sequence[str | SpeechRequest], *, progress: bool = False) -> list[Prediction]:
         if self.stack.shared is None:
             return self._predict(inputs, progress)
         with self.stack.shared.use(self.stack.adapter) as model:  # the shared base, this version's adapter on
             self.stack.model = model  # (a peft model by now, if another version loaded an adapter since)
             return self._predict(inputs, progress)
 
-    def _predict(self, inputs: Sequence[str], progress: bool) -> list[Prediction]:
+    def _predict(self, inputs: Sequence[str | SpeechRequest], progress: bool) -> list[Prediction]:
         stack = self.stack
-        static_terms = list(stack.prompt_terms or [])
-        static = prompt_token_ids(stack, static_terms)
-        windows = Windows(stack, inputs, self.ct2)
+        requests = [x if isinstance(x, SpeechRequest) else None for x in inputs]
+        for req in requests:
+            if req is not None:
+                check_vocabulary(stack, req.vocabulary, f"vocabulary of {req.audio}")
+        plans = [self._plan(req) for req in requests]
+        statics = [terms for terms, _r in plans]
+        boost_alone = "static" in stack.boost_passes and not stack.boost.with_prompt
+        static_ids = [None if boost_alone else prompt_token_ids(stack, terms) for terms in statics]
+        windows = Windows(stack, [str(x) for x in inputs], self.ct2)
         first: dict[int, str] = {}
         second: dict[int, str] = {}
         used: dict[int, list[str]] = {}
+        passes = stack.boost_passes
         for batch in tqdm(windows.batches, desc="transcribing", unit="batch", disable=not progress, leave=False):
             states = windows.encode(batch)
-            for n, text in zip(batch, windows.decode(states, batch, [static] * len(batch))):
+            files = [windows.items[n][0] for n in batch]
+            boosts = [statics[f] if "static" in passes else None for f in files]
+            for n, text in zip(batch, windows.decode(states, batch, [static_ids[f] for f in files], boosts)):
                 first[n] = second[n] = text
-                used[n] = static_terms
-            if stack.retriever is None:
-                continue
-            redo, prompts = [], []
-            for n, terms in zip(batch, stack.retriever.retrieve([first[n] for n in batch])):
-                combined = fit_terms(stack, list(dict.fromkeys([*terms, *static_terms])), stack.max_prompt_tokens)
-                ids = prompt_token_ids(stack, combined)
-                if ids is not None and ids != static:
-                    redo.append(n)
-                    prompts.append(ids)
-                    used[n] = combined
+                used[n] = statics[windows.items[n][0]]
+            by_retriever: dict[int, list[int]] = {}
+            for n, f in zip(batch, files):
+                if plans[f][1] is not None:
+                    by_retriever.setdefault(id(plans[f][1]), []).append(n)
+            redo, prompts, redo_boosts = [], [], []
+            for group in by_retriever.values():
+                f0 = windows.items[group[0]][0]
+                for n, terms in zip(group, plans[f0][1].retrieve([first[n] for n in group])):
+                    static = statics[windows.items[n][0]]
+                    combined = fit_terms(stack, list(dict.fromkeys([*terms, *static])), stack.max_prompt_tokens)
+                    ids = prompt_token_ids(stack, combined)
+                    if ids is not None and ids != static_ids[windows.items[n][0]]:
+                        redo.append(n)
+                        prompts.append(ids)
+                        redo_boosts.append(combined if "retrieved" in passes else None)
+                        used[n] = combined
             if redo:
                 rows = [batch.index(n) for n in redo]
-                for n, text in zip(redo, windows.decode(states[rows], redo, prompts)):
+                for n, text in zip(redo, windows.decode(states[rows], redo, prompts, redo_boosts)):
                     second[n] = text
         texts, firsts = windows.join(second, len(inputs)), windows.join(first, len(inputs))
         sources: list[list[str]] = [[] for _ in inputs]
+        temperature = [0.0 for _ in inputs]
         for n, (fi, _s) in enumerate(windows.items):
             sources[fi] = list(dict.fromkeys([*sources[fi], *used.get(n, [])]))
-        if stack.retriever is None:
-            return [Prediction(text, sources=static_terms) for text in texts]
-        return [Prediction(text, sources=terms, info={"first_pass": f}) for text, terms, f in zip(texts, sources, firsts)]
+            temperature[fi] = max(temperature[fi], windows.temperatures.get(n, 0.0))
+        out = []
+        for fi, text in enumerate(texts):
+            info = {"temperature": temperature[fi]}
+            if plans[fi][1] is not None:
+                info["first_pass"] = firsts[fi]
+            out.append(Prediction(text, sources=sources[fi] if plans[fi][1] is not None else statics[fi], info=info))
+        return out

@@ -15,15 +15,17 @@ from pydantic import Field, field_validator
 from mmadapt.config import StrictModel
 from mmadapt.engine.artifact import read_part_json
 from mmadapt.errors import DataError
-from mmadapt.modalities.speech.predict import fit_terms
+from mmadapt.modalities.speech.boost import BoostConfig
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE, fit_terms
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 PROMPT_FILE = "prompt.json"
 
 
 class SpeechPromptConfig(StrictModel):
-    template: str = Field("Glossary: {terms}.", max_length=2000, description="must contain {terms}")
+    template: str = Field(DEFAULT_TEMPLATE, max_length=2000, description="must contain {terms}")
     max_prompt_tokens: int = Field(200, ge=8, le=223, description="Whisper's prompt budget is 223 tokens")
+    boost: BoostConfig | None = Field(None, description="bias decoding towards the prompt's terms (boost.py)")
 
     @field_validator("template")
     @classmethod
@@ -48,6 +50,7 @@ class SpeechPromptStrategy(Strategy):
             "max_prompt_tokens": self.config.max_prompt_tokens,
             "terms": terms,
             "left_out": len(stack.vocabulary) - len(terms),
+            "boost": self.config.boost.model_dump() if self.config.boost else None,
         }
         (part_dir / PROMPT_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False))
         return FitReport()
@@ -57,3 +60,6 @@ class SpeechPromptStrategy(Strategy):
         stack.prompt_template = record["template"]
         stack.max_prompt_tokens = record["max_prompt_tokens"]
         stack.prompt_terms = record["terms"]
+        if record.get("boost"):
+            stack.boost = BoostConfig.model_validate(record["boost"])
+            stack.boost_passes.add("static")

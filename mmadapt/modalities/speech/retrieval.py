@@ -18,6 +18,8 @@ from pydantic import Field
 
 from mmadapt.config import StrictModel
 from mmadapt.errors import DataError
+from mmadapt.modalities.speech.boost import BoostConfig
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 from mmadapt.retrieval import EmbeddingIndex
 from mmadapt.retrieval.embedders import SoundEmbedder
@@ -29,8 +31,16 @@ class SpeechRetrievalConfig(StrictModel):
     top_k: int = Field(6, ge=1, le=100, description="terms put in each utterance's prompt")
     min_score: float = Field(0.55, ge=0.0, le=1.0, description="cosine a window must reach to propose a term")
     max_window_words: int = Field(3, ge=1, le=6)
-    template: str = Field("Glossary: {terms}.", max_length=2000)
+    template: str = Field(DEFAULT_TEMPLATE, max_length=2000)
     max_prompt_tokens: int = Field(200, ge=8, le=223)
+    boost: BoostConfig | None = Field(None, description="bias the second pass towards its retrieved terms (boost.py)")
+
+
+def term_index(terms: Sequence[str]) -> EmbeddingIndex:
+    """The terms in the shared index, embedded by spelling and sound."""
+    index = EmbeddingIndex(meta={"embedder": SoundEmbedder.ref})
+    index.add(SoundEmbedder().encode(list(terms)), [{"id": f"term-{i}", "term": t} for i, t in enumerate(terms)])
+    return index
 
 
 class TermRetriever:
@@ -45,6 +55,10 @@ class TermRetriever:
         for n in range(1, self.config.max_window_words + 1):
             out.extend(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
         return out
+
+    def for_terms(self, terms: Sequence[str]) -> TermRetriever:
+        """The same settings over another vocabulary (a request's own)."""
+        return TermRetriever(term_index(terms), self.config)
 
     def retrieve(self, hypotheses: Sequence[str]) -> list[list[str]]:
         chosen = []
@@ -71,10 +85,7 @@ class SpeechRetrievalStrategy(Strategy):
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         if not stack.vocabulary:
             raise DataError("the retrieval strategy needs a vocabulary", path=self.recipe.source, fix="set data.vocabulary")
-        index = EmbeddingIndex(meta={"embedder": SoundEmbedder.ref})
-        index.add(
-            SoundEmbedder().encode(stack.vocabulary), [{"id": f"term-{i}", "term": t} for i, t in enumerate(stack.vocabulary)]
-        )
+        index = term_index(stack.vocabulary)
         index.save(part_dir / "index")
         (part_dir / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
         return FitReport()
@@ -85,3 +96,6 @@ class SpeechRetrievalStrategy(Strategy):
         if stack.prompt_terms is None:
             stack.prompt_template = config.template
             stack.max_prompt_tokens = config.max_prompt_tokens
+        if config.boost is not None:
+            stack.boost = config.boost
+            stack.boost_passes.add("retrieved")

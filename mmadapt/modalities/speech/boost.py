@@ -1,0 +1,129 @@
+"""Vocabulary biasing at decode time: a token trie of the terms and a logits processor over it.
+
+Shallow-fusion keyword boosting (as NeMo's phrase boosting does for CTC/RNN-T, here for Whisper's
+decoder): every term is tokenized in the forms Whisper writes it — after a space (" Kubelyn") and
+at the very start of a transcript ("Kubelyn"), as spelled and with a capital first letter — and
+the token sequences go into a prefix tree. At each decoding step a row's generated tokens are
+matched against the tree: where its last tokens spell the beginning of a term, the tokens that
+continue the term get ``weight`` added to their log-probability; the first token of every term gets
+``first_weight`` (default 0: a term is only pushed on once the audio has started it). Forms without
+the leading space only match at the start of the transcript, so a term is never glued inside a word.
+
+The processor keeps no state between steps (it re-reads each row's tokens, which are short), so the
+same object serves our batched greedy decoder (one trie per row) and ``generate``'s beam search
+(``LogitsProcessor`` protocol: rows are batch x beams). We write this rather than use a library:
+transformers has no phrase boosting (``SequenceBiasLogitsProcessor`` biases whole sequences by a
+constant per token, not "continue a started term"), and faster-whisper's ``hotwords`` is prompt text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from mmadapt.config import StrictModel
+
+
+class BoostConfig(StrictModel):
+    """`boost:` of the speech `prompt` and `retrieval` strategies (absent: no biasing)."""
+
+    weight: float = Field(4.0, ge=0.0, le=50.0, description="log-prob added to a started term's next token")
+    first_weight: float = Field(0.0, ge=0.0, le=50.0, description="log-prob added to every term's first token")
+    max_terms: int = Field(100, ge=1, le=5000, description="terms boosted per utterance (first in prompt/retrieval order)")
+    min_logprob: float = Field(-6.0, le=0.0, description="boost a token only where the model's own log-prob is at least this")
+    with_prompt: bool = Field(True, description="prompt strategy: also put the terms in the decoder prompt (false: boost alone)")
+    min_prefix_chars: int = Field(
+        3, ge=0, le=20, description="push a term on only once this many of its characters are decoded (one letter is not a start)"
+    )
+
+
+class TermTrie:
+    """Token sequences of terms (nested dicts token -> node); ``spaced`` match anywhere, ``bare`` only at the start."""
+
+    def __init__(self, tokenizer, terms: Sequence[str], min_prefix_chars: int = 0):
+        self.min_chars = min_prefix_chars
+        self.spaced: dict = {}
+        self.bare: dict = {}
+        self.depth = 0
+        for term in terms:
+            term = term.strip()
+            if not term:
+                continue
+            forms = dict.fromkeys([term, term[0].upper() + term[1:]])
+            for form in forms:
+                self._add(self.spaced, tokenizer.encode(" " + form, add_special_tokens=False), tokenizer)
+                self._add(self.bare, tokenizer.encode(form, add_special_tokens=False), tokenizer)
+
+    def _add(self, root: dict, ids: list[int], tokenizer) -> None:
+        node = root
+        for n, token in enumerate(ids):
+            # a node's key None: the term's characters decoded up to here (its continuations wait for min_prefix_chars)
+            node = node.setdefault(int(token), {None: len(tokenizer.decode(ids[: n + 1]).strip())})
+        self.depth = max(self.depth, len(ids))
+
+    def next_tokens(self, generated: Sequence[int]) -> tuple[set[int], set[int]]:
+        """(tokens that continue a term begun by the last generated tokens, first tokens of terms)."""
+        cont: set[int] = set()
+        n = len(generated)
+        for start in range(max(0, n - self.depth), n):
+            for root in (self.spaced, self.bare) if start == 0 else (self.spaced,):
+                node = root
+                for token in generated[start:]:
+                    node = node.get(token)
+                    if node is None:
+                        break
+                if node and node[None] >= self.min_chars:
+                    cont.update(k for k in node if k is not None)
+        first = set(self.spaced) | (set(self.bare) if n == 0 else set())
+        return cont, first
+
+
+class VocabularyBoost:
+    """A logits processor: ``tries[r // beams]`` biases row ``r``; tokens after the last ``marker``
+    (``<|notimestamps|>``) count as generated (``generate`` passes the whole decoder input)."""
+
+    def __init__(self, tries: Sequence[TermTrie | None], config: BoostConfig, *, beams: int = 1, marker: int | None = None):
+        self.tries = list(tries)
+        self.config = config
+        self.beams = beams
+        self.marker = marker
+
+    def _generated(self, row: list[int]) -> list[int]:
+        if self.marker is not None and self.marker in row:
+            return row[len(row) - row[::-1].index(self.marker) :]
+        return row
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        cfg = self.config
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        bonus = torch.zeros_like(scores)
+        rows = input_ids.tolist()
+        for r, row in enumerate(rows):
+            trie = self.tries[r // self.beams]
+            if trie is None:
+                continue
+            cont, first = trie.next_tokens(self._generated(row))
+            for tokens, weight in ((first, cfg.first_weight), (cont, cfg.weight)):
+                if weight and tokens:
+                    idx = torch.tensor(sorted(tokens), device=scores.device)
+                    idx = idx[logprobs[r, idx] >= cfg.min_logprob]
+                    bonus[r, idx] = torch.maximum(bonus[r, idx], torch.full_like(bonus[r, idx], weight))
+        return scores + bonus
+
+
+def boost_processor(stack, terms_per_row: Sequence[Sequence[str] | None], *, beams: int = 1, marker: int | None = None):
+    """The processor for these rows under the stack's ``boost`` settings, or None when nothing is boosted."""
+    config = stack.boost
+    if config is None or not any(terms_per_row):
+        return None
+    tok = stack.processor.tokenizer
+    cache: dict[tuple[str, ...], TermTrie] = {}
+    tries = []
+    for terms in terms_per_row:
+        key = tuple(terms or ())[: config.max_terms]
+        if key and key not in cache:
+            cache[key] = TermTrie(tok, key, config.min_prefix_chars)
+        tries.append(cache.get(key))
+    return VocabularyBoost(tries, config, beams=beams, marker=marker)
