@@ -72,6 +72,10 @@ class EvalConfig(StrictModel):
     suites: list[str] = Field(
         default_factory=list, description="suite files (eval/*.yaml) whose bars a version must also meet to be promoted"
     )
+    slice_by: str | None = Field(
+        None, description="a metadata field of the eval examples (or one the modality derives, Modality.derived_slices): "
+        "every metric is also reported per value of it, with its CI; None = no slices"
+    )
 
 
 class CompareConfig(StrictModel):

@@ -256,6 +256,13 @@ class Modality(ABC):
 
         raise ArtifactError(f"the {self.name} modality cannot export a merged model yet", fix="export without --merge")
 
+    def derived_slices(self, data: DataBundle) -> dict[str, list[str]]:
+        """Slice fields this modality computes rather than reads from the eval files (``eval.slice_by``):
+        field -> one value per example of ``data.eval``, in order (speech: ``terms_seen``, whether a clip's
+        domain terms are all spoken in the train split). Any metadata field of the eval examples slices
+        too. The default derives none."""
+        return {}
+
     def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
         """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
         generated images and a contact sheet for images; the first one is the overview a report shows.

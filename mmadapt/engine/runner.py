@@ -15,7 +15,7 @@ from typing import Any
 
 from mmadapt.engine import distributed
 from mmadapt.engine.artifact import ArtifactWriter, read_manifest
-from mmadapt.engine.evaluate import EvalResult, evaluate
+from mmadapt.engine.evaluate import EvalResult, check_slices, evaluate
 from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
 from mmadapt.errors import ArtifactError, MmadaptError
 from mmadapt.protocols import FitContext, FitReport, Modality, Predictor, Stack, get_modality
@@ -109,6 +109,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
     work = _work_dir(recipe)
     with PeakMemory() as memory, Stopwatch() as total:
         data = modality.load_data(recipe)
+        check_slices(modality, data, recipe)  # a bad eval.slice_by is one line before anything trains
         stack = modality.new_stack(recipe)
         with ArtifactWriter(recipe.output_dir, recipe.name) as writer:
             ctx = FitContext(recipe=recipe, run_dir=work, resume=resume, progress=progress)
@@ -147,6 +148,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 "parts": fits,
                 "metrics": result.metrics,
                 "ci95": {k: list(v) for k, v in result.ci.items()},
+                **({"slices": result.slices} if result.slices else {}),
                 "samples": samples,
                 "costs": costs,
                 "versions": package_versions(),
