@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -101,6 +101,8 @@ class FitReport:
     steps: int = 0
     final_loss: float | None = None
     log: list[dict[str, Any]] = field(default_factory=list)
+    eval_curve: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every: {"step", "loss", "metrics"} per point
+    kept: dict[str, Any] = field(default_factory=dict)  # eval_every, keep, kept_step (and the best point with keep: best)
 
 
 @dataclass
@@ -111,6 +113,11 @@ class FitContext:
     run_dir: Path  # scratch space that survives a crash (checkpoints for --resume)
     resume: bool = False
     progress: bool = True
+    # train.eval_every: the runner's scorer of the live stack (corpus metrics of the eval split), the
+    # metric keep: best ranks by, and whether lower is better; None where nothing is scored while training
+    evaluate: Callable[[], dict[str, float]] | None = None
+    primary_metric: str = ""
+    lower_is_better: bool = False
 
 
 class Stack:

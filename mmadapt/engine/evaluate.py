@@ -130,6 +130,21 @@ def check_slices(modality: Modality, data: DataBundle, recipe) -> None:
         slice_values(modality, data, eval_examples(data, recipe), recipe.eval.slice_by, path=recipe.source)
 
 
+def live_scorer(modality: Modality, stack: Any, data: DataBundle, recipe) -> dict[str, Any]:
+    """What a run's :class:`~mmadapt.protocols.FitContext` needs to score while training (``train.eval_every``):
+    ``evaluate`` (the eval split's corpus metrics for the stack as it is at that moment), the metric
+    ``keep: best`` ranks by (the modality's primary one when measured, else the first) and its direction."""
+    examples = eval_examples(data, recipe)
+    metrics = list(recipe.eval.metrics or modality.default_metrics)
+    primary = modality.primary_metric if modality.primary_metric in metrics else metrics[0]
+
+    def score() -> dict[str, float]:
+        predictions = modality.predictor(stack).predict([e.input for e in examples], progress=False)
+        return corpus(modality, score_rows(modality, predictions, examples, metrics, data), metrics)
+
+    return {"evaluate": score, "primary_metric": primary, "lower_is_better": primary in modality.lower_is_better}
+
+
 def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe, *, progress: bool = True) -> EvalResult:
     """Predict every eval example (batched), score it, and time ``latency_samples`` inputs one by one."""
     examples = eval_examples(data, recipe)
