@@ -32,11 +32,11 @@ from typing import Any
 
 import yaml
 
+from mmadapt.engine.evaluate import check_slices
 from mmadapt.engine.placement import slot_envs, thread_cap, usable_cores, visible_gpus
 from mmadapt.engine.runner import run_in_process
 from mmadapt.engine.stats import paired_bootstrap
 from mmadapt.errors import MmadaptError
-from mmadapt.engine.evaluate import check_slices
 from mmadapt.govern.report import ci_cell, human_bytes, slice_rows, table
 from mmadapt.govern.sweep import Run, default_stacks, plan, runnable
 from mmadapt.protocols import get_modality
