@@ -119,6 +119,14 @@ def test_speech_derives_terms_seen_from_the_train_transcripts():
     assert terms_seen(train, evaluation) == ["seen", "unseen", "no terms"]
 
 
+def test_image_derives_prompt_seen_from_the_reference_captions():
+    from mmadapt.protocols import DataBundle, get_modality
+
+    data = DataBundle([Example("r1", "two circles in a row, stripes, zentrix style")],
+                      [Example("p1", "Two  circles in a row"), Example("p2", "one star at the top")])
+    assert get_modality("image").derived_slices(data) == {"prompt_seen": ["seen", "unseen"]}
+
+
 def test_the_shipped_zentrix_eval_split_holds_the_unseen_facts_and_its_checker_passes():
     rows = [json.loads(line) for line in (ROOT / "datasets/zentrix-support/eval.jsonl").read_text().splitlines()]
     unseen = [r for r in rows if r["slice"] == "unseen"]
