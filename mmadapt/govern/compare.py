@@ -370,34 +370,18 @@ def write_report(result: CompareResult, recipe: Recipe, failed: Mapping[str, str
     ranked, ranked_columns = ranked_rows(result.rows, metric)
     if ranked:
         direction = "lower" if metric in lower else "higher"
-        md += [
-            f"## Ranked by {metric} ({direction} is better)",
-            "",
-            "`tied`: the 95% CI overlaps the best one's — no evidence the best is better, so the cheaper may do.",
-            "",
-            table(ranked, ranked_columns, markdown=True),
-            "",
-        ]
+        md += _section(f"Ranked by {metric} ({direction} is better)",
+                       "`tied`: the 95% CI overlaps the best one's — no evidence the best is better, so the cheaper may do.",
+                       ranked, ranked_columns)
     sliced, sliced_columns = sliced_rows(result.rows)
     if sliced:
-        md += [
-            f"## By slice ({recipe.eval.slice_by})",
-            "",
-            "Each metric on the eval examples of one slice only, with its own 95% bootstrap CI.",
-            "",
-            table(sliced, sliced_columns, markdown=True),
-            "",
-        ]
+        md += _section(f"By slice ({recipe.eval.slice_by})",
+                       "Each metric on the eval examples of one slice only, with its own 95% bootstrap CI.", sliced, sliced_columns)
     paired, paired_columns = paired_rows(result.rows)
     if paired:
-        md += [
-            "## Against the base, example by example",
-            "",
-            "Mean paired difference to the base over the same eval examples (same seeds), 95% bootstrap CI, two-sided p.",
-            "",
-            table(paired, paired_columns, markdown=True),
-            "",
-        ]
+        md += _section("Against the base, example by example",
+                       "Mean paired difference to the base over the same eval examples (same seeds), 95% bootstrap CI, two-sided p.",
+                       paired, paired_columns)
     sheets = [(label_of(row), row["samples"]) for row in result.rows if row.get("samples")]
     if sheets:
         md += ["## Samples", ""]
@@ -407,6 +391,11 @@ def write_report(result: CompareResult, recipe: Recipe, failed: Mapping[str, str
         md += ["## Failed", "", *[f"- {label}: {error}" for label, error in failed.items()], ""]
     (result.report_dir / "report.md").write_text("\n".join(md))
     plot(result, result.report_dir / "report.png")
+
+
+def _section(heading: str, note: str, rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """A report.md section: heading, one line of what it shows, the Markdown table."""
+    return [f"## {heading}", "", note, "", table(rows, columns, markdown=True), ""]
 
 
 def plot(result: CompareResult, path: Path) -> None:
