@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmadapt.errors import MmadaptError
 
@@ -44,6 +44,20 @@ class TrainConfig(StrictModel):
     max_seq_len: int = Field(512, ge=8, le=131072)
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast mixed precision (weights stay fp32)")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-process settings")
+    eval_every: int | None = Field(
+        None, ge=1, le=1_000_000, description="score the eval split every N steps (and at the last) during training: "
+        "eval_curve.jsonl in the version; None = only after training"
+    )
+    keep: Literal["last", "best"] = Field(
+        "last", description="best: the weights of the step with the best primary metric (needs eval_every; the manifest says which step)"
+    )
+    report_to: Literal["none", "tensorboard"] = Field("none", description="tensorboard: the loss and eval curve as TensorBoard events too")
+
+    @model_validator(mode="after")
+    def _best_needs_evaluations(self) -> TrainConfig:
+        if self.keep == "best" and self.eval_every is None:
+            raise ValueError("keep: best needs eval_every (the steps whose scores it chooses from)")
+        return self
 
 
 class TrainOverrides(StrictModel):
@@ -71,6 +85,10 @@ class EvalConfig(StrictModel):
     min: dict[str, float] = Field(default_factory=dict, description="bars a version must meet to be promoted")
     suites: list[str] = Field(
         default_factory=list, description="suite files (eval/*.yaml) whose bars a version must also meet to be promoted"
+    )
+    slice_by: str | None = Field(
+        None, description="a metadata field of the eval examples (or one the modality derives, Modality.derived_slices): "
+        "every metric is also reported per value of it, with its CI; None = no slices"
     )
 
 

@@ -13,7 +13,8 @@
 * **Suites.** ``eval/<name>.yaml``: ``name``, ``modality``, ``sets`` (held-out files or folders
   in the modality's eval format, relative to the suite file), ``metrics`` (default: the
   modality's), ``bars`` (metric -> the value a version must reach: a minimum, or a maximum for
-  the modality's lower-is-better metrics such as WER), ``description``.
+  the modality's lower-is-better metrics such as WER), ``description``, ``slice_by`` (metrics per
+  value of a metadata field of the sets' examples, each with its CI; bars hold on the whole set).
 
 Errors are one line with the key path and a did-you-mean, exit code 2, like a recipe's.
 This module sits below :mod:`mmadapt.recipe` (which calls :func:`check_eval`) and
@@ -99,6 +100,7 @@ class SuiteFile(StrictModel):
     recipes: list[str] | None = Field(
         None, description="names of the recipes `eval --all` holds to this suite; default: every recipe of its modality"
     )
+    slice_by: str | None = Field(None, description="a metadata field of every set's examples (or one the modality derives): metrics per slice")
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Suite:
     description: str = ""
     lower_is_better: frozenset[str] = field(default_factory=frozenset)
     recipes: frozenset[str] | None = None  # eval --all: only these recipe names (None: every recipe of the modality)
+    slice_by: str | None = None
 
     def check(self, metrics: Mapping[str, Any]) -> list[str]:
         """The bars ``metrics`` miss, e.g. ``'fact_accuracy 0.10 < 0.30'`` or ``'wer 0.21 > 0.15'``."""
@@ -161,7 +164,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError("; ".join(errors), path=path)
     return Suite(top.name, top.modality, sets, metrics, dict(top.bars), path, top.description,
                  frozenset(modality.lower_is_better) | GUARD_LOWER_IS_BETTER,
-                 None if top.recipes is None else frozenset(top.recipes))
+                 recipes=None if top.recipes is None else frozenset(top.recipes), slice_by=top.slice_by)
 
 
 def find_suite(value: str, source: str | Path | None) -> Path | None:

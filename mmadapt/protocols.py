@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -119,6 +119,8 @@ class FitReport:
     steps: int = 0
     final_loss: float | None = None
     log: list[dict[str, Any]] = field(default_factory=list)
+    eval_curve: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every: {"step", "loss", "metrics"} per point
+    kept: dict[str, Any] = field(default_factory=dict)  # eval_every, keep, kept_step (and the best point with keep: best)
 
 
 @dataclass
@@ -129,6 +131,11 @@ class FitContext:
     run_dir: Path  # scratch space that survives a crash (checkpoints for --resume)
     resume: bool = False
     progress: bool = True
+    # train.eval_every: the runner's scorer of the live stack (corpus metrics of the eval split), the
+    # metric keep: best ranks by, and whether lower is better; None where nothing is scored while training
+    evaluate: Callable[[], dict[str, float]] | None = None
+    primary_metric: str = ""
+    lower_is_better: bool = False
 
 
 class Stack:
@@ -311,6 +318,13 @@ class Modality(ABC):
         ``base`` None, a new stack whose base later stacks may share; adapters it composes then load
         as named adapters of that base. Called only where :meth:`base_key` is not None."""
         raise NotImplementedError(f"the {self.name} modality does not share a base model")
+
+    def derived_slices(self, data: DataBundle) -> dict[str, list[str]]:
+        """Slice fields this modality computes rather than reads from the eval files (``eval.slice_by``):
+        field -> one value per example of ``data.eval``, in order (speech: ``terms_seen``, whether a clip's
+        domain terms are all spoken in the train split). Any metadata field of the eval examples slices
+        too. The default derives none."""
+        return {}
 
     def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
         """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:

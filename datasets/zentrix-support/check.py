@@ -6,14 +6,16 @@ Prints every problem found and exits 1, or prints a summary and exits 0.
 
 Rules checked:
 * kb/: about 20 docs named NN-slug.md, each starting with "# Title", 80-200 words.
-* train.jsonl has 60 rows, eval.jsonl 40; ids train-001.. / eval-001.. in order, unique.
-* every row is one JSON object with exactly id, question, answer, key_fact, doc (non-empty strings).
+* train.jsonl has 60 rows, eval.jsonl 62; ids train-001.. / eval-001.. in order, unique.
+* every row is one JSON object with exactly id, question, answer, key_fact, doc (non-empty strings);
+  eval rows also have slice: "seen" (40 paraphrases of train facts) or "unseen" (at least 20).
 * the answer is one short sentence (<= 20 words) containing key_fact verbatim.
 * key_fact is 1-4 tokens, appears verbatim (case-insensitive) in its doc, and as a token run
   in no other doc; it is not in the question (neither as a substring nor as a token run).
 * a key_fact names one fact: always the same doc, and no key_fact's tokens contain another's.
-* every eval key_fact is also a train key_fact; eval covers 30-40 distinct facts and train
-  asks more facts than eval.
+* every seen eval key_fact is also a train key_fact; they cover 30-40 distinct facts and train
+  asks more facts than they do.
+* no unseen key_fact is a train key_fact or appears (case-insensitive) anywhere in train.jsonl.
 * no eval question is a near-copy of a train question: token Jaccard < 0.6.
 * no duplicate questions; all files plain ASCII, valid UTF-8, ending in a newline.
 """
@@ -28,7 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KB = HERE / "kb"
 FIELDS = ("id", "question", "answer", "key_fact", "doc")
-COUNTS = {"train": 60, "eval": 40}
+COUNTS = {"train": 60, "eval": 62}
+SLICES = {"seen": 40, "unseen": 22}
 DOC_NAME = re.compile(r"^\d\d-[a-z0-9]+(-[a-z0-9]+)*\.md$")
 TOKEN = re.compile(r"[a-z]+|[0-9]+")  # the tokens of mmadapt's fact_accuracy
 JACCARD_MAX = 0.6
@@ -119,10 +122,11 @@ def read_split(split: str, problems: list[str]) -> list[dict]:
         if not isinstance(row, dict):
             problems.append(f"{where}: not a JSON object")
             continue
-        if set(row) != set(FIELDS):
-            problems.append(f"{where}: fields {sorted(row)}, want {list(FIELDS)}")
+        fields = (*FIELDS, "slice") if split == "eval" else FIELDS
+        if set(row) != set(fields):
+            problems.append(f"{where}: fields {sorted(row)}, want {list(fields)}")
             continue
-        if not all(isinstance(row[f], str) and row[f].strip() for f in FIELDS):
+        if not all(isinstance(row[f], str) and row[f].strip() for f in fields):
             problems.append(f"{where}: every field must be a non-empty string")
             continue
         row["_where"] = f"{split}.jsonl:{n} ({row['id']})"
@@ -172,8 +176,17 @@ def main() -> int:
         read_text(readme, problems)
     else:
         problems.append("README.md: missing")
-    train, evals = read_split("train", problems), read_split("eval", problems)
-    rows = train + evals
+    train, all_evals = read_split("train", problems), read_split("eval", problems)
+    rows = train + all_evals
+    evals = [r for r in all_evals if r["slice"] == "seen"]
+    unseen = [r for r in all_evals if r["slice"] == "unseen"]
+    for name, want in SLICES.items():
+        got = sum(r["slice"] == name for r in all_evals)
+        if got != want:
+            problems.append(f"eval.jsonl: {got} rows of slice {name!r}, want {want}")
+    for row in all_evals:
+        if row["slice"] not in SLICES:
+            problems.append(f"{row['_where']}: slice {row['slice']!r}, want one of {list(SLICES)}")
 
     ids = [r["id"] for r in rows]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
@@ -215,9 +228,13 @@ def main() -> int:
         problems.append(f"eval covers {len(eval_facts)} facts, want {EVAL_FACTS[0]}-{EVAL_FACTS[1]}")
     if not train_facts > eval_facts:
         problems.append("train must ask every eval fact plus some facts of its own")
+    train_text = (HERE / "train.jsonl").read_text(encoding="utf-8").lower()
+    for row in unseen:
+        if row["key_fact"] in train_facts or row["key_fact"].lower() in train_text:
+            problems.append(f"{row['_where']}: unseen key_fact {row['key_fact']!r} is stated in train.jsonl")
 
     worst = (0.0, "", "")
-    for e in evals:
+    for e in evals:  # paraphrases of train facts: none may be a near-copy (unseen facts are other facts)
         for t in train:
             score = jaccard(e["question"], t["question"])
             if score >= JACCARD_MAX:
@@ -231,7 +248,7 @@ def main() -> int:
         for p in problems:
             print(f"- {p}")
         return 1
-    print(f"OK: {len(docs)} kb docs, {len(train)} train / {len(evals)} eval questions, "
+    print(f"OK: {len(docs)} kb docs, {len(train)} train / {len(all_evals)} eval questions ({len(unseen)} unseen), "
           f"{len(train_facts)} facts in train ({len(train_facts - eval_facts)} train-only), "
           f"{len(eval_facts)} in eval; highest eval/train Jaccard {worst[0]:.2f} ({worst[1]} ~ {worst[2]})")
     return 0

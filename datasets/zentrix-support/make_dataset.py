@@ -4,7 +4,9 @@ Every fact names the knowledge-base document that states it, the key fact a corr
 answer must contain, a reference answer, its train questions and its eval questions.
 Eval questions are paraphrases (other words, other structure) of facts that train also
 asks about, so a fine-tuned model is tested on rephrasings, not on copies; some facts
-are asked in train only. Run: python3 datasets/zentrix-support/make_dataset.py, then
+are asked in train only. The eval split also holds an "unseen" slice (``slice: unseen``): questions about
+knowledge-base facts that no train line states, which only a stack that reads the knowledge base
+can answer; the paraphrases are ``slice: seen``. Run: python3 datasets/zentrix-support/make_dataset.py, then
 python3 datasets/zentrix-support/check.py.
 """
 
@@ -160,12 +162,66 @@ FACTS = [
      ["Where is Halvorsen Systems, the Zentrix vendor, headquartered?"], []),
 ]
 
+# Facts the knowledge base states and the train split never does: the eval split's "unseen" slice
+# (the same questions as eval/zentrix-unseen-facts.jsonl, the zentrix-regression suite's set).
+# (doc, key_fact, answer, question)
+UNSEEN = [
+    ('01-installation.md', '2.31', 'Linux nodes need glibc 2.31.',
+     'Which glibc version does a Linux node need?'),
+    ('01-installation.md', 'zxsvc', 'The installer creates the unprivileged user zxsvc.',
+     'What is the name of the service user the installer creates?'),
+    ('01-installation.md', '5 GB', 'A node needs at least 5 GB of RAM.',
+     'How much memory does a Zentrix node need at minimum?'),
+    ('01-installation.md', 'zxctl join', 'Run zxctl join with a seed address.',
+     'Which command adds a node to an existing cluster?'),
+    ('04-configuration.md', '310 seconds', 'Idle connections stay open for 310 seconds.',
+     'How long does an idle client connection stay open by default?'),
+    ('04-configuration.md', '/var/spool/zentrix', 'The default spool directory is /var/spool/zentrix.',
+     'Where does the spool keep messages on disk by default?'),
+    ('05-limits.md', '96', 'A consumer group accepts at most 96 consumers.',
+     'How many consumers can one consumer group have?'),
+    ('05-limits.md', '64 headers', 'A message carries at most 64 headers.',
+     'How many headers can a single message carry?'),
+    ('07-pricing.md', '12 nodes', 'Cobalt allows up to 12 nodes.',
+     'How many nodes does the Cobalt plan allow?'),
+    ('08-support.md', '4 business hours', 'A P2 case gets a first answer within 4 business hours.',
+     'How quickly is a P2 case answered?'),
+    ('09-error-codes.md', 'ZX-4401', 'That is error ZX-4401.',
+     'Which error code means the access token is missing or expired?'),
+    ('10-releases.md', '16 weeks', 'A new minor series ships every 16 weeks.',
+     'How often does a new minor series of Zentrix ship?'),
+    ('10-releases.md', 'Skerrymore', 'The 4.9 series will be codenamed Skerrymore.',
+     'What will the Zentrix 4.9 series be called?'),
+    ('11-security.md', 'zxctl keys rotate', 'Run zxctl keys rotate.',
+     'Which command rotates the token signing key?'),
+    ('12-monitoring.md', '/zx/ready', 'Use /zx/ready on the metrics port.',
+     'Which path should a load balancer use for health checks?'),
+    ('13-backup.md', 'zstd', 'Snapshots are compressed with zstd.',
+     'Which compression is used for snapshots?'),
+    ('15-upgrades.md', 'zxctl upgrade --rolling', 'Run zxctl upgrade --rolling.',
+     'Which command upgrades a cluster one node at a time?'),
+    ('16-clustering.md', '150 ms', 'Leaders send heartbeats every 150 ms.',
+     'How often does a partition leader send heartbeats?'),
+    ('18-rate-limits.md', '340', 'It allows a burst of 340 requests.',
+     'How large a burst above the rate limit does the token bucket allow?'),
+    ('19-webhooks.md', 'X-Zentrix-Sig', 'The X-Zentrix-Sig header holds the HMAC.',
+     'Which header carries the signature of a webhook delivery?'),
+    ('20-company.md', 'Northlight Summit', 'It is called Northlight Summit.',
+     'What is the name of the Zentrix user conference?'),
+    ('20-company.md', '2019', 'Halvorsen Systems was founded in 2019.',
+     'In which year was Halvorsen Systems founded?'),
+]
+
 
 def rows(split: str) -> list[dict]:
+    """A split's rows; eval rows carry ``slice``: ``seen`` (a train fact in other words) or ``unseen``."""
     out = []
     for doc, fact, answer, train_qs, eval_qs in FACTS:
         for question in train_qs if split == "train" else eval_qs:
-            out.append({"question": question, "answer": answer, "key_fact": fact, "doc": doc})
+            out.append({"question": question, "answer": answer, "key_fact": fact, "doc": doc,
+                        **({"slice": "seen"} if split == "eval" else {})})
+    if split == "eval":
+        out += [{"question": q, "answer": a, "key_fact": f, "doc": d, "slice": "unseen"} for d, f, a, q in UNSEEN]
     return [{"id": f"{split}-{n:03d}", **row} for n, row in enumerate(out, start=1)]
 
 

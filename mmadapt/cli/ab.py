@@ -50,17 +50,27 @@ def ab(recipe, version_a, version_b, from_log, method, resamples, overrides, as_
     what = (f"{result.examples} pairs of rated live requests ({result.unpaired} unpaired left out)" if result.source == "log"
             else f"{result.examples} eval examples")
     click.echo(f"{result.recipe}: A = {result.a}, B = {result.b}, {what}, {method} test")
-    rows = [
-        {
-            "metric": m.metric + ("" if m.higher_is_better else " (lower is better)"),
-            "A": m.mean_a, "B": m.mean_b, "B-A": m.diff, "ci_low": m.ci_low, "ci_high": m.ci_high,
-            "p_sign": m.p_sign, "B wins": m.b_wins, "A wins": m.a_wins, "verdict": m.verdict,
-        }
-        for m in result.metrics
-    ]
-    click.echo(table(rows, ["metric", "A", "B", "B-A", "ci_low", "ci_high", "p_sign", "B wins", "A wins", "verdict"]))
+    rows = _diff_rows(result.metrics)
+    columns = ["metric", "A", "B", "B-A", "ci_low", "ci_high", "p_sign", "B wins", "A wins", "verdict"]
+    click.echo(table(rows, columns))
+    if result.slices:
+        shown = [{result.slice_by: value, "n": m.n, **row}
+                 for value, diffs in result.slices.items() for m, row in zip(diffs, _diff_rows(diffs))]
+        click.echo(f"\nby slice ({result.slice_by}), paired 95% CI on each slice's examples:")
+        click.echo(table(shown, [result.slice_by, "n", *columns]))
     p = result.primary
     click.echo(
         f"\n{p.metric}: B - A = {p.diff:+.3f} [95% CI {p.ci_low:+.3f}, {p.ci_high:+.3f}] -> B is {p.verdict}"
         + ("" if p.verdict == "no evidence" else " than A")
     )
+
+
+def _diff_rows(diffs) -> list[dict]:
+    return [
+        {
+            "metric": m.metric + ("" if m.higher_is_better else " (lower is better)"),
+            "A": m.mean_a, "B": m.mean_b, "B-A": m.diff, "ci_low": m.ci_low, "ci_high": m.ci_high,
+            "p_sign": m.p_sign, "B wins": m.b_wins, "A wins": m.a_wins, "verdict": m.verdict,
+        }
+        for m in diffs
+    ]

@@ -39,7 +39,7 @@ def compare(
       mmadapt compare recipes/text/zentrix-support.yaml --stacks base,adapter --grid adapter.r=8,16 --grid adapter.train.lr=1e-3,2e-3
     """
     from mmadapt.govern.compare import compare as run_compare
-    from mmadapt.govern.compare import display_rows, paired_rows, ranked_rows
+    from mmadapt.govern.compare import display_rows, paired_rows, ranked_rows, sliced_rows
     from mmadapt.govern.report import table
     from mmadapt.govern.sweep import parse_grid
     from mmadapt.protocols import get_modality
@@ -50,6 +50,10 @@ def compare(
     result = run_compare(parsed, chosen, grid=swept, parallel=parallel, resume=resume, progress=not quiet)
     shown, columns = display_rows(result.rows)
     click.echo(table(shown, columns))
+    sliced, sliced_columns = sliced_rows(result.rows)
+    if sliced:
+        click.echo(f"\nby slice ({parsed.eval.slice_by}), 95% CI:")
+        click.echo(table(sliced, sliced_columns))
     paired, paired_columns = paired_rows(result.rows)
     if paired:
         click.echo("\npaired difference to base (same examples and seeds), 95% CI:")

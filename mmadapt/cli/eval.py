@@ -51,7 +51,7 @@ def eval_suite(suite, targets, run_every, suites_dir, recipes_dir, output_dir, a
 
 
 def _print(result) -> None:
-    from mmadapt.govern.report import table
+    from mmadapt.govern.report import slice_rows, table
 
     s = result.suite
     click.echo(f"suite {s.name} ({s.modality}): {len(s.sets)} set(s), bars: "
@@ -69,6 +69,10 @@ def _print(result) -> None:
                 rows.append({"set": f"{one.set} (n={one.examples})", "metric": metric, "value": one.metrics[metric],
                              "ci_low": lo, "ci_high": hi, "bar": bar, "": ("FAIL" if missed else "pass") if bar else ""})
         click.echo(table(rows, ["set", "metric", "value", "ci_low", "ci_high", "bar", ""]))
+        for one in target.sets:
+            if one.slices:
+                click.echo(f"{one.set} by slice ({one.slices['by']}), 95% CI:")
+                click.echo(table(*slice_rows(one.slices)))
     for (index, set_name), diffs in result.diffs.items():
         first, other = result.targets[0], result.targets[index]
         click.echo(f"\n{other.target} - {first.target} on {set_name} (paired, 95% bootstrap CI)")

@@ -35,7 +35,7 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
       mmadapt run my-recipe.yaml --trust-remote-pickle   # a local model with .bin weights only
     """
     from mmadapt.engine.runner import run as run_recipe
-    from mmadapt.govern.report import human_bytes, table
+    from mmadapt.govern.report import human_bytes, slice_rows, table
     from mmadapt.protocols import get_modality
 
     if trust_remote_pickle:
@@ -64,6 +64,9 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, show: int, as_jso
             ["metric", "value", "ci_low", "ci_high"],
         )
     )
+    if result.evaluation.slices:
+        click.echo(f"\nby slice ({result.evaluation.slices['by']}), 95% CI")
+        click.echo(table(*slice_rows(result.evaluation.slices)))
     costs = dict(result.costs)
     costs["artifact_bytes"] = human_bytes(costs.get("artifact_bytes"))
     click.echo("\ncosts")

@@ -3,7 +3,11 @@
 Metrics are the modality's (``Modality.score`` / ``aggregate``) and the metrics a user brings,
 ``package.module:function`` (:mod:`mmadapt.evalspec`): called per example as ``fn(output, example)``,
 their values are columns of the same score rows and their corpus figure is the mean, so
-bootstrap CIs, ``ab``, ``compare`` and suites treat both alike. Nothing here asks which modality."""
+bootstrap CIs, ``ab``, ``compare`` and suites treat both alike. Nothing here asks which modality.
+
+Slices (``eval.slice_by``): the rows are grouped by a metadata field of the eval examples, or a field
+the modality derives (:meth:`~mmadapt.protocols.Modality.derived_slices`), and every metric is
+aggregated per group with its own bootstrap CI (:func:`slice_metrics`)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mmadapt.config import suggest
 from mmadapt.engine.meters import Stopwatch, latency_percentiles
+from mmadapt.errors import MmadaptError, RecipeError
 from mmadapt.evalspec import is_user_metric, load_user_metric
 from mmadapt.guard.apply import guard_metric
 from mmadapt.guard.config import GUARD_METRICS, REPORT_METRICS
@@ -28,6 +34,7 @@ class EvalResult:
     predictions: list[Prediction]
     examples: list[Example]  # the eval examples, in the order of rows and predictions
     costs: dict[str, Any] = field(default_factory=dict)
+    slices: dict[str, Any] = field(default_factory=dict)  # {"by": field, "groups": {value: {n, metrics, ci95}}} or {}
 
 
 def score_rows(
@@ -83,16 +90,89 @@ def aggregate(modality: Modality, rows: list[dict[str, Any]], metrics: list[str]
     return means, cis
 
 
+def slice_values(
+    modality: Modality, data: DataBundle, examples: list[Example], by: str, *,
+    path: Any = None, error: type[MmadaptError] = RecipeError, key: str = "eval.slice_by",
+) -> list[str]:
+    """The slice of each example: the modality's derived field ``by``, else ``example.meta[by]`` (as text).
+
+    A field that some example lacks, or that holds a list or mapping, is one ``error`` line naming
+    ``key`` and the fields every example has."""
+    derived = modality.derived_slices(data)
+    if by in derived:
+        of = dict(zip((e.id for e in data.eval), derived[by], strict=True))
+        return [of[e.id] for e in examples]
+    lacking = [e.id for e in examples if by not in e.meta]
+    if lacking or not examples:
+        common = sorted(set.intersection(*(set(e.meta) for e in examples))) if examples else []
+        choices = [*common, *derived]
+        raise error(
+            f"{key}: {by!r} is not a metadata field of every eval example ({len(lacking)} of {len(examples)} lack it"
+            + (f", e.g. {lacking[0]})" if lacking else ")") + (suggest(by, choices) if choices else ""),
+            path=path, fix=f"use one of: {', '.join(choices)}" if choices else "add the field to every eval example",
+        )
+    odd = next((e for e in examples if isinstance(e.meta[by], (list, dict))), None)
+    if odd is not None:
+        raise error(f"{key}: {by!r} of {odd.id} is a {type(odd.meta[by]).__name__}, not one value", path=path,
+                    fix="slice by a field that holds one string or number per example")
+    return [str(e.meta[by]) for e in examples]
+
+
+def slice_metrics(
+    modality: Modality, rows: list[dict[str, Any]], values: list[str], metrics: list[str], resamples: int, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per slice value (sorted): ``n``, the corpus ``metrics`` and their bootstrap ``ci95``, as :func:`aggregate`."""
+    out = {}
+    for value in sorted(set(values)):
+        picked = [row for row, v in zip(rows, values, strict=True) if v == value]
+        means, cis = aggregate(modality, picked, metrics, resamples, seed)
+        out[value] = {"n": len(picked), "metrics": means, "ci95": {k: list(v) for k, v in cis.items()}}
+    return out
+
+
+def eval_examples(data: DataBundle, recipe) -> list[Example]:
+    """The eval examples a recipe scores (``eval.limit``: the first N)."""
+    return data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
+
+
+def check_slices(modality: Modality, data: DataBundle, recipe) -> None:
+    """Raise the one-line error of a bad ``eval.slice_by`` before anything trains."""
+    if recipe.eval.slice_by:
+        slice_values(modality, data, eval_examples(data, recipe), recipe.eval.slice_by, path=recipe.source)
+
+
+def live_scorer(modality: Modality, stack: Any, data: DataBundle, recipe) -> dict[str, Any]:
+    """What a run's :class:`~mmadapt.protocols.FitContext` needs to score while training (``train.eval_every``):
+    ``evaluate`` (the eval split's corpus metrics for the stack as it is at that moment), the metric
+    ``keep: best`` ranks by (the modality's primary one when measured, else the first) and its direction."""
+    examples = eval_examples(data, recipe)
+    metrics = list(recipe.eval.metrics or modality.default_metrics)
+    primary = modality.primary_metric if modality.primary_metric in metrics else metrics[0]
+
+    def score() -> dict[str, float]:
+        predictions = modality.predictor(stack).predict([e.input for e in examples], progress=False)
+        return corpus(modality, score_rows(modality, predictions, examples, metrics, data), metrics)
+
+    return {"evaluate": score, "primary_metric": primary, "lower_is_better": primary in modality.lower_is_better}
+
+
 def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe, *, progress: bool = True) -> EvalResult:
     """Predict every eval example (batched), score it, and time ``latency_samples`` inputs one by one."""
-    examples = data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
+    examples = eval_examples(data, recipe)
     metrics = list(recipe.eval.metrics or modality.default_metrics)
     if recipe.guard is not None:  # what the guard costs: in every report of a guarded recipe
         metrics += [m for m in REPORT_METRICS if m not in metrics]
+    by = recipe.eval.slice_by
+    values = slice_values(modality, data, examples, by, path=recipe.source) if by else []
     with Stopwatch() as watch:
         predictions = predictor.predict([e.input for e in examples], progress=progress)
     rows = score_rows(modality, predictions, examples, metrics, data)
     means, cis = aggregate(modality, rows, metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
+    slices: dict[str, Any] = {}
+    if by:
+        for row, value in zip(rows, values, strict=True):
+            row["slice"] = value
+        slices = {"by": by, "groups": slice_metrics(modality, rows, values, metrics, recipe.eval.bootstrap, recipe.train.seed)}
 
     latencies = []
     for example in examples[: recipe.eval.latency_samples]:
@@ -104,4 +184,4 @@ def evaluate(modality: Modality, predictor: Predictor, data: DataBundle, recipe,
         "eval_examples": len(examples),
         **latency_percentiles(latencies),
     }
-    return EvalResult(means, cis, rows, predictions, examples, costs)
+    return EvalResult(means, cis, rows, predictions, examples, costs, slices)

@@ -15,7 +15,7 @@ from typing import Any
 
 from mmadapt.engine import distributed
 from mmadapt.engine.artifact import ArtifactWriter, read_manifest
-from mmadapt.engine.evaluate import EvalResult, evaluate
+from mmadapt.engine.evaluate import EvalResult, check_slices, evaluate, live_scorer
 from mmadapt.engine.meters import PeakMemory, Stopwatch, folder_bytes
 from mmadapt.errors import ArtifactError, MmadaptError
 from mmadapt.guard.apply import guarded
@@ -66,6 +66,13 @@ def _write_predictions(path: Path, result: EvalResult) -> None:
             handle.write(json.dumps(record, default=str) + "\n")
 
 
+def _write_curve(path: Path, reports: Mapping[str, FitReport]) -> None:
+    """train.eval_every: every strategy's eval curve, one ``{"strategy", "step", "loss", "metrics"}`` a line."""
+    points = [{"strategy": name, **point} for name, report in reports.items() for point in report.eval_curve]
+    if points:
+        path.write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+
+
 def fit_stack(
     modality: Modality, recipe: Recipe, stack: Stack, data, part_dir: Callable[[str], Path], ctx: FitContext
 ) -> dict[str, FitReport]:
@@ -110,9 +117,11 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
     work = _work_dir(recipe)
     with PeakMemory() as memory, Stopwatch() as total:
         data = modality.load_data(recipe)
+        check_slices(modality, data, recipe)  # a bad eval.slice_by is one line before anything trains
         stack = modality.new_stack(recipe)
         with ArtifactWriter(recipe.output_dir, recipe.name) as writer:
-            ctx = FitContext(recipe=recipe, run_dir=work, resume=resume, progress=progress)
+            scorer = live_scorer(modality, stack, data, recipe) if recipe.train.eval_every else {}
+            ctx = FitContext(recipe=recipe, run_dir=work, resume=resume, progress=progress, **scorer)
             reports = fit_stack(modality, recipe, stack, data, writer.part_dir, ctx)
             fits: dict[str, Any] = {
                 name: {
@@ -121,9 +130,11 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                     "steps": report.steps,
                     "final_loss": report.final_loss,
                     "bytes": folder_bytes(writer.part_dir(name)),
+                    **({"kept": report.kept} if report.kept else {}),
                 }
                 for name, report in reports.items()
             }
+            _write_curve(writer.tmp / "eval_curve.jsonl", reports)
             predictor = guarded(modality.predictor(stack), modality, stack, recipe.guard)
             result = evaluate(modality, predictor, data, recipe, progress=progress)
             samples = modality.write_samples(result.predictions, result.rows, writer.tmp)
@@ -148,6 +159,7 @@ def run(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunRe
                 "parts": fits,
                 "metrics": result.metrics,
                 "ci95": {k: list(v) for k, v in result.ci.items()},
+                **({"slices": result.slices} if result.slices else {}),
                 "samples": samples,
                 "costs": costs,
                 "versions": package_versions(),

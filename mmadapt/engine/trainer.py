@@ -19,7 +19,9 @@ of example indices into (batch, count of loss items), and a ``loss`` of (model, 
   so the global batch stays ``batch_size``, the loss is normalised by the item count summed over ranks (N processes
   compute the gradient of 1 process), gradients are clipped after they are synced, and
   only rank 0 writes checkpoints;
-* ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32.
+* ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32;
+* ``train.eval_every`` / ``keep: best``: the eval split scored at checkpoints through the scorer the
+  runner puts in the :class:`FitContext` (:mod:`mmadapt.engine.curve`), the best step's weights kept.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tqdm.auto import tqdm
 
 from mmadapt.config import TrainConfig
 from mmadapt.engine import distributed, fsdp
+from mmadapt.engine.curve import EvalCurve, curve_for
 from mmadapt.engine.seed import seed_everything
 from mmadapt.errors import MmadaptError
 from mmadapt.protocols import FitContext, FitReport
@@ -259,17 +262,20 @@ def train_strategy(
     config: TrainConfig,
 ) -> FitReport:
     """:func:`train` for the strategy ``name`` of a run: its checkpoints live in the run's
-    crash-surviving ``run_dir/<name>``, and ``--resume`` and progress bars follow the run."""
+    crash-surviving ``run_dir/<name>``, and ``--resume`` and progress bars follow the run; with
+    ``train.eval_every`` the run's scorer draws the eval curve there (:mod:`mmadapt.engine.curve`)."""
+    checkpoint_dir = Path(ctx.run_dir) / name
     return train(
         model,
         lengths=lengths,
         collate=collate,
         loss_fn=loss_fn,
         config=config,
-        checkpoint_dir=Path(ctx.run_dir) / name,
+        checkpoint_dir=checkpoint_dir,
         resume=ctx.resume,
         progress=ctx.progress,
         desc=f"{name} training",
+        curve=curve_for(ctx, config, checkpoint_dir, ctx.resume),
     )
 
 
@@ -285,6 +291,7 @@ def train(
     progress: bool = True,
     desc: str = "training",
     on_step: Callable[[int, float], None] | None = None,
+    curve: EvalCurve | None = None,
 ) -> FitReport:
     """Train ``model``'s trainable parameters for ``config.steps`` optimizer steps.
 
@@ -300,6 +307,9 @@ def train(
             f"train.batch_size {config.batch_size} is not a multiple of the {world} processes",
             fix=f"set train.batch_size to a multiple of {world} (it is the global batch)",
         )
+    if world > 1 and config.keep == "best":
+        raise MmadaptError("train.keep: best is for one process (the best weights are not gathered across ranks)",
+                           fix="keep: last in a multi-process run, or run it in one process")
     device = distributed.device() if world > 1 else None
     if device is not None and device.type == "cuda":
         model.to(device)
@@ -364,6 +374,10 @@ def train(
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if on_step:
             on_step(step + 1, step_loss)
+        if curve is not None:
+            curve.loss(step + 1, step_loss)
+            if curve.due(step + 1):
+                curve.score(model, step + 1, step_loss)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_checkpoint(checkpoint_dir, model, optimizer, step + 1, losses)
     bar.close()
@@ -371,6 +385,7 @@ def train(
     if sharded is not None:
         fsdp.unshard(sharded)
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone goes on
+    kept = curve.finish(model) if curve is not None else {}  # keep: best puts the best step's weights back
     model.eval()
     return FitReport(
         trainable_params=int(sum(p.numel() for p in params)),
@@ -378,4 +393,6 @@ def train(
         steps=config.steps,
         final_loss=losses[-1] if losses else None,
         log=[{"step": i + 1, "loss": v} for i, v in enumerate(losses)],
+        eval_curve=list(curve.points) if curve is not None else [],
+        kept=kept,
     )

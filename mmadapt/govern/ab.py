@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmadapt.engine.evaluate import score_rows
+from mmadapt.engine.evaluate import eval_examples, score_rows, slice_values
 from mmadapt.engine.stats import paired_bootstrap
 from mmadapt.engine.versions import current_version, recipe_dir, resolve_version
 from mmadapt.errors import ArtifactError, MmadaptError
@@ -78,6 +78,8 @@ class ABResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # per example: id, a/b outputs and scores
     source: str = "eval"  # eval: the eval split predicted by both; log: live feedback from the serve log
     unpaired: int = 0  # (log) rated requests left without a partner: the larger side's surplus
+    slice_by: str | None = None  # eval.slice_by: the same comparison on each slice's examples alone
+    slices: dict[str, list[MetricDiff]] = field(default_factory=dict)
 
     @property
     def primary(self) -> MetricDiff:
@@ -197,26 +199,34 @@ def ab_test(
     dir_a, dir_b = resolve_version(rdir, a), resolve_version(rdir, b)
     modality = get_modality(recipe.modality)
     data = modality.load_data(recipe)
-    examples = data.eval[: recipe.eval.limit] if recipe.eval.limit else list(data.eval)
+    examples = eval_examples(data, recipe)
     metrics = list(recipe.eval.metrics or modality.default_metrics)
+    by = recipe.eval.slice_by
+    values = slice_values(modality, data, examples, by, path=recipe.source) if by else []
     rows_a, out_a = _score_version(dir_a, modality, examples, metrics, data, progress)
     rows_b, out_b = _score_version(dir_b, modality, examples, metrics, data, progress)
-    diffs = compare_scores(
-        rows_a, rows_b, metrics, lower_is_better=modality.lower_is_better, method=method, resamples=resamples, level=level, seed=recipe.train.seed
-    )
+    settings = {"lower_is_better": modality.lower_is_better, "method": method, "resamples": resamples, "level": level,
+                "seed": recipe.train.seed}
+    diffs = compare_scores(rows_a, rows_b, metrics, **settings)
+    slices = {
+        value: compare_scores([r for r, v in zip(rows_a, values) if v == value], [r for r, v in zip(rows_b, values) if v == value],
+                              metrics, **settings)
+        for value in sorted(set(values))
+    }
     if not diffs:
         raise MmadaptError(
             "no metric could be scored on both versions", path=recipe.source,
             fix="check the eval split has what the metrics need (e.g. key_fact for fact_accuracy)",
         )
     rows = []
-    for ex, ra, rb, oa, ob in zip(examples, rows_a, rows_b, out_a, out_b):
-        row: dict[str, Any] = {"id": ex.id, "output_a": oa, "output_b": ob}
+    for i, (ex, ra, rb, oa, ob) in enumerate(zip(examples, rows_a, rows_b, out_a, out_b)):
+        row: dict[str, Any] = {"id": ex.id, "output_a": oa, "output_b": ob, **({"slice": values[i]} if by else {})}
         for m in metrics:
             row[f"{m}_a"], row[f"{m}_b"] = ra.get(m), rb.get(m)
         rows.append(row)
     primary = modality.primary_metric if modality.primary_metric in metrics else diffs[0].metric
-    return ABResult(recipe.name, dir_a.name, dir_b.name, method, level, len(examples), primary, diffs, rows)
+    return ABResult(recipe.name, dir_a.name, dir_b.name, method, level, len(examples), primary, diffs, rows,
+                    slice_by=by, slices=slices)
 
 
 FEEDBACK_METRIC = "feedback"  # the score clients send to /v1/feedback; higher is better

@@ -32,11 +32,12 @@ from typing import Any
 
 import yaml
 
+from mmadapt.engine.evaluate import check_slices
 from mmadapt.engine.placement import slot_envs, thread_cap, usable_cores, visible_gpus
 from mmadapt.engine.runner import run_in_process
 from mmadapt.engine.stats import paired_bootstrap
 from mmadapt.errors import MmadaptError
-from mmadapt.govern.report import human_bytes, table
+from mmadapt.govern.report import ci_cell, human_bytes, slice_rows, table
 from mmadapt.govern.sweep import Run, default_stacks, plan, runnable
 from mmadapt.protocols import get_modality
 from mmadapt.recipe import Recipe
@@ -72,6 +73,8 @@ def compare(
     modality = get_modality(recipe.modality)
     labels = list(stacks or recipe.compare.stacks or default_stacks(recipe))
     runs = plan(recipe, labels, recipe.compare.grid if grid is None else grid)
+    if recipe.eval.slice_by:  # a bad eval.slice_by is one line before any run starts
+        check_slices(modality, modality.load_data(recipe), recipe)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = Path(recipe.output_dir) / recipe.name / "compare" / stamp
     (report_dir / "stacks").mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,8 @@ def _row(run: Run, manifest: dict[str, Any], recipe: Recipe, report_dir: Path) -
         row[metric] = value
         row[f"{metric}_ci"] = [lo, hi]
     row.update({k: manifest["costs"].get(k) for k in COST_COLUMNS})
+    if manifest.get("slices"):
+        row["slices"] = manifest["slices"]
     sheet = _copy_overview(manifest, recipe, report_dir, run.slug)
     if sheet:
         row["samples"] = sheet
@@ -312,8 +317,19 @@ def display_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
 
 def _cell(row: Mapping[str, Any], metric: str) -> str:
     lo, hi = row.get(f"{metric}_ci", (None, None))
-    value = row.get(metric)
-    return "-" if value is None else f"{value:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{value:.3f}"
+    return ci_cell(row.get(metric), lo, hi)
+
+
+def sliced_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every stack's metrics per slice of ``eval.slice_by`` (value [95% CI]), stack by stack; empty without slices."""
+    out: list[dict[str, Any]] = []
+    columns: list[str] = []
+    for row in rows:
+        if row.get("slices"):
+            shown, cols = slice_rows(row["slices"], label_of(row))
+            out += shown
+            columns += [c for c in cols if c not in columns]
+    return out, columns
 
 
 def ranked_rows(rows: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -356,24 +372,18 @@ def write_report(result: CompareResult, recipe: Recipe, failed: Mapping[str, str
     ranked, ranked_columns = ranked_rows(result.rows, metric)
     if ranked:
         direction = "lower" if metric in lower else "higher"
-        md += [
-            f"## Ranked by {metric} ({direction} is better)",
-            "",
-            "`tied`: the 95% CI overlaps the best one's — no evidence the best is better, so the cheaper may do.",
-            "",
-            table(ranked, ranked_columns, markdown=True),
-            "",
-        ]
+        md += _section(f"Ranked by {metric} ({direction} is better)",
+                       "`tied`: the 95% CI overlaps the best one's — no evidence the best is better, so the cheaper may do.",
+                       ranked, ranked_columns)
+    sliced, sliced_columns = sliced_rows(result.rows)
+    if sliced:
+        md += _section(f"By slice ({recipe.eval.slice_by})",
+                       "Each metric on the eval examples of one slice only, with its own 95% bootstrap CI.", sliced, sliced_columns)
     paired, paired_columns = paired_rows(result.rows)
     if paired:
-        md += [
-            "## Against the base, example by example",
-            "",
-            "Mean paired difference to the base over the same eval examples (same seeds), 95% bootstrap CI, two-sided p.",
-            "",
-            table(paired, paired_columns, markdown=True),
-            "",
-        ]
+        md += _section("Against the base, example by example",
+                       "Mean paired difference to the base over the same eval examples (same seeds), 95% bootstrap CI, two-sided p.",
+                       paired, paired_columns)
     sheets = [(label_of(row), row["samples"]) for row in result.rows if row.get("samples")]
     if sheets:
         md += ["## Samples", ""]
@@ -383,6 +393,11 @@ def write_report(result: CompareResult, recipe: Recipe, failed: Mapping[str, str
         md += ["## Failed", "", *[f"- {label}: {error}" for label, error in failed.items()], ""]
     (result.report_dir / "report.md").write_text("\n".join(md))
     plot(result, result.report_dir / "report.png")
+
+
+def _section(heading: str, note: str, rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """A report.md section: heading, one line of what it shows, the Markdown table."""
+    return [f"## {heading}", "", note, "", table(rows, columns, markdown=True), ""]
 
 
 def plot(result: CompareResult, path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # A string that shows a number: a figure (signed, with thousands commas, a decimal point or an exponent),
@@ -72,3 +72,28 @@ def human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(n)
+
+
+def ci_cell(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """A metric cell: 'value [lo, hi]' (its 95% CI), 'value' without one, '-' without a value."""
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{value:.3f}"
+
+
+def slice_rows(slices: Mapping[str, Any], label: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """An evaluation's ``slices`` ({"by", "groups": value -> n, metrics, ci95}) as table rows: one per slice
+    (after a ``stack`` cell when ``label`` is given), each metric 'value [lo, hi]'; and the columns."""
+    groups = slices.get("groups") or {}
+    metrics: list[str] = []
+    for group in groups.values():
+        metrics += [m for m in group["metrics"] if m not in metrics]
+    rows = []
+    for value, group in groups.items():
+        row: dict[str, Any] = {} if label is None else {"stack": label}
+        row[slices["by"]] = f"{value} (n={group['n']})"
+        for m in metrics:
+            lo, hi = (list(group.get("ci95", {}).get(m) or []) + [None, None])[:2]
+            row[m] = ci_cell(group["metrics"].get(m), lo, hi)
+        rows.append(row)
+    return rows, [*([] if label is None else ["stack"]), slices["by"], *metrics]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapt.engine.artifact import read_manifest, versions
-from mmadapt.engine.evaluate import aggregate, score_rows
+from mmadapt.engine.evaluate import aggregate, score_rows, slice_metrics, slice_values
 from mmadapt.engine.versions import current_version, recipe_dir, resolve_version
 from mmadapt.errors import MmadaptError, SuiteError
 from mmadapt.evalspec import Suite, find_suite, load_suite
@@ -41,6 +41,7 @@ class SetScore:
     ci: dict[str, tuple[float, float]]
     failures: list[str]  # the bars missed on this set, e.g. 'fact_accuracy 0.10 < 0.30'
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    slices: dict[str, Any] = field(default_factory=dict)  # the suite's slice_by: {"by", "groups": value -> n, metrics, ci95}
 
 
 @dataclass
@@ -83,7 +84,7 @@ class SuiteResult:
             "targets": [
                 {"target": t.target, "recipe": t.recipe, "version": t.version, "passed": t.passed, "failures": t.failures,
                  "sets": [{"set": x.set, "examples": x.examples, "metrics": x.metrics, "ci95": {k: list(v) for k, v in x.ci.items()},
-                           "failures": x.failures} for x in t.sets]}
+                           "failures": x.failures, **({"slices": x.slices} if x.slices else {})} for x in t.sets]}
                 for t in self.targets
             ],
             "diffs": [
@@ -142,10 +143,13 @@ def score_version(suite: Suite, version_dir: Path, label: str | None = None, *, 
         as_eval = recipe.model_copy(update={"data": recipe.data.model_copy(update={"eval": str(set_path)})})
         data = modality.load_data(as_eval)
         examples = list(data.eval)
+        by = suite.slice_by
+        values = slice_values(modality, data, examples, by, path=set_path, error=SuiteError, key="slice_by") if by else []
         predictions = loaded.predictor.predict([e.input for e in examples], progress=progress)
         rows = score_rows(modality, predictions, examples, suite.metrics, data)
         metrics, ci = aggregate(modality, rows, suite.metrics, recipe.eval.bootstrap, seed=recipe.train.seed)
-        sets.append(SetScore(set_label, len(examples), metrics, ci, suite.check(metrics), rows))
+        slices = {"by": by, "groups": slice_metrics(modality, rows, values, suite.metrics, recipe.eval.bootstrap, recipe.train.seed)} if by else {}
+        sets.append(SetScore(set_label, len(examples), metrics, ci, suite.check(metrics), rows, slices))
         del predictions
     del loaded
     gc.collect()

@@ -119,6 +119,13 @@ class ImageModality(Modality):
         )
         return [f"{SAMPLES_DIR}/{CONTACT_SHEET}", *files]
 
+    def derived_slices(self, data: DataBundle) -> dict[str, list[str]]:
+        """``prompt_seen``: ``seen`` when an eval prompt's text is written in some reference caption (the
+        scene was trained on), else ``unseen``."""
+        captions = [" ".join(str(e.input).lower().split()) for e in data.train]
+        prompts = (" ".join(str(e.input).lower().split()) for e in data.eval)
+        return {"prompt_seen": ["seen" if any(p in c for c in captions) else "unseen" for p in prompts]}
+
     def retrieval_source(self, recipe) -> str | None:
         return recipe.data.references
 

@@ -125,6 +125,10 @@ class SpeechModality(Modality):
         corpus = speech_metrics.aggregate(rows)
         return {m: corpus[m] for m in metrics if corpus.get(m) is not None}
 
+    def derived_slices(self, data: DataBundle) -> dict[str, list[str]]:
+        """``terms_seen``: whether each eval clip's domain terms are all spoken in the train split."""
+        return {"terms_seen": speech_data.terms_seen(data.train, data.eval)}
+
     def retrieval_source(self, recipe) -> str | None:
         return recipe.data.vocabulary
 

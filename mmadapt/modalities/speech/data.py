@@ -10,11 +10,13 @@ first errors) and :func:`validate_data` (report them all) use it, so a run and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmadapt.engine import validate as v
 from mmadapt.errors import DataError
+from mmadapt.modalities.speech.metrics import term_pattern
 from mmadapt.protocols import DataBundle, Example
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,3 +191,18 @@ def validate_data(recipe: Recipe) -> list[v.Problem]:
     in train and eval, eval audio over 30 s (transcribed window by window).
     """
     return read_data(recipe, thorough=True)[1]
+
+
+def terms_seen(train: list[Example], evaluation: list[Example]) -> list[str]:
+    """Per eval clip: ``seen`` when every domain term it holds (its ``terms``) is spoken in some train
+    transcript, ``unseen`` when one is not, ``no terms`` for plain speech (the ``terms_seen`` slice)."""
+    spoken = "\n".join(e.reference or "" for e in train)
+    out = []
+    for example in evaluation:
+        terms = [t for t in example.meta.get("terms") or [] if t and t.strip()]
+        if not terms:
+            out.append("no terms")
+        else:
+            known = all(re.search(term_pattern(t), spoken, re.IGNORECASE) for t in terms)
+            out.append("seen" if known else "unseen")
+    return out

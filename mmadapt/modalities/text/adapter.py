@@ -62,6 +62,7 @@ class TextAdapterStrategy(Strategy):
         seed_everything(self.recipe.train.seed)  # adapter init is part of the run's determinism
         with quiet_libraries():
             model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
+        stack.model = model  # train.eval_every scores the stack while it trains: with the adapter (prompt tuning too)
         report = train_text_model(model, stack, data, ctx, "adapter", self.config.train)
         model.save_pretrained(part_dir / ADAPTER_DIR, safe_serialization=True)
         (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
