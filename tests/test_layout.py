@@ -24,6 +24,7 @@ FORBIDDEN = {
     "mmadapt.modalities": ("mmadapt.govern", "mmadapt.cli"),
     "mmadapt.retrieval": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.models": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
+    "mmadapt.records": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.protocols"),
     "mmadapt.protocols": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
     "mmadapt.config": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities", "mmadapt.recipe"),
     "mmadapt.recipe": ("mmadapt.engine", "mmadapt.govern", "mmadapt.cli", "mmadapt.modalities"),
