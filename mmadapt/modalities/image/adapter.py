@@ -1,7 +1,9 @@
 """The adapter strategy for images: a brand-style LoRA on the denoiser's attention projections.
 
-LoRA (peft, through diffusers' ``add_adapter``) on ``to_q``, ``to_k``, ``to_v`` and
-``to_out.0`` of every attention block of the UNet (or transformer), trained with the
+LoRA (peft, through diffusers' ``add_adapter``) on the attention projections of the
+denoiser's family (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every UNet attention
+block; for SD3/Flux also the joint attention's ``add_*_proj`` and ``to_add_out``; ``[all]``
+= every linear layer; :mod:`mmadapt.modalities.image.families`), trained with the
 noise-prediction loss on the references and their captions in the shared loop
 (:mod:`mmadapt.modalities.image.tuning`). Saved in the diffusers LoRA format
 (``pytorch_lora_weights.safetensors`` via ``save_lora_weights``), loaded with
@@ -16,13 +18,13 @@ from pathlib import Path
 from pydantic import Field
 
 from mmadapt.errors import ArtifactError
-from mmadapt.modalities.image.tuning import DiffusionTuning, train_denoiser
+from mmadapt.modalities.image.families import family_of, lora_targets
+from mmadapt.modalities.image.tuning import DiffusionTuning, train_denoiser, write_loss_log
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 ADAPTER_DIR = "adapter"
 ADAPTER_NAME = "brand"
 WEIGHTS = "pytorch_lora_weights.safetensors"
-ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class ImageAdapterConfig(DiffusionTuning):
@@ -30,7 +32,9 @@ class ImageAdapterConfig(DiffusionTuning):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     alpha: int = Field(8, ge=1, le=4096, description="LoRA alpha (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION), description="denoiser module names")
+    target_modules: list[str] | None = Field(
+        None, description="denoiser module names; None = the family's attention projections; [all] = every linear layer"
+    )
     scale: float = Field(1.0, ge=0.0, le=4.0, description="LoRA weight at inference")
 
 
@@ -54,17 +58,20 @@ class ImageAdapterStrategy(Strategy):
             lora_alpha=self.config.alpha,
             lora_dropout=self.config.dropout,
             init_lora_weights="gaussian",
-            target_modules=list(self.config.target_modules),
+            target_modules=lora_targets(denoiser, family_of(stack, self.config), self.config.target_modules),
         )
         denoiser.add_adapter(lora, adapter_name=ADAPTER_NAME)
         try:
             report = train_denoiser(denoiser, stack, data, ctx, "adapter", self.config)
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME))
+            layers = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
+            if stack.denoiser == "unet":  # the UNet loaders' key names; transformers keep peft's (as diffusers' scripts)
+                layers = convert_state_dict_to_diffusers(layers)
             folder = part_dir / ADAPTER_DIR
             type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
         finally:
             denoiser.delete_adapters(ADAPTER_NAME)  # compose() applies exactly what was saved
         (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
+        write_loss_log(part_dir, report)
         return report
 
     def compose(self, stack, part_dir: Path) -> None:
