@@ -59,11 +59,15 @@ def save_model_folder(model, out_dir: Path, *companions) -> list[str]:
     return merged
 
 
-def export(version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, progress: bool = False) -> Path:
+def export(
+    version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, fmt: str | None = None, progress: bool = False
+) -> Path:
     """Write ``out_dir`` from the version in ``version_dir``; return ``out_dir``.
 
     With ``merge`` the modality writes a merged model folder; without it, only the
     version's parts are copied (the adapter stays a peft folder) under ``mmadapt/``.
+    With ``fmt`` the modality writes the trained adapter in that tool format
+    (``Modality.export_adapter``) instead of a merged model.
     """
     from mmadapt.engine.runner import load_artifact
 
@@ -87,14 +91,17 @@ def export(version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, 
             "merged": [],
             "copied": [],
         }
-        if merge:
+        if fmt is not None:
+            info["adapter_format"] = fmt
+            info["written"] = loaded.modality.export_adapter(loaded.stack, version_dir, tmp, fmt)
+        elif merge:
             info["merged"] = loaded.modality.export_model(loaded.stack, tmp)
         sidecar = tmp / SIDECAR
         sidecar.mkdir()
         for name in loaded.recipe.stack:
             strategy = loaded.modality.strategies[name]
-            if merge and strategy.trains:
-                continue  # its weights are in the merged model
+            if (merge or fmt is not None) and strategy.trains:
+                continue  # its weights are in the merged model / the exported adapter
             shutil.copytree(version_dir / name, sidecar / name)
             info["copied"].append(name)
         (sidecar / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -176,3 +176,49 @@ def test_an_unsupported_denoiser_is_one_line(pipes):
     with pytest.raises(ModelError, match="training the denoiser of SimpleNamespace \\(Linear\\) is not supported") as info:
         family_of(stack, None)
     assert "\n" not in str(info.value)
+
+
+def plain_image(pipe) -> np.ndarray:
+    """What the evaluated sample was generated with, through the plain diffusers call."""
+    import torch
+
+    from mmadapt.modalities.image.predict import prompt_seed
+
+    prompt = "two circles in a row"
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(prompt_seed(0, prompt))
+    return pixels(pipe(prompt=[prompt], num_inference_steps=2, guidance_scale=3.0, generator=[generator], height=32, width=32).images[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_export_diffusers_kohya_and_merged_give_the_evaluated_images(tmp_path, pipes, family):
+    from diffusers import DiffusionPipeline
+
+    key = f"{family}/adapter"
+    if key not in VERSIONS:
+        pytest.skip("needs the training tests of this module")
+    version = VERSIONS[key]
+    evaluated = pixels(version / "samples" / "p0.png")
+    formats = ["diffusers", "kohya"] if family == "sdxl" else ["diffusers"]
+    for fmt in formats:
+        out = tmp_path / fmt
+        result = CliRunner().invoke(main, ["export", str(version), str(out), "--format", fmt], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        (weights,) = [p for p in out.iterdir() if p.suffix == ".safetensors"]
+        if fmt == "kohya":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                assert all(k.startswith("lora_unet_") for k in f.keys())
+        pipe = DiffusionPipeline.from_pretrained(pipes[family])
+        pipe.load_lora_weights(str(out), weight_name=weights.name)  # diffusers' own loader detects kohya keys
+        assert np.abs(plain_image(pipe) - evaluated).max() <= 1, fmt
+    merged = tmp_path / "merged"
+    result = CliRunner().invoke(main, ["export", str(version), str(merged)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert np.abs(plain_image(DiffusionPipeline.from_pretrained(merged)) - evaluated).max() <= 2
+    if family == "flux":
+        refused = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "k"), "--format", "kohya"])
+        assert refused.exit_code == 2 and "kohya layout covers UNet LoRAs" in refused.output
+        assert not (tmp_path / "k").exists()

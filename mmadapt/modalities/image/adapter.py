@@ -92,3 +92,51 @@ class ImageAdapterStrategy(Strategy):
             diffusers_logging.set_verbosity(level)
         stack.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[float(scale)])
         stack.lora_scale = float(scale)
+
+
+LORA_FORMATS = ("diffusers", "kohya")
+KOHYA_WEIGHTS = "lora_kohya.safetensors"
+
+
+def export_lora(stack, part_dir: Path, out_dir: Path, fmt: str) -> list[str]:
+    """Write the trained LoRA of ``part_dir`` into ``out_dir`` as ``fmt``; return the file names.
+
+    ``diffusers``: the file ``pipe.load_lora_weights`` reads (as saved). ``kohya``: the
+    ``lora_unet_*`` layout of kohya sd-scripts / ComfyUI / A1111, by diffusers' own converters
+    (``convert_unet_state_dict_to_peft`` then ``convert_state_dict_to_kohya``); UNet LoRAs only
+    (SD 1.x/2.x, SDXL) — diffusers' kohya converter has no mapping for SD3/Flux transformers.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = part_dir / ADAPTER_DIR / WEIGHTS
+    if fmt not in LORA_FORMATS:
+        raise ArtifactError(f"unknown LoRA export format {fmt!r}", fix=f"use --format {' or '.join(LORA_FORMATS)}")
+    if not source.is_file():
+        raise ArtifactError("adapter weights are missing", path=source.parent, fix="re-run the recipe")
+    if fmt == "diffusers":
+        shutil.copyfile(source, out_dir / WEIGHTS)
+        return [WEIGHTS]
+    if stack.denoiser != "unet":
+        raise ArtifactError(
+            f"the kohya layout covers UNet LoRAs (SD 1.x/2.x, SDXL), not a {type(stack.unet).__name__} LoRA",
+            path=source,
+            fix="use --format diffusers (diffusers and ComfyUI load it for SD3 / Flux)",
+        )
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+
+    peft_keys = convert_unet_state_dict_to_peft(load_file(str(source)))
+    save_file(convert_state_dict_to_kohya(peft_keys), str(out_dir / KOHYA_WEIGHTS), metadata={"format": "pt"})
+    return [KOHYA_WEIGHTS]
+
+
+def fuse_and_save(stack, out_dir: Path) -> list[str]:
+    """Save the composed pipeline as one folder, a loaded LoRA fused into the denoiser at its scale."""
+    merged = []
+    if stack.lora_scale is not None:
+        stack.pipe.fuse_lora(components=[stack.denoiser], adapter_names=[ADAPTER_NAME])
+        stack.pipe.unload_lora_weights()
+        merged.append(f"lora ({ADAPTER_NAME}, scale {stack.lora_scale:g}) fused into the {stack.denoiser}")
+    stack.pipe.save_pretrained(out_dir, safe_serialization=True)
+    return merged
