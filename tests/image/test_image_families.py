@@ -222,3 +222,16 @@ def test_export_diffusers_kohya_and_merged_give_the_evaluated_images(tmp_path, p
         refused = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "k"), "--format", "kohya"])
         assert refused.exit_code == 2 and "kohya layout covers UNet LoRAs" in refused.output
         assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.slow
+def test_the_sdxl_recipe_runs_on_the_tiny_sdxl(tmp_path, pipes):
+    recipe = ROOT / "recipes" / "image" / "brand-style-sdxl.yaml"
+    sets = [f"base_model={pipes['sdxl']}", f"output_dir={tmp_path}", "train.steps=3", "train.batch_size=2",
+            "inference.height=16", "inference.width=16", "inference.steps=2", "eval.limit=2", "eval.bootstrap=10",
+            "eval.latency_samples=0", "eval.metrics=[palette_adherence]"]
+    args = ["run", str(recipe), "--quiet", "--json"] + [x for s in sets for x in ("--set", s)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output[result.output.index("{") :])
+    assert manifest["base_model"]["pipeline"] == "StableDiffusionXLPipeline" and manifest["parts"]["adapter"]["steps"] == 3
