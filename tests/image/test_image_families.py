@@ -235,3 +235,69 @@ def test_the_sdxl_recipe_runs_on_the_tiny_sdxl(tmp_path, pipes):
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output[result.output.index("{") :])
     assert manifest["base_model"]["pipeline"] == "StableDiffusionXLPipeline" and manifest["parts"]["adapter"]["steps"] == 3
+
+
+def marked(width: int, height: int) -> Image.Image:
+    """A grey image whose outermost 2 px are marks: red left, blue right, green top, yellow bottom."""
+    a = np.full((height, width, 3), 128, dtype=np.uint8)
+    a[:, :2], a[:, -2:] = (255, 0, 0), (0, 0, 255)
+    a[:2, 2:-2], a[-2:, 2:-2] = (0, 255, 0), (255, 255, 0)
+    return Image.fromarray(a)
+
+
+def edges_kept(image: Image.Image) -> bool:
+    a = np.asarray(image, dtype=np.int16)
+    mid_h, mid_w = a.shape[0] // 2, a.shape[1] // 2
+    return bool(
+        a[mid_h, 0, 0] > 200 and a[mid_h, -1, 2] > 200 and a[0, mid_w, 1] > 200 and a[-1, mid_w, :2].min() > 200
+    )
+
+
+def test_buckets_keep_every_references_full_content_in_the_latent_cache(tmp_path, pipes):
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmadapt.modalities.image.adapter import ImageAdapterConfig
+    from mmadapt.modalities.image.families import family_of
+    from mmadapt.modalities.image.tuning import encode_references, reference_images
+    from mmadapt.protocols import get_modality
+    from mmadapt.recipe import load_recipe
+
+    refs = [SimpleNamespace(image=marked(w, h), caption="zentrix style") for w, h in ((64, 32), (32, 32), (32, 64))]
+    on = ImageAdapterConfig(buckets=True, bucket_step=4)
+    cropped = reference_images(refs, (16, 16), ImageAdapterConfig())
+    assert not edges_kept(cropped[0]) and not edges_kept(cropped[2])  # a square crop cuts the wide/tall marks
+    bucketed = reference_images(refs, (16, 16), on)
+    assert [im.size for im in bucketed] == [(24, 12), (16, 16), (12, 24)]
+    assert all(edges_kept(im) for im in bucketed)
+
+    brand = tmp_path / "brand"
+    (brand / "images").mkdir(parents=True)
+    for n, ref in enumerate(refs):
+        ref.image.save(brand / "images" / f"r{n}.png")
+    (brand / "palette.json").write_text(json.dumps(["#FF0000", "#0000FF"]))
+    (brand / "prompts.jsonl").write_text(json.dumps({"id": "p0", "prompt": "a star"}) + "\n")
+    raw = yaml.safe_load(family_recipe(tmp_path, pipes["sdxl"], brand, "adapter", steps=3).read_text())
+    raw["data"].pop("captions")
+    raw["strategies"]["adapter"].update(buckets=True, bucket_step=4)
+    raw["inference"].update(height=16, width=16)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    modality = get_modality("image")
+    stack = modality.new_stack(recipe)
+    data_refs = modality.load_data(recipe).resources["references"]
+    family = family_of(stack, recipe.strategies["adapter"])
+    groups, bucket, _cond, _empty, extras = encode_references(stack, data_refs, ["a"] * 3, family, recipe.strategies["adapter"])
+    vae = stack.pipe.vae
+    for ref, (b, row) in zip(data_refs, bucket):
+        full = reference_images([ref], (16, 16), recipe.strategies["adapter"])[0]
+        assert edges_kept(full)
+        pixels = torch.from_numpy(np.asarray(full, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            expected = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        assert torch.allclose(groups[b][row : row + 1], expected, atol=1e-5)
+    assert sorted(tuple(g.shape[2:]) for g in groups) == [(6, 12), (8, 8), (12, 6)]
+    assert extras["time_ids"][:, 2:4].abs().sum() == 0  # SDXL's crop top-left: nothing was cropped
+    version = cli_run(tmp_path / "recipe.yaml")  # mixed-size micro-batches train
+    assert len(json.loads((version / "adapter" / "losses.json").read_text())) == 3

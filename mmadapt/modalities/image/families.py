@@ -65,7 +65,20 @@ def crop_coords(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, in
     return (round(size[1] * scale) - target[1]) // 2, (round(size[0] * scale) - target[0]) // 2
 
 
-class DDPMFamily:
+class PromptDefaults:
+    """What most families share: a dropped caption trains the empty prompt, references add no inputs."""
+
+    def unconditional(self, captions_cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The condition a dropped caption trains (the empty prompt's, one row)."""
+        return self.encode_prompts([""])
+
+    def reference_inputs(self, sizes: list[tuple[int, int]], targets: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Per-reference model inputs beside the latent (from each reference's size and the size it
+        was cropped to, both (w, h)); none here."""
+        return {}
+
+
+class DDPMFamily(PromptDefaults):
     """SD 1.x/2.x: one CLIP text encoder, a UNet, a DDPM-family scheduler."""
 
     name = "sd"
@@ -90,14 +103,6 @@ class DDPMFamily:
     def encode_prompts(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds = self.stack.pipe.encode_prompt(captions, torch.device("cpu"), 1, False)[0]
         return {"encoder_hidden_states": embeds}
-
-    def unconditional(self, captions_cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The condition a dropped caption trains (the empty prompt's, one row)."""
-        return self.encode_prompts([""])
-
-    def reference_inputs(self, sizes: list[tuple[int, int]], target: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Per-reference model inputs beside the latent (from each reference's size (w, h)); none here."""
-        return {}
 
     def draw(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         noise = offset_noise(x0.shape, self.tuning.noise_offset)
@@ -135,9 +140,9 @@ class SDXLFamily(DDPMFamily):
             return {k: torch.zeros_like(v[:1]) for k, v in captions_cond.items()}
         return self.encode_prompts([""])
 
-    def reference_inputs(self, sizes: list[tuple[int, int]], target: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def reference_inputs(self, sizes: list[tuple[int, int]], targets: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """``time_ids`` = (original h, w, crop top, left, target h, w) of each reference."""
-        rows = [(h, w, *crop_coords((w, h), target), target[1], target[0]) for w, h in sizes]
+        rows = [(h, w, *crop_coords((w, h), t), t[1], t[0]) for (w, h), t in zip(sizes, targets)]
         return {"time_ids": torch.tensor(rows, dtype=torch.float32)}
 
     def predict(self, model, batch: dict[str, Any]) -> torch.Tensor:
@@ -146,7 +151,7 @@ class SDXLFamily(DDPMFamily):
         return model(batch["xt"], batch["t"], encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added).sample
 
 
-class FlowFamily:
+class FlowFamily(PromptDefaults):
     """SD3 / SD3.5: rectified flow on an MMDiT, CLIP-L + CLIP-G + T5 prompts."""
 
     name = "sd3"
@@ -164,12 +169,6 @@ class FlowFamily:
             captions, None, None, device=torch.device("cpu"), num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-    def unconditional(self, captions_cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.encode_prompts([""])
-
-    def reference_inputs(self, sizes: list[tuple[int, int]], target: tuple[int, int]) -> dict[str, torch.Tensor]:
-        return {}
 
     def draw(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         from diffusers.training_utils import compute_density_for_timestep_sampling
@@ -223,8 +222,8 @@ class FluxFamily(FlowFamily):
         b, c, h, w = xt.shape
         packed = FluxPipeline._pack_latents(xt, b, c, h, w)
         img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, xt.device, xt.dtype)
-        txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, dtype=xt.dtype)
-        guidance = torch.full((b,), self.tuning.flux_guidance) if model.config.guidance_embeds else None
+        txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, dtype=xt.dtype, device=xt.device)
+        guidance = torch.full((b,), self.tuning.flux_guidance, device=xt.device) if model.config.guidance_embeds else None
         pred = model(
             hidden_states=packed,
             timestep=batch["t"] / 1000.0,

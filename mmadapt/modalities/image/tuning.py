@@ -33,7 +33,7 @@ from mmadapt.errors import DataError
 from mmadapt.modalities.image.families import family_of, min_snr_weights, offset_noise
 from mmadapt.protocols import DataBundle, FitContext, FitReport
 
-__all__ = ["DiffusionTuning", "encode_references", "min_snr_weights", "offset_noise", "train_denoiser", "write_loss_log"]
+__all__ = ["DiffusionTuning", "bucket_size", "encode_references", "reference_images", "min_snr_weights", "offset_noise", "train_denoiser", "write_loss_log"]
 LOSS_LOG = "losses.json"
 
 
@@ -49,6 +49,8 @@ class DiffusionTuning(StrictModel):
     )
     flux_guidance: float = Field(3.5, ge=0.0, le=50.0, description="Flux: the guidance embedding's value while training")
     gradient_checkpointing: bool = Field(False, description="recompute the denoiser's activations in backward (less memory)")
+    buckets: bool = Field(False, description="aspect-ratio buckets: each reference at its aspect ratio (about the resolution's area)")
+    bucket_step: int = Field(64, ge=4, le=1024, description="bucket sides are multiples of this many pixels")
     train: TrainOverrides = Field(default_factory=TrainOverrides, description="overrides of the recipe's train section")
 
 
@@ -56,29 +58,49 @@ def training_captions(refs, auto_caption: str) -> list[str]:
     return [r.caption if r.caption else auto_caption for r in refs]
 
 
-@torch.no_grad()
-def encode_references(stack, refs, captions: list[str], family) -> tuple[torch.Tensor, dict, dict, dict]:
-    """(latents, caption conditions, the unconditional one, per-reference inputs), computed once."""
-    import numpy as np
+def bucket_size(size: tuple[int, int], target: tuple[int, int], step: int) -> tuple[int, int]:
+    """The (w, h) bucket of an image of ``size``: about ``target``'s area, the image's aspect ratio,
+    sides rounded to multiples of ``step`` (what a centre crop then trims is that rounding only)."""
+    area, ratio = target[0] * target[1], size[0] / size[1]
+    w = max(step, round((area * ratio) ** 0.5 / step) * step)
+    h = max(step, round((area / ratio) ** 0.5 / step) * step)
+    return w, h
+
+
+def reference_images(refs, target: tuple[int, int], tuning: DiffusionTuning) -> list:
+    """Each reference as it is encoded: centre-cropped to ``target``, or to its aspect-ratio bucket."""
     from PIL import Image, ImageOps
+
+    sizes = [bucket_size(r.image.size, target, tuning.bucket_step) if tuning.buckets else target for r in refs]
+    return [ImageOps.fit(r.image, size, method=Image.Resampling.LANCZOS) for r, size in zip(refs, sizes)]
+
+
+@torch.no_grad()
+def encode_references(stack, refs, captions: list[str], family, tuning: DiffusionTuning):
+    """(latent groups, bucket of each reference, caption conditions, the unconditional one,
+    per-reference inputs), computed once. References of one size are encoded together: group
+    ``b`` is a (n_b, C, h, w) tensor, ``bucket[i] = (b, row)`` where reference ``i`` sits."""
+    import numpy as np
 
     from mmadapt.modalities.image.predict import resolution
 
-    size = resolution(stack)
     vae = stack.pipe.vae
-    images = [ImageOps.fit(r.image, size, method=Image.Resampling.LANCZOS) for r in refs]
-    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 127.5 - 1.0 for im in images])).permute(0, 3, 1, 2)
-    latents = []
-    for i in range(0, len(pixels), 16):
-        latents.append(vae.encode(pixels[i : i + 16]).latent_dist.mean)
-    latents = torch.cat(latents)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    latents = (latents - shift) * vae.config.scaling_factor
+    images = reference_images(refs, resolution(stack), tuning)
+    groups, bucket = [], [(0, 0)] * len(refs)
+    for size in dict.fromkeys(im.size for im in images):
+        members = [i for i, im in enumerate(images) if im.size == size]
+        arrays = np.stack([np.asarray(images[i], dtype=np.float32) / 127.5 - 1.0 for i in members])
+        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+        encoded = torch.cat([vae.encode(pixels[i : i + 16]).latent_dist.mean for i in range(0, len(pixels), 16)])
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        groups.append((encoded - shift) * vae.config.scaling_factor)
+        for row, i in enumerate(members):
+            bucket[i] = (len(groups) - 1, row)
     parts = [family.encode_prompts(captions[i : i + 16]) for i in range(0, len(captions), 16)]
     cond = {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
     empty = {k: v.float() for k, v in family.unconditional(cond).items()}
-    extras = family.reference_inputs([r.image.size for r in refs], size)
-    return latents, cond, empty, extras
+    extras = family.reference_inputs([r.image.size for r in refs], [im.size for im in images])
+    return groups, bucket, cond, empty, extras
 
 
 def train_denoiser(model, stack, data: DataBundle, ctx: FitContext, name: str, tuning: DiffusionTuning) -> FitReport:
@@ -88,28 +110,37 @@ def train_denoiser(model, stack, data: DataBundle, ctx: FitContext, name: str, t
         raise DataError("training needs reference images", path=stack.recipe.source, fix="set data.references")
     config = tuning.train.apply(stack.recipe.train)
     family = family_of(stack, tuning)
-    latents, cond_all, empty, extras = encode_references(stack, refs, training_captions(refs, tuning.auto_caption), family)
+    captions = training_captions(refs, tuning.auto_caption)
+    latents, bucket, cond_all, empty, extras = encode_references(stack, refs, captions, family, tuning)
 
     def collate(indices: list[int]):
-        x0 = latents[indices]
-        draw = family.draw(x0)
-        cond = {k: v[indices].clone() for k, v in cond_all.items()}
-        drop = torch.rand(len(indices)) < tuning.caption_dropout
-        for k, v in cond.items():
-            v[drop] = empty[k][0]
-        batch = family.make_inputs(x0, draw, cond)
-        batch.update({k: v[indices] for k, v in extras.items()})
-        return batch, len(indices)
+        groups = []
+        for b in dict.fromkeys(bucket[i][0] for i in indices):  # one sub-batch per latent size
+            idx = [i for i in indices if bucket[i][0] == b]
+            x0 = latents[b][[bucket[i][1] for i in idx]]
+            draw = family.draw(x0)
+            cond = {k: v[idx].clone() for k, v in cond_all.items()}
+            drop = torch.rand(len(idx)) < tuning.caption_dropout
+            for k, v in cond.items():
+                v[drop] = empty[k][0]
+            batch = family.make_inputs(x0, draw, cond)
+            batch.update({k: v[idx] for k, v in extras.items()})
+            groups.append(batch)
+        return groups, len(indices)
 
-    def loss_fn(m, batch) -> torch.Tensor:
-        pred = family.predict(m, batch)
-        per_example = torch.nn.functional.mse_loss(pred.float(), batch["target"].float(), reduction="none")
-        return (per_example.flatten(1).mean(dim=1) * batch["weight"]).sum()
+    def loss_fn(m, groups) -> torch.Tensor:
+        losses = []
+        for batch in groups:
+            pred = family.predict(m, batch)
+            per_example = torch.nn.functional.mse_loss(pred.float(), batch["target"].float(), reduction="none")
+            losses.append((per_example.flatten(1).mean(dim=1) * batch["weight"]).sum())
+        return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
     if tuning.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     try:
-        return trainer.train_strategy(model, ctx, name, lengths=[1] * len(refs), collate=collate, loss_fn=loss_fn, config=config)
+        lengths = [b + 1 for b, _row in bucket]  # the trainer puts equal lengths in one micro-batch
+        return trainer.train_strategy(model, ctx, name, lengths=lengths, collate=collate, loss_fn=loss_fn, config=config)
     finally:
         if tuning.gradient_checkpointing:
             model.disable_gradient_checkpointing()
