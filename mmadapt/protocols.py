@@ -242,6 +242,15 @@ class Modality(ABC):
         too. The default derives none."""
         return {}
 
+    adapter_formats: ClassVar[tuple[str, ...]] = ()  # tool layouts ``export_adapter`` can write (image: diffusers, kohya)
+
+    def export_adapter(self, stack: Stack, version_dir: Path, out_dir: Path, fmt: str) -> list[str]:
+        """Write the version's trained adapter into ``out_dir`` in a file layout other tools load
+        (``fmt``: e.g. ``diffusers`` / ``kohya`` for images); return the files written."""
+        from mmadapt.errors import ArtifactError
+
+        raise ArtifactError(f"the {self.name} modality has no adapter export format {fmt!r}", fix="export without --format")
+
     def write_samples(self, predictions: list[Prediction], rows: list[dict[str, Any]], folder: Path) -> list[str]:
         """Files (relative to the artifact ``folder``) a modality writes beside ``predictions.jsonl``:
         generated images and a contact sheet for images; the first one is the overview a report shows.

@@ -105,9 +105,10 @@ def ask(version_dir: str, inputs: tuple[str, ...], vocabulary: str | None) -> No
 @click.argument("out_dir", type=click.Path())
 @click.option("--merge/--no-merge", default=True, show_default=True,
               help="Merge a LoRA into the base weights (one plain model folder); --no-merge copies the parts as they are.")
-@click.option("--format", "model_format", default="transformers", show_default=True,
-              help="transformers (safetensors folder), or ct2: a CTranslate2 Whisper folder for faster-whisper (speech).")
-def export(version_dir: str, out_dir: str, merge: bool, model_format: str) -> None:
+@click.option("--format", "fmt", default=None, metavar="FORMAT",
+              help="A merged model format (transformers, the default; speech: ct2, a CTranslate2 folder for faster-whisper; "
+                   "image: pipeline, the default) or an adapter format written instead of merging (image LoRA: diffusers | kohya).")
+def export(version_dir: str, out_dir: str, merge: bool, fmt: str | None) -> None:
     """Write VERSION_DIR as a model folder for serving stacks that do not load adapters.
 
     The LoRA is merged into the base weights (safetensors, with the tokenizer or processor);
@@ -118,11 +119,14 @@ def export(version_dir: str, out_dir: str, merge: bool, model_format: str) -> No
     Example:
       mmadapt export runs/zentrix-lora/v0001 serving/zentrix-lora --merge
       mmadapt export runs/speech-lora/v0001 serving/speech-ct2 --format ct2
+      mmadapt export runs/brand-style/v0003 exports/brand-kohya --format kohya
     """
     from mmadapt.engine.export import export as export_version
 
     with _output_errors(Path(out_dir)):
-        out = export_version(version_dir, out_dir, merge=merge, format=model_format)
+        out = export_version(version_dir, out_dir, merge=merge, format=fmt)
     info = json.loads((out / "mmadapt" / "export.json").read_text())
     click.echo(f"exported {info['name']} {info['version']} -> {out}")
+    if info.get("written"):
+        click.echo(f"  {info['adapter_format']}: {', '.join(info['written'])}")
     click.echo(f"  merged: {', '.join(info['merged']) or 'nothing'}; copied to {out / 'mmadapt'}: {', '.join(info['copied']) or 'nothing'}")

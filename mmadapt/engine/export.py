@@ -62,27 +62,31 @@ def save_model_folder(model, out_dir: Path, *companions) -> list[str]:
 
 
 def export(
-    version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, progress: bool = False, format: str = "transformers"
+    version_dir: str | Path, out_dir: str | Path, *, merge: bool = True, format: str | None = None, progress: bool = False
 ) -> Path:
     """Write ``out_dir`` from the version in ``version_dir``; return ``out_dir``.
 
     With ``merge`` the modality writes a merged model folder in ``format`` (one of its
-    ``export_formats``: ``transformers``, or e.g. speech's ``ct2``); without it, only the
-    version's parts are copied (the adapter stays a peft folder) under ``mmadapt/``.
+    ``export_formats``, the first by default: ``transformers``, or e.g. speech's ``ct2``); without
+    it, only the version's parts are copied (the adapter stays a peft folder) under ``mmadapt/``.
+    A ``format`` among the modality's ``adapter_formats`` (image: ``diffusers``, ``kohya``) writes
+    the trained adapter in that tool's layout (``Modality.export_adapter``) instead of a merged model.
     """
     from mmadapt.engine.runner import load_artifact
 
     version_dir, out = Path(version_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError("the export folder exists and is not empty", path=out, fix="name a new folder or remove it")
-    if format != "transformers" and not merge:
-        raise ArtifactError(f"--format {format} writes a merged model", fix="drop --no-merge, or export --format transformers")
     loaded = load_artifact(version_dir)
-    if format not in loaded.modality.export_formats:
+    modality = loaded.modality
+    if format is not None and format not in (*modality.export_formats, *modality.adapter_formats):
         raise ArtifactError(
             f"the {loaded.recipe.modality} modality cannot export --format {format}",
-            fix=f"use one of: {', '.join(loaded.modality.export_formats)}",
+            fix=f"use one of: {', '.join((*modality.export_formats, *modality.adapter_formats))}",
         )
+    if format is not None and format not in modality.adapter_formats and not merge:
+        raise ArtifactError(f"--format {format} writes a merged model", fix=f"drop --no-merge, or export --format {modality.export_formats[0]}")
+    model_format = format if format in modality.export_formats else modality.export_formats[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
@@ -96,18 +100,21 @@ def export(
             "stack": loaded.recipe.stack,
             "base_model": loaded.recipe.base_model,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "model_format": format,
+            "model_format": None if format in modality.adapter_formats or not merge else model_format,
             "merged": [],
             "copied": [],
         }
-        if merge:
-            info["merged"] = loaded.modality.export_model(loaded.stack, tmp, format)
+        if format in loaded.modality.adapter_formats:
+            info["adapter_format"] = format
+            info["written"] = loaded.modality.export_adapter(loaded.stack, version_dir, tmp, format)
+        elif merge:
+            info["merged"] = loaded.modality.export_model(loaded.stack, tmp, model_format)
         sidecar = tmp / SIDECAR
         sidecar.mkdir()
         for name in loaded.recipe.stack:
             strategy = loaded.modality.strategies[name]
-            if merge and strategy.trains:
-                continue  # its weights are in the merged model
+            if (merge or format in modality.adapter_formats) and strategy.trains:
+                continue  # its weights are in the merged model / the exported adapter
             shutil.copytree(version_dir / name, sidecar / name)
             info["copied"].append(name)
         (sidecar / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmadapt.errors import RequestError
+from mmadapt.errors import ArtifactError, RequestError
 from mmadapt.modalities.image import data as image_data
 from mmadapt.modalities.image import metrics as image_metrics
-from mmadapt.modalities.image.adapter import ImageAdapterStrategy
+from mmadapt.modalities.image.adapter import ImageAdapterStrategy, export_lora, fuse_and_save
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import ImageStack, load_pipeline
@@ -125,6 +125,19 @@ class ImageModality(Modality):
         captions = [" ".join(str(e.input).lower().split()) for e in data.train]
         prompts = (" ".join(str(e.input).lower().split()) for e in data.eval)
         return {"prompt_seen": ["seen" if any(p in c for c in captions) else "unseen" for p in prompts]}
+
+    export_formats = ("pipeline",)  # a merged model: the diffusers pipeline folder with the LoRA fused
+    adapter_formats = ("diffusers", "kohya")  # the LoRA alone, as load_lora_weights or kohya / ComfyUI read it
+
+    def export_model(self, stack: ImageStack, out_dir: Path, format: str = "pipeline") -> list[str]:
+        """The composed pipeline as one diffusers folder (a LoRA fused in; full weights as trained)."""
+        return fuse_and_save(stack, out_dir)
+
+    def export_adapter(self, stack: ImageStack, version_dir: Path, out_dir: Path, fmt: str) -> list[str]:
+        """The version's LoRA as ``diffusers`` (``load_lora_weights``) or ``kohya`` (ComfyUI / A1111) file."""
+        if "adapter" not in stack.recipe.stack:
+            raise ArtifactError("this version has no trained LoRA (no adapter in its stack)", path=version_dir, fix="export it with --merge")
+        return export_lora(stack, version_dir / "adapter", out_dir, fmt)
 
     def retrieval_source(self, recipe) -> str | None:
         return recipe.data.references

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmadapt.errors import ArtifactError
-from mmadapt.modalities.image.tuning import DiffusionTuning, train_denoiser
+from mmadapt.modalities.image.tuning import DiffusionTuning, train_denoiser, write_loss_log
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 MODEL_DIR = "model"
@@ -28,6 +28,7 @@ class ImageFullStrategy(Strategy):
         report = train_denoiser(denoiser, stack, data, ctx, "full", self.config)
         denoiser.requires_grad_(False)
         denoiser.save_pretrained(part_dir / MODEL_DIR / stack.denoiser, safe_serialization=True)
+        write_loss_log(part_dir, report)
         return report
 
     def compose(self, stack, part_dir: Path) -> None:

@@ -25,7 +25,7 @@ def prompt_seed(seed: int, prompt: str) -> int:
 def resolution(stack) -> tuple[int, int]:
     """(width, height) the pipeline generates at."""
     cfg = stack.recipe.inference
-    sample = getattr(stack.unet.config, "sample_size", None)
+    sample = getattr(stack.unet.config, "sample_size", None) or getattr(stack.pipe, "default_sample_size", None)
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     default = int(sample or 64) * int(getattr(stack.pipe, "vae_scale_factor", 8))
     return int(cfg.width or default), int(cfg.height or default)

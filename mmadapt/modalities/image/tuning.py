@@ -6,9 +6,10 @@ reference without a caption is auto-captioned with ``auto_caption`` (the style t
 ``caption_dropout`` of the captions become the empty prompt, so classifier-free guidance
 keeps an unconditional branch. Per micro-batch ``collate`` draws the noise and timesteps
 from torch's global generator, which the trainer seeds and checkpoints (a resumed run
-draws what an uninterrupted one would). The target is the noise (``epsilon``), the
-velocity (``v_prediction``) or the clean latent (``sample``), per the scheduler config;
-the loss is the per-example MSE, summed (the trainer divides by the step's examples).
+draws what an uninterrupted one would). How the noisy input, the target and
+the denoiser call look is the pipeline family's business (:mod:`mmadapt.modalities.image.families`:
+SD 1.x/2.x, SDXL, SD3, Flux); the loss is the per-example MSE times the family's weight,
+summed (the trainer divides by the step's examples).
 
 Two knobs of the diffusers training scripts move *global* looks (palette, brightness), which
 the plain loss learns slowly: at the high-noise steps that decide an image's colours it weighs
@@ -21,13 +22,19 @@ polish detail, stop dominating.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
 from mmadapt.config import StrictModel, TrainOverrides
 from mmadapt.engine import trainer
-from mmadapt.errors import DataError, ModelError
+from mmadapt.errors import DataError
+from mmadapt.modalities.image.families import family_of, min_snr_weights, offset_noise
 from mmadapt.protocols import DataBundle, FitContext, FitReport
+
+__all__ = ["DiffusionTuning", "bucket_size", "encode_references", "reference_images", "min_snr_weights", "offset_noise", "train_denoiser", "write_loss_log"]
+LOSS_LOG = "losses.json"
 
 
 class DiffusionTuning(StrictModel):
@@ -37,6 +44,13 @@ class DiffusionTuning(StrictModel):
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description="share of steps' captions replaced by the empty prompt")
     noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="offset noise: per image and channel, added to the noise")
     snr_gamma: float | None = Field(None, gt=0.0, le=100.0, description="Min-SNR loss weighting (5 is usual); None = off")
+    weighting_scheme: Literal["none", "sigma_sqrt", "logit_normal", "mode", "cosmap"] | None = Field(
+        None, description="SD3/Flux timestep density and loss weighting (diffusers' names); None = the script's default"
+    )
+    flux_guidance: float = Field(3.5, ge=0.0, le=50.0, description="Flux: the guidance embedding's value while training")
+    gradient_checkpointing: bool = Field(False, description="recompute the denoiser's activations in backward (less memory)")
+    buckets: bool = Field(False, description="aspect-ratio buckets: each reference at its aspect ratio (about the resolution's area)")
+    bucket_step: int = Field(64, ge=4, le=1024, description="bucket sides are multiples of this many pixels")
     train: TrainOverrides = Field(default_factory=TrainOverrides, description="overrides of the recipe's train section")
 
 
@@ -44,74 +58,49 @@ def training_captions(refs, auto_caption: str) -> list[str]:
     return [r.caption if r.caption else auto_caption for r in refs]
 
 
-def offset_noise(shape: torch.Size, offset: float) -> torch.Tensor:
-    """Gaussian noise of ``shape`` (B, C, H, W) plus ``offset`` x N(0, 1) per image and channel."""
-    noise = torch.randn(shape)
-    if offset:
-        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1)
-    return noise
+def bucket_size(size: tuple[int, int], target: tuple[int, int], step: int) -> tuple[int, int]:
+    """The (w, h) bucket of an image of ``size``: about ``target``'s area, the image's aspect ratio,
+    sides rounded to multiples of ``step`` (what a centre crop then trims is that rounding only)."""
+    area, ratio = target[0] * target[1], size[0] / size[1]
+    w = max(step, round((area * ratio) ** 0.5 / step) * step)
+    h = max(step, round((area / ratio) ** 0.5 / step) * step)
+    return w, h
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None, prediction_type: str) -> torch.Tensor:
-    """Per-example Min-SNR loss weights for timesteps ``t`` (all ones when ``gamma`` is None).
+def reference_images(refs, target: tuple[int, int], tuning: DiffusionTuning) -> list:
+    """Each reference as it is encoded: centre-cropped to ``target``, or to its aspect-ratio bucket."""
+    from PIL import Image, ImageOps
 
-    The weight turns each target's loss into ``min(SNR, gamma)`` times the loss on the clean
-    image: ``/ SNR`` for epsilon, ``/ (SNR + 1)`` for v-prediction, ``1`` for sample.
-    """
-    if gamma is None:
-        return torch.ones(len(t))
-    snr = alphas_cumprod[t] / (1.0 - alphas_cumprod[t])
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1.0)
-    if prediction_type == "sample":
-        return clipped
-    return clipped / snr
-
-
-def _noise_scheduler(stack):
-    from diffusers import DDPMScheduler
-
-    config = dict(stack.scheduler_config)
-    if "num_train_timesteps" not in config:
-        raise ModelError(
-            f"the {stack.scheduler_class.__name__} scheduler is not a DDPM-family scheduler",
-            path=stack.recipe.base_model,
-            fix="training supports pipelines with a DDPM-family (epsilon / v / sample) scheduler, e.g. SD 1.x/2.x",
-        )
-    return DDPMScheduler.from_config(config)
+    sizes = [bucket_size(r.image.size, target, tuning.bucket_step) if tuning.buckets else target for r in refs]
+    return [ImageOps.fit(r.image, size, method=Image.Resampling.LANCZOS) for r, size in zip(refs, sizes)]
 
 
 @torch.no_grad()
-def encode_references(stack, refs, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latents, caption embeddings, empty-prompt embedding) of the references, computed once."""
+def encode_references(stack, refs, captions: list[str], family, tuning: DiffusionTuning):
+    """(latent groups, bucket of each reference, caption conditions, the unconditional one,
+    per-reference inputs), computed once. References of one size are encoded together: group
+    ``b`` is a (n_b, C, h, w) tensor, ``bucket[i] = (b, row)`` where reference ``i`` sits."""
     import numpy as np
-
-    pipe = stack.pipe
-    if stack.denoiser != "unet" or not hasattr(pipe, "encode_prompt") or getattr(pipe, "text_encoder_2", None) is not None:
-        raise ModelError(
-            f"training the denoiser of {type(pipe).__name__} is not supported yet",
-            path=stack.recipe.base_model,
-            fix="adapter/full training supports UNet pipelines with one text encoder (SD 1.x/2.x); use prompt or retrieval",
-        )
-    from PIL import Image, ImageOps
 
     from mmadapt.modalities.image.predict import resolution
 
-    size = resolution(stack)
-    vae = pipe.vae
-    images = [ImageOps.fit(r.image, size, method=Image.Resampling.LANCZOS) for r in refs]
-    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 127.5 - 1.0 for im in images])).permute(0, 3, 1, 2)
-    latents = []
-    for i in range(0, len(pixels), 16):
-        latents.append(vae.encode(pixels[i : i + 16]).latent_dist.mean)
-    latents = torch.cat(latents)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    latents = (latents - shift) * vae.config.scaling_factor
-    device = torch.device("cpu")
-    embeds = torch.cat([pipe.encode_prompt(captions[i : i + 16], device, 1, False)[0] for i in range(0, len(captions), 16)])
-    empty = pipe.encode_prompt([""], device, 1, False)[0]
-    return latents, embeds, empty
+    vae = stack.pipe.vae
+    images = reference_images(refs, resolution(stack), tuning)
+    groups, bucket = [], [(0, 0)] * len(refs)
+    for size in dict.fromkeys(im.size for im in images):
+        members = [i for i, im in enumerate(images) if im.size == size]
+        arrays = np.stack([np.asarray(images[i], dtype=np.float32) / 127.5 - 1.0 for i in members])
+        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+        encoded = torch.cat([vae.encode(pixels[i : i + 16]).latent_dist.mean for i in range(0, len(pixels), 16)])
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        groups.append((encoded - shift) * vae.config.scaling_factor)
+        for row, i in enumerate(members):
+            bucket[i] = (len(groups) - 1, row)
+    parts = [family.encode_prompts(captions[i : i + 16]) for i in range(0, len(captions), 16)]
+    cond = {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
+    empty = {k: v.float() for k, v in family.unconditional(cond).items()}
+    extras = family.reference_inputs([r.image.size for r in refs], [im.size for im in images])
+    return groups, bucket, cond, empty, extras
 
 
 def train_denoiser(model, stack, data: DataBundle, ctx: FitContext, name: str, tuning: DiffusionTuning) -> FitReport:
@@ -120,33 +109,45 @@ def train_denoiser(model, stack, data: DataBundle, ctx: FitContext, name: str, t
     if not refs:
         raise DataError("training needs reference images", path=stack.recipe.source, fix="set data.references")
     config = tuning.train.apply(stack.recipe.train)
-    latents, embeds, empty = encode_references(stack, refs, training_captions(refs, tuning.auto_caption))
-    sched = _noise_scheduler(stack)
-    prediction_type = sched.config.prediction_type
-    alphas_cumprod = sched.alphas_cumprod
+    family = family_of(stack, tuning)
+    captions = training_captions(refs, tuning.auto_caption)
+    latents, bucket, cond_all, empty, extras = encode_references(stack, refs, captions, family, tuning)
 
     def collate(indices: list[int]):
-        x0 = latents[indices]
-        noise = offset_noise(x0.shape, tuning.noise_offset)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(indices),))
-        cond = embeds[indices].clone()
-        drop = torch.rand(len(indices)) < tuning.caption_dropout
-        cond[drop] = empty[0]
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            target = sched.get_velocity(x0, noise, t)
-        elif prediction_type == "sample":
-            target = x0
-        else:
-            raise ModelError(f"unknown prediction_type {prediction_type!r}", path=stack.recipe.base_model)
-        weight = min_snr_weights(alphas_cumprod, t, tuning.snr_gamma, prediction_type)
-        batch = {"xt": sched.add_noise(x0, noise, t), "t": t, "cond": cond, "target": target, "weight": weight}
-        return batch, len(indices)
+        groups = []
+        for b in dict.fromkeys(bucket[i][0] for i in indices):  # one sub-batch per latent size
+            idx = [i for i in indices if bucket[i][0] == b]
+            x0 = latents[b][[bucket[i][1] for i in idx]]
+            draw = family.draw(x0)
+            cond = {k: v[idx].clone() for k, v in cond_all.items()}
+            drop = torch.rand(len(idx)) < tuning.caption_dropout
+            for k, v in cond.items():
+                v[drop] = empty[k][0]
+            batch = family.make_inputs(x0, draw, cond)
+            batch.update({k: v[idx] for k, v in extras.items()})
+            groups.append(batch)
+        return groups, len(indices)
 
-    def loss_fn(m, batch) -> torch.Tensor:
-        pred = m(batch["xt"], batch["t"], encoder_hidden_states=batch["cond"]).sample
-        per_example = torch.nn.functional.mse_loss(pred.float(), batch["target"].float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_example * batch["weight"]).sum()
+    def loss_fn(m, groups) -> torch.Tensor:
+        losses = []
+        for batch in groups:
+            pred = family.predict(m, batch)
+            per_example = torch.nn.functional.mse_loss(pred.float(), batch["target"].float(), reduction="none")
+            losses.append((per_example.flatten(1).mean(dim=1) * batch["weight"]).sum())
+        return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
-    return trainer.train_strategy(model, ctx, name, lengths=[1] * len(refs), collate=collate, loss_fn=loss_fn, config=config)
+    if tuning.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    try:
+        lengths = [b + 1 for b, _row in bucket]  # the trainer puts equal lengths in one micro-batch
+        return trainer.train_strategy(model, ctx, name, lengths=lengths, collate=collate, loss_fn=loss_fn, config=config)
+    finally:
+        if tuning.gradient_checkpointing:
+            model.disable_gradient_checkpointing()
+
+
+def write_loss_log(part_dir, report: FitReport) -> None:
+    """``losses.json`` in the part: the loss of every step (what "the loss fell" is read from)."""
+    import json
+
+    (part_dir / LOSS_LOG).write_text(json.dumps([row["loss"] for row in report.log]) + "\n")
