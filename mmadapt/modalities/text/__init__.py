@@ -12,6 +12,7 @@ from mmadapt.modalities.text.adapter import TextAdapterStrategy
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
+from mmadapt.modalities.text.chat import history_of, last_user, template_text
 from mmadapt.modalities.text.model import TextStack, load_causal_lm
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
@@ -44,7 +45,9 @@ class TextModality(Modality):
         return text_data.validate_data(recipe)
 
     def new_stack(self, recipe) -> TextStack:
-        model, tokenizer, info = load_causal_lm(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+        model, tokenizer, info = load_causal_lm(
+            recipe.base_model, trust_remote_code=recipe.trust_remote_code, chat_template=template_text(recipe)
+        )
         return TextStack(recipe, model, tokenizer, info)
 
     def predictor(self, stack: TextStack) -> TextPredictor:
@@ -61,7 +64,7 @@ class TextModality(Modality):
         rows = []
         for pred, ex in zip(predictions, examples):
             row = {"id": ex.id, "question": ex.input, "answer": pred.output, "reference": ex.reference}
-            row.update(score_text(pred.output, ex.reference, ex.meta.get("key_fact"), metrics))
+            row.update(score_text(pred.output, ex.reference, ex.meta.get("key_fact"), metrics, ex.meta.get("accept")))
             rows.append(row)
         return rows
 
@@ -69,7 +72,7 @@ class TextModality(Modality):
         return recipe.data.knowledge
 
     def drift_texts(self, examples: Sequence[Example]) -> list[str]:
-        return [str(e.input) for e in examples]
+        return [last_user(history_of(e.input)) for e in examples]
 
     def drift_terms(self, data: DataBundle) -> list[str]:
         return []
@@ -82,7 +85,7 @@ class TextModality(Modality):
         return output
 
     def show(self, input: Any, prediction: Prediction) -> str:
-        lines = [f"Q: {input}", f"A: {prediction.output}"]
+        lines = [f"Q: {last_user(history_of(input))}", f"A: {prediction.output}"]
         if prediction.sources:
             lines.append(f"   sources: {', '.join(prediction.sources)}")
         return "\n".join(lines)

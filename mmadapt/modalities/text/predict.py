@@ -7,19 +7,23 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mmadapt.modalities.text.prompt import build_messages
+from mmadapt.modalities.text.chat import build_chat, render, retrieval_query
 from mmadapt.modalities.text.retrieval import passage_text
 from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import Prediction
 
 
-def chat_texts(stack, questions: Sequence[str]) -> tuple[list[str], list[list[dict]]]:
-    """The rendered prompts (generation prompt appended) and the passages retrieved for each."""
-    retrieved = stack.retriever.retrieve(questions) if stack.retriever is not None else [[] for _ in questions]
+def chat_texts(stack, inputs: Sequence) -> tuple[list[str], list[list[dict]]]:
+    """The rendered prompts (generation prompt appended) and the passages retrieved for each input
+    (a question, or a conversation: list of {role, content} ending with the user turn to answer)."""
+    if stack.retriever is not None:
+        retrieved = stack.retriever.retrieve([retrieval_query(item, stack.retriever.history_turns) for item in inputs])
+    else:
+        retrieved = [[] for _ in inputs]
     texts = []
-    for question, hits in zip(questions, retrieved):
-        messages = build_messages(stack, question, [passage_text(h) for h in hits])
-        texts.append(stack.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    for item, hits in zip(inputs, retrieved):
+        messages = build_chat(stack, item, [passage_text(h) for h in hits])
+        texts.append(render(stack.tokenizer, messages, generation=True))
     return texts, retrieved
 
 
