@@ -9,10 +9,10 @@ from typing import Any
 from mmadapt.errors import RequestError
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
+from mmadapt.modalities.text.chat import history_of, last_user, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
-from mmadapt.modalities.text.chat import history_of, last_user, template_text
 from mmadapt.modalities.text.model import TextStack, load_causal_lm
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
