@@ -180,3 +180,22 @@ def test_cli_refuses_a_template_that_does_not_render_and_writes_nothing(tmp_path
     assert result.exit_code == 2, result.output
     assert "the chat template does not render" in result.output and "Conversation roles must alternate" in result.output
     assert not list((tmp_path / "runs").glob("chat/v*")) if (tmp_path / "runs").exists() else True
+
+
+def test_a_base_model_takes_the_fallback_template_and_an_override_always_wins(tmp_path):
+    from mmadapt.errors import ModelError
+    from mmadapt.modalities.text.chat import template_text
+    from mmadapt.modalities.text.model import load_causal_lm
+    from tests.fixtures.chat_models import GEMMA3, QWEN2
+
+    base = str(chat_model("gemma", tmp_path / "base", template=False))
+    with pytest.raises(ModelError, match="no chat template.*data.fallback_chat_template"):
+        load_causal_lm(base)
+    assert load_causal_lm(base, fallback_chat_template=GEMMA3)[1].chat_template == GEMMA3
+    instruct = str(chat_model("qwen2", tmp_path / "instruct"))
+    assert load_causal_lm(instruct, fallback_chat_template=GEMMA3)[1].chat_template == QWEN2
+    assert load_causal_lm(instruct, chat_template=GEMMA3)[1].chat_template == GEMMA3
+    (tmp_path / "turns.jinja").write_text(GEMMA3)
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Which port?", "answer": "7443"}) + "\n")
+    recipe = load_recipe(write_recipe(tmp_path, "q.jsonl", fallback_chat_template="turns.jinja"))
+    assert template_text(recipe, "fallback_chat_template") == GEMMA3 and template_text(recipe) is None

@@ -46,7 +46,8 @@ class TextModality(Modality):
 
     def new_stack(self, recipe) -> TextStack:
         model, tokenizer, info = load_causal_lm(
-            recipe.base_model, trust_remote_code=recipe.trust_remote_code, chat_template=template_text(recipe)
+            recipe.base_model, trust_remote_code=recipe.trust_remote_code, chat_template=template_text(recipe),
+            fallback_chat_template=template_text(recipe, "fallback_chat_template"),
         )
         return TextStack(recipe, model, tokenizer, info)
 

@@ -26,35 +26,40 @@ IGNORE = -100
 TEMPLATE_SUFFIXES = (".jinja", ".j2", ".jinja2", ".txt")
 
 
-def template_text(recipe: Recipe) -> str | None:
-    """The recipe's ``data.chat_template``: a file's text when it names one, else the string itself."""
-    value = recipe.data.chat_template
+def template_text(recipe: Recipe, key: str = "chat_template") -> str | None:
+    """The recipe's ``data.chat_template`` (or ``data.fallback_chat_template``): a file's text when it
+    names one, else the string itself."""
+    value = recipe.data.chat_template if key == "chat_template" else recipe.data.fallback_chat_template
     if value is None:
         return None
     if "{%" not in value and "{{" not in value and value.endswith(TEMPLATE_SUFFIXES):
-        base = Path(recipe.source).parent if recipe.source else Path.cwd()
-        path = Path(value) if Path(value).is_absolute() else base / value
+        path = Path(value)
+        if not path.is_absolute():
+            found = [p for p in (Path.cwd() / value, *(d / value for d in Path(recipe.source or ".").resolve().parents)) if p.is_file()]
+            path = found[0] if found else path
         if not path.is_file():
-            raise DataError(f"data.chat_template: {value} not found", path=recipe.source, fix="give a Jinja string or an existing file")
+            raise DataError(f"data.{key}: {value} not found", path=recipe.source, fix="give a Jinja string or an existing file")
         return path.read_text(encoding="utf-8")
     return value
 
 
 def check_template(recipe: Recipe) -> list[v.Problem]:
-    """An error when the override does not parse as Jinja (the sandbox transformers renders in)."""
+    """An error when an override does not parse as Jinja (the sandbox transformers renders in)."""
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     where = recipe.source or "recipe"
-    try:
-        text = template_text(recipe)
-        if text is not None:
-            ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
-    except DataError as exc:
-        return [v.Problem.from_error(exc, where)]
-    except TemplateSyntaxError as exc:
-        return [v.error(where, None, f"data.chat_template does not parse (template line {exc.lineno}: {exc.message})", "fix the Jinja")]
-    return []
+    problems = []
+    for key in ("chat_template", "fallback_chat_template"):
+        try:
+            text = template_text(recipe, key)
+            if text is not None:
+                ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+        except DataError as exc:
+            problems.append(v.Problem.from_error(exc, where))
+        except TemplateSyntaxError as exc:
+            problems.append(v.error(where, None, f"data.{key} does not parse (template line {exc.lineno}: {exc.message})", "fix the Jinja"))
+    return problems
 
 
 def history_of(item: Any) -> list[dict[str, str]]:

@@ -36,6 +36,12 @@ class TextData(StrictModel):
         description="a Jinja chat template (or a .jinja file) replacing the tokenizer's, for training and inference",
         json_schema_extra=SETTING,
     )
+    fallback_chat_template: str | None = Field(
+        None,
+        max_length=100_000,
+        description="a Jinja chat template (or a .jinja file) used only when the model has none (a base model)",
+        json_schema_extra=SETTING,
+    )
 
 
 class TextInference(StrictModel):
