@@ -57,14 +57,8 @@ def read_rows(path: Path, ref: str, split: str, problems: list[v.Problem]) -> Ro
 
 
 def _csv_rows(path: Path, what: str, problems: list[v.Problem]) -> Rows:
-    bad = v.check_file(path, what)
-    if bad is not None:
-        problems.append(bad)
-        return
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        problems.append(v.error(path, None, f"not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
+    text = v.read_checked_text(path, problems, what, encoding="utf-8-sig")
+    if text is None:
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -98,13 +92,12 @@ def csv_columns(path: Path) -> list[str] | None:
 
 
 def _json_rows(path: Path, what: str, problems: list[v.Problem]) -> Rows:
-    bad = v.check_file(path, what)
-    if bad is not None:
-        problems.append(bad)
+    text = v.read_checked_text(path, problems, what)
+    if text is None:
         return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except ValueError as exc:
         problems.append(v.error(path, getattr(exc, "lineno", None), f"invalid JSON ({getattr(exc, 'msg', exc)})", "one JSON array of objects"))
         return
     if isinstance(data, dict):
