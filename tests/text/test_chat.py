@@ -199,3 +199,11 @@ def test_a_base_model_takes_the_fallback_template_and_an_override_always_wins(tm
     (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Which port?", "answer": "7443"}) + "\n")
     recipe = load_recipe(write_recipe(tmp_path, "q.jsonl", fallback_chat_template="turns.jinja"))
     assert template_text(recipe, "fallback_chat_template") == GEMMA3 and template_text(recipe) is None
+
+
+def test_a_hub_id_offline_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(write_recipe(tmp_path, "zentrix/support-chats:train"))  # not a path: accepted as a hub id
+    with pytest.raises(DataError, match=r"zentrix/support-chats:train: not a file, and the hub is offline .* fix: save it with save_to_disk"):
+        text_data.load_data(recipe)
