@@ -207,3 +207,12 @@ def test_a_hub_id_offline_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
     recipe = load_recipe(write_recipe(tmp_path, "zentrix/support-chats:train"))  # not a path: accepted as a hub id
     with pytest.raises(DataError, match=r"zentrix/support-chats:train: not a file, and the hub is offline .* fix: save it with save_to_disk"):
         text_data.load_data(recipe)
+
+
+@pytest.mark.parametrize(("family", "end"), [("llama", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("gemma", "<end_of_turn>")])
+def test_generation_stops_at_the_templates_turn_end(family, end):
+    from mmadapt.modalities.text.predict import turn_end_ids
+    from tests.fixtures.chat_models import chat_tokenizer
+
+    tokenizer = chat_tokenizer(family)
+    assert turn_end_ids(tokenizer) == [tokenizer.convert_tokens_to_ids(end)]

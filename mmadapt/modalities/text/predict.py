@@ -27,6 +27,23 @@ def chat_texts(stack, inputs: Sequence) -> tuple[list[str], list[list[dict]]]:
     return texts, retrieved
 
 
+def turn_end_ids(tokenizer) -> list[int]:
+    """The special token that closes an assistant turn in the chat template (``<end_of_turn>``,
+    ``<|eot_id|>``), so generation stops there even when the model's own EOS is another token (a
+    base model under a recipe's template); [] when the turn ends in plain text."""
+    marker = "\u2063mmadapt\u2063"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - a template that cannot render this is reported where it renders real input
+        return []
+    tail = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # GGUF tokenizers add turn tokens unmarked
+    return ids[:1] if ids and ids[0] in special else []
+
+
 class TextPredictor:
     def __init__(self, stack):
         self.stack = stack
@@ -43,6 +60,10 @@ class TextPredictor:
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         device = next(model.parameters()).device
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if [i for i in turn_end_ids(tok) if i not in eos]:
+            gen_kwargs["eos_token_id"] = eos + [i for i in turn_end_ids(tok) if i not in eos]
         if cfg.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
         else:
