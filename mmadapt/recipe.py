@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from mmadapt.protocols import EXCLUSIVE, STACK_ORDER, get_modality, modality_nam
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_RECIPE_BYTES = 1 << 20
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?")  # owner/name[:split], a data field marked kind="dataset"
 
 
 class RecipeTop(StrictModel):
@@ -299,9 +301,13 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
     if data is not None:
         roots = _root_candidates(source)
         for key, value in data.model_dump().items():
-            if not isinstance(value, str):
+            extra = type(data).model_fields[key].json_schema_extra if key in type(data).model_fields else None
+            kind = extra.get("kind") if isinstance(extra, dict) else None  # "setting": not a path; "dataset": a path or a hub id
+            if not isinstance(value, str) or kind == "setting":
                 continue
             found = _resolve_data_path(value, roots)
+            if found is None and kind == "dataset" and HUB_ID.fullmatch(value):
+                continue  # a hub dataset id: the modality's parser loads it where a hub answers, or says why not
             if found is None:
                 errors.append(
                     f"data.{key}: {value!r} does not exist (relative paths are read from the current folder"

@@ -158,19 +158,25 @@ def check_file(path: Path, what: str, *, max_bytes: int = MAX_JSONL_BYTES) -> Pr
     return None
 
 
-def scan_jsonl(path: Path, problems: list[Problem], *, what: str = "JSONL file") -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each good line of a JSONL file; bad lines and file problems go to ``problems``."""
+def read_checked_text(path: Path, problems: list[Problem], what: str, encoding: str = "utf-8") -> str | None:
+    """The text of a data file, or None with its problem added (missing, empty, too large, not UTF-8, unreadable)."""
     bad = check_file(path, what)
     if bad is not None:
         problems.append(bad)
-        return
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
         problems.append(error(path, None, f"not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
-        return
     except OSError as exc:
         problems.append(error(path, None, f"cannot read ({exc.strerror})", "check its permissions"))
+    return None
+
+
+def scan_jsonl(path: Path, problems: list[Problem], *, what: str = "JSONL file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each good line of a JSONL file; bad lines and file problems go to ``problems``."""
+    text = read_checked_text(path, problems, what)
+    if text is None:
         return
     any_line = False
     for number, line in enumerate(text.splitlines(), start=1):

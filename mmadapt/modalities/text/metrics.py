@@ -7,6 +7,13 @@
 * ``token_f1``: SQuAD-style bag-of-tokens F1 against the reference answer.
 * ``rouge_l``: F-measure of the longest common token subsequence with the reference.
 * ``exact_match``: normalised answer equals normalised reference.
+* ``contains``: 1 when any of the example's accepted answers (``accept``: a string or a list)
+  appears in the answer, matched as ``fact_accuracy`` matches a key fact.
+
+Every metric scores one answer: a conversation's eval split has one example per assistant turn,
+so each is scored per turn. ROUGE-L is written here rather than taken from ``rouge-score``: that
+package pulls nltk and absl for a 10-line LCS, and its tokenizer differs from token F1's, which
+would move the figures the README already reports.
 """
 
 from __future__ import annotations
@@ -70,14 +77,23 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(" ".join(tokens(prediction)) == " ".join(tokens(reference)))
 
 
-METRICS = ("fact_accuracy", "token_f1", "rouge_l", "exact_match")
+def contains(prediction: str, accepted: str | list[str]) -> float:
+    options = [accepted] if isinstance(accepted, str) else list(accepted)
+    return max((fact_accuracy(prediction, str(option)) for option in options), default=0.0)
 
 
-def score_text(prediction: str, reference: str | None, key_fact: str | None, metrics) -> dict[str, float | None]:
+METRICS = ("fact_accuracy", "token_f1", "rouge_l", "exact_match", "contains")
+
+
+def score_text(
+    prediction: str, reference: str | None, key_fact: str | None, metrics, accept: str | list[str] | None = None
+) -> dict[str, float | None]:
     """The requested metrics for one answer (None where the example lacks what a metric needs)."""
     row: dict[str, float | None] = {}
     for metric in metrics:
-        if metric == "fact_accuracy":
+        if metric == "contains":
+            row[metric] = contains(prediction, accept) if accept else None
+        elif metric == "fact_accuracy":
             row[metric] = fact_accuracy(prediction, key_fact) if key_fact else None
         elif metric == "token_f1":
             row[metric] = token_f1(prediction, reference) if reference else None

@@ -11,10 +11,18 @@ from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_tr
 from mmadapt.protocols import Stack
 
 
-def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
+def load_causal_lm(
+    ref: str,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool | None = None,
+    chat_template: str | None = None,
+    fallback_chat_template: str | None = None,
+):
     """(model, tokenizer, info) for a model reference; the tokenizer pads on the left for generation.
 
-    Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    ``chat_template`` (a Jinja string) replaces the tokenizer's own; ``fallback_chat_template`` is
+    used only when it has none (a base model). Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,8 +41,10 @@ def load_causal_lm(ref: str, *, trust_remote_code: bool = False, allow_pickle: b
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    if chat_template is not None or (fallback_chat_template is not None and not getattr(tokenizer, "chat_template", None)):
+        tokenizer.chat_template = chat_template or fallback_chat_template
     if not getattr(tokenizer, "chat_template", None):
-        raise ModelError("the tokenizer has no chat template", path=ref, fix="use an instruct/chat model")
+        raise ModelError("the tokenizer has no chat template", path=ref, fix="use an instruct/chat model or set data.fallback_chat_template")
     model.eval()
     config_path = Path(location) / "config.json"
     info = {

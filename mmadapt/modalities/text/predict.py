@@ -12,20 +12,41 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mmadapt.modalities.text.prompt import build_messages
+from mmadapt.modalities.text.chat import build_chat, render, retrieval_query
 from mmadapt.modalities.text.retrieval import passage_text
 from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import Prediction
 
 
-def chat_texts(stack, questions: Sequence[str]) -> tuple[list[str], list[list[dict]]]:
-    """The rendered prompts (generation prompt appended) and the passages retrieved for each."""
-    retrieved = stack.retriever.retrieve(questions) if stack.retriever is not None else [[] for _ in questions]
+def chat_texts(stack, inputs: Sequence) -> tuple[list[str], list[list[dict]]]:
+    """The rendered prompts (generation prompt appended) and the passages retrieved for each input
+    (a question, or a conversation: list of {role, content} ending with the user turn to answer)."""
+    if stack.retriever is not None:
+        retrieved = stack.retriever.retrieve([retrieval_query(item, stack.retriever.history_turns) for item in inputs])
+    else:
+        retrieved = [[] for _ in inputs]
     texts = []
-    for question, hits in zip(questions, retrieved):
-        messages = build_messages(stack, question, [passage_text(h) for h in hits])
-        texts.append(stack.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    for item, hits in zip(inputs, retrieved):
+        messages = build_chat(stack, item, [passage_text(h) for h in hits])
+        texts.append(render(stack.tokenizer, messages, generation=True))
     return texts, retrieved
+
+
+def turn_end_ids(tokenizer) -> list[int]:
+    """The special token that closes an assistant turn in the chat template (``<end_of_turn>``,
+    ``<|eot_id|>``), so generation stops there even when the model's own EOS is another token (a
+    base model under a recipe's template); [] when the turn ends in plain text."""
+    marker = "\u2063mmadapt\u2063"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - a template that cannot render this is reported where it renders real input
+        return []
+    tail = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # GGUF tokenizers add turn tokens unmarked
+    return ids[:1] if ids and ids[0] in special else []
 
 
 class TextPredictor:
@@ -50,7 +71,11 @@ class TextPredictor:
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         device = next(model.parameters()).device
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True)
-        stops = _stop_ids(model, tok)
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if [i for i in turn_end_ids(tok) if i not in eos]:
+            gen_kwargs["eos_token_id"] = eos + [i for i in turn_end_ids(tok) if i not in eos]
+        stops = _stop_ids(model, tok) | set(turn_end_ids(tok))
         logprobs: dict[int, float | None] = {}
         if cfg.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from mmadapt.config import StrictModel
 from mmadapt.engine.artifact import read_part_json
+from mmadapt.modalities.text.chat import build_chat, history_of, last_user
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 PROMPT_FILE = "prompt.json"
@@ -38,19 +39,9 @@ class PromptConfig(StrictModel):
 
 
 def build_messages(stack, question: str, passages: Sequence[str] = ()) -> list[dict[str, str]]:
-    """The chat for one question under the stack's prompt and retrieved passages."""
-    messages: list[dict[str, str]] = []
-    if stack.system:
-        messages.append({"role": "system", "content": stack.system})
-    for shot_q, shot_a in stack.few_shot:
-        messages.append({"role": "user", "content": stack.template.format(question=shot_q)})
-        messages.append({"role": "assistant", "content": shot_a})
-    user = stack.template.format(question=question)
-    if passages:
-        context = "\n\n".join(passages)
-        user = stack.context_template.format(context=context, question=user)
-    messages.append({"role": "user", "content": user})
-    return messages
+    """The chat for one question under the stack's prompt and retrieved passages (see chat.build_chat,
+    which also takes whole conversations)."""
+    return build_chat(stack, question, passages)
 
 
 class TextPromptStrategy(Strategy):
@@ -63,7 +54,8 @@ class TextPromptStrategy(Strategy):
         if self.config.few_shot:
             pool = [e for e in data.train if e.reference]
             rng = random.Random(self.recipe.train.seed)
-            shots = [[e.input, e.reference] for e in rng.sample(pool, min(self.config.few_shot, len(pool)))]
+            picked = rng.sample(pool, min(self.config.few_shot, len(pool)))
+            shots = [[last_user(history_of(e.input)), e.reference] for e in picked]  # a conversation: its last exchange
         record = {"system": self.config.system, "template": self.config.template, "few_shot": shots}
         (part_dir / PROMPT_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False))
         return FitReport()

@@ -21,6 +21,9 @@ class RetrievalConfig(StrictModel):
     embedder: str = Field("embedded:minilm-l6", description="sentence-transformers model reference")
     top_k: int = Field(3, ge=1, le=50)
     chunk_words: int = Field(120, ge=8, le=4000, description="passage length in words")
+    history_turns: int = Field(
+        0, ge=0, le=64, description="a conversation's query: its last user turn after this many turns before it"
+    )
     context_template: str = Field(
         "Answer the question using the context.\n\nContext:\n{context}\n\n{question}", max_length=20_000
     )
@@ -36,8 +39,9 @@ class RetrievalConfig(StrictModel):
 class Retriever:
     """Embeds questions and returns the top-k passages of the index."""
 
-    def __init__(self, index: EmbeddingIndex, embedder_ref: str, top_k: int):
+    def __init__(self, index: EmbeddingIndex, embedder_ref: str, top_k: int, history_turns: int = 0):
         self.index = index
+        self.history_turns = history_turns
         self.embedder = load_embedder(embedder_ref)
         self.top_k = top_k
 
@@ -72,5 +76,5 @@ class TextRetrievalStrategy(Strategy):
 
     def compose(self, stack, part_dir: Path) -> None:
         config = RetrievalConfig.model_validate_json((part_dir / CONFIG_FILE).read_text())
-        stack.retriever = Retriever(EmbeddingIndex.load(part_dir / "index"), config.embedder, config.top_k)
+        stack.retriever = Retriever(EmbeddingIndex.load(part_dir / "index"), config.embedder, config.top_k, config.history_turns)
         stack.context_template = config.context_template

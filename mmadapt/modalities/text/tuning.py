@@ -12,26 +12,35 @@ import torch
 
 from mmadapt.engine import trainer
 from mmadapt.errors import DataError
+from mmadapt.modalities.text.chat import IGNORE, build_chat, encode_conversation
 from mmadapt.modalities.text.predict import chat_texts
+from mmadapt.modalities.text.retrieval import passage_text
 from mmadapt.protocols import DataBundle, FitContext, FitReport
-
-IGNORE = -100
 
 
 def encode_examples(stack, data: DataBundle, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per train example; labels are IGNORE on the prompt part."""
-    pairs = [(e.input, e.reference) for e in data.train if e.reference]
-    if not pairs:
+    """(input_ids, labels) per train example; labels are IGNORE on the prompt part.
+
+    A Q/A example is its rendered prompt then the answer and EOS (the path the shipped figures
+    were measured on); a conversation goes through the chat template whole, every assistant
+    turn labelled (chat.encode_conversation)."""
+    examples = [e for e in data.train if e.reference]
+    if not examples:
         raise DataError(
             "training needs train examples with answers", path=stack.recipe.data.train, fix="set data.train to a Q/A JSONL"
         )
     tok = stack.tokenizer
-    prompts, _ = chat_texts(stack, [q for q, _ in pairs])
+    prompts, retrieved = chat_texts(stack, [e.input for e in examples])
     end = tok.eos_token or ""
     encoded = []
-    for prompt, (_, answer) in zip(prompts, pairs):
+    for prompt, hits, example in zip(prompts, retrieved, examples):
+        if not isinstance(example.input, str):
+            messages = build_chat(stack, example.input, [passage_text(h) for h in hits])
+            messages.append({"role": "assistant", "content": example.reference})
+            encoded.append(encode_conversation(tok, messages, max_len, where=f"train example {example.id}"))
+            continue
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tok(answer + end, add_special_tokens=False)["input_ids"]
+        answer_ids = tok(example.reference + end, add_special_tokens=False)["input_ids"]
         keep = max_len - len(answer_ids)
         if keep <= 0:
             answer_ids, prompt_ids = answer_ids[:max_len], []
