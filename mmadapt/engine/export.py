@@ -25,7 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mmadapt.engine.artifact import read_manifest
 from mmadapt.errors import ArtifactError
+from mmadapt.protocols import get_modality
 
 EXPORT_INFO = "export.json"
 SIDECAR = "mmadapt"
@@ -77,15 +79,16 @@ def export(
     version_dir, out = Path(version_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError("the export folder exists and is not empty", path=out, fix="name a new folder or remove it")
-    loaded = load_artifact(version_dir)
-    modality = loaded.modality
+    manifest = read_manifest(version_dir)  # the format is checked before any weights load
+    modality = get_modality(manifest["recipe"]["modality"])
     if format is not None and format not in (*modality.export_formats, *modality.adapter_formats):
         raise ArtifactError(
-            f"the {loaded.recipe.modality} modality cannot export --format {format}",
+            f"the {modality.name} modality cannot export --format {format}",
             fix=f"use one of: {', '.join((*modality.export_formats, *modality.adapter_formats))}",
         )
     if format is not None and format not in modality.adapter_formats and not merge:
         raise ArtifactError(f"--format {format} writes a merged model", fix=f"drop --no-merge, or export --format {modality.export_formats[0]}")
+    loaded = load_artifact(version_dir)
     model_format = format if format in modality.export_formats else modality.export_formats[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))

@@ -138,7 +138,9 @@ def parse_split(
         chosen = chosen or formats.detect_format(set(record))
         if chosen is None:
             problems.append(
-                v.error(path, number, f"cannot tell the format from the fields {sorted(record)}", "set data.format or map fields with data.columns")
+                v.error(path, number, f"cannot tell the format from the fields {sorted(record)}",
+                        "give " + "; ".join(f"{k}: {', '.join(v_)}" for k, v_ in formats.REQUIRED.items())
+                        + ", or set data.format / map fields with data.columns")
             )
             return []
         if chosen == "qa":
