@@ -12,7 +12,7 @@ from mmadapt.modalities.text.adapter import TextAdapterStrategy
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
-from mmadapt.modalities.text.model import TextStack, load_causal_lm
+from mmadapt.modalities.text.model import TextStack, load_causal_lm, load_options
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
 from mmadapt.modalities.text.retrieval import TextRetrievalStrategy
@@ -44,7 +44,7 @@ class TextModality(Modality):
         return text_data.validate_data(recipe)
 
     def new_stack(self, recipe) -> TextStack:
-        model, tokenizer, info = load_causal_lm(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+        model, tokenizer, info = load_causal_lm(recipe.base_model, trust_remote_code=recipe.trust_remote_code, **load_options(recipe))
         return TextStack(recipe, model, tokenizer, info)
 
     def predictor(self, stack: TextStack) -> TextPredictor:
