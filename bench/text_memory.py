@@ -10,6 +10,9 @@ primary metric with its 95% CI and whether it lies within the fp32 run's CI; and
 prediction for the same run (mmadapt.govern.plan) beside the measurement.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/text_memory.py [--steps 12] [--configs fp32,bf16,checkpointing,full]
+
+``--train-only`` measures training alone (no retrieval, no evaluation) on rows of ``--seq-len`` tokens,
+each configuration in a fresh process, beside ``mmadapt plan``'s prediction for exactly that setup.
 """
 
 from __future__ import annotations
@@ -52,6 +55,69 @@ def training_lengths(recipe) -> list[int]:
         return [len(x) for x, _ in encode_examples(stack, data, recipe.train.max_seq_len)]
 
 
+TRAIN_ONLY = {"fp32": {}, "bf16": {"dtype": "bf16"}, "checkpointing": {"checkpointing": True}, "full": {"full": True}}
+
+
+def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> dict:
+    """One configuration's training alone in this (fresh) process: load SmolLM2, LoRA r16 all-linear (or
+    every weight), ``steps`` optimizer steps of ``micro`` sequences of ``seq_len`` tokens (the last 32 the
+    answer); peak RSS of load + training, and of training alone over the RSS after loading."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from mmadapt.config import TrainConfig
+    from mmadapt.engine import trainer
+    from mmadapt.engine.meters import PeakMemory
+    from mmadapt.modalities.text.model import load_causal_lm
+    from mmadapt.modalities.text.tuning import IGNORE, make_collate, summed_lm_loss
+
+    torch.manual_seed(0)
+    with PeakMemory() as whole:
+        model, tokenizer, _ = load_causal_lm(ref, dtype=config.get("dtype", "fp32"))
+        if config.get("full"):
+            for param in model.parameters():
+                param.requires_grad_(True)
+        else:
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        ids = torch.randint(100, tokenizer.vocab_size, (micro, seq_len)).tolist()
+        encoded = [(x, [IGNORE] * (seq_len - 32) + x[-32:]) for x in ids]
+        loaded = whole._proc.memory_info().rss / 2**20
+        with PeakMemory() as training, tempfile.TemporaryDirectory() as tmp:
+            trainer.train(
+                model, lengths=[seq_len] * micro, collate=make_collate(encoded, tokenizer.pad_token_id, torch.device("cpu")),
+                loss_fn=summed_lm_loss, checkpoint_dir=Path(tmp), progress=False,
+                config=TrainConfig(steps=steps, batch_size=micro, warmup_steps=0, checkpoint_every=10**6, max_seq_len=seq_len + 1,
+                                   gradient_checkpointing=bool(config.get("checkpointing"))),
+            )
+    return {"peak": whole.peak_mib, "loaded": loaded, "training": training.peak_mib}
+
+
+def main_train_only(args) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+
+    from mmadapt.govern.plan import Setup, load_shape, predict
+
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    shape = load_shape(args.model)
+    print(f"training alone, {args.model}: {args.micro_batch_size} sequence(s) of {args.seq_len} tokens, {args.steps} steps, fresh process each")
+    rows = {}
+    for name in names:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows[name] = pool.submit(train_only, TRAIN_ONLY[name], args.seq_len, args.steps, args.micro_batch_size, args.model).result()
+        setup = Setup(device="cpu", seq_len=args.seq_len, batch=args.micro_batch_size, micro_batch=args.micro_batch_size, r=16)
+        setup = replace(setup, dtype=TRAIN_ONLY[name].get("dtype", "fp32"), checkpointing=bool(TRAIN_ONLY[name].get("checkpointing")),
+                        method="full" if TRAIN_ONLY[name].get("full") else "lora")
+        predicted = predict(shape, setup).peak_mib
+        r = rows[name]
+        print(f"  {name:<14} peak RSS {r['peak']:7.0f} MiB (after load {r['loaded']:6.0f}, training peak {r['training']:6.0f})"
+              f"   plan predicts {predicted:7.0f} MiB ({predicted / r['peak'] - 1:+.0%})", flush=True)
+    if "fp32" in rows:
+        for name in names:
+            print(f"  ratio {name} / fp32: {rows[name]['peak'] / rows['fp32']['peak']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=str(ROOT / "recipes/text/hybrid.yaml"))
@@ -61,7 +127,13 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=8, help="retrieved passages per input (8: every input >= 1024 tokens)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N eval questions (default: all 40)")
+    parser.add_argument("--train-only", action="store_true", help="measure training alone on synthetic token rows (no retrieval, no eval)")
+    parser.add_argument("--seq-len", type=int, default=1024, help="--train-only: tokens per sequence")
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="--train-only: the model")
     args = parser.parse_args()
+    if args.train_only:
+        main_train_only(args)
+        return
 
     from mmadapt.engine.runner import run_in_process
     from mmadapt.recipe import load_recipe

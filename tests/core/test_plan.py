@@ -43,7 +43,9 @@ def test_each_knob_moves_the_prediction_the_right_way():
     assert peak(replace(lora, method="qlora-4bit")) < peak(replace(lora, method="qlora-8bit")) < peak(lora)
     assert peak(replace(lora, method="full")) == pytest.approx(peak(lora) + 12 * shape.params - predict(shape, lora).state, rel=1e-6)  # +grad +2 moments
     full8 = replace(lora, method="full", devices=8)
-    assert peak(replace(full8, parallel="fsdp")) < peak(replace(full8, parallel="ddp")) / 4
+    held = lambda s: predict(shape, s).weights + predict(shape, s).state  # noqa: E731
+    assert held(replace(full8, parallel="fsdp")) < held(replace(full8, parallel="ddp")) / 6  # sharded by 8, one block gathered
+    assert predict(shape, replace(full8, parallel="fsdp")).activations == predict(shape, replace(full8, parallel="ddp")).activations
     assert predict(shape, replace(lora, checkpointing=True)).step_seconds > predict(shape, lora).step_seconds
     # bf16 full fine-tuning: 2 bytes weights + 2 grads + 4 moments = 8 bytes a parameter before activations
     state = predict(shape, replace(lora, method="full", dtype="bf16"))
