@@ -1,11 +1,18 @@
-"""LoRA training throughput: mmadapt's trainer vs a plain transformers + peft loop, side by side.
+"""LoRA training throughput: mmadapt's trainer vs a plain transformers + peft loop and vs transformers'
+``Trainer``, side by side in one run.
 
-Both train the same LoRA (same model, same answer-masked examples, same global batch,
-same number of optimizer steps, same seed); the plain loop is what a user writes from
-the peft docs: shuffled batches padded to the longest, torch's default AdamW. Tokens/s
-counts real (non-pad) tokens. Prints both figures and their ratio.
+All three train the same LoRA (same model, same answer-masked examples, same global batch,
+same number of optimizer steps, same seed):
 
-    python bench/text_train.py [--steps 20] [--batch-size 8] [--model embedded:smollm2-135m-instruct]
+* the plain loop is what a user writes from the peft docs: shuffled batches padded to the
+  longest, torch's default AdamW;
+* ``Trainer`` with peft and ``train_sampling_strategy="group_by_length"`` (transformers 5's ``group_by_length=True``) (what most users run), each batch padded
+  to its longest;
+* mmadapt's trainer with ``train.packing`` (``--no-packing``: padded, length-grouped rows).
+
+Tokens/s counts real (non-pad) tokens on every side. Prints the three figures and both ratios.
+
+    python bench/text_train.py [--steps 20] [--batch-size 8] [--no-packing]
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from mmadapt.engine import trainer  # noqa: E402
 from mmadapt.engine.seed import seed_everything  # noqa: E402
 from mmadapt.modalities.text import TextModality  # noqa: E402
 from mmadapt.modalities.text.adapter import TextAdapterConfig, peft_config  # noqa: E402
-from mmadapt.modalities.text.tuning import IGNORE, encode_examples, make_collate, summed_lm_loss  # noqa: E402
+from mmadapt.modalities.text.tuning import IGNORE, check_packing, encode_examples, make_collate, summed_lm_loss  # noqa: E402
 from mmadapt.recipe import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +77,48 @@ def plain_loop(model, encoded, pad_id, steps, batch_size, lr, seed):
     return tokens, time.perf_counter() - start
 
 
+def hf_trainer(model, encoded, pad_id, steps, batch_size, lr, seed):
+    """transformers' Trainer over the same examples, batches grouped by length; tokens counted as collated."""
+    from transformers import Trainer, TrainingArguments
+
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"input_ids": [x for x, _ in encoded], "labels": [y for _, y in encoded]})
+    seen = {"tokens": 0}
+
+    def collate(features):
+        seen["tokens"] += sum(len(f["input_ids"]) for f in features)
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.tensor([f["input_ids"] + [pad_id] * (width - len(f["input_ids"])) for f in features])
+        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+        labels = torch.tensor([f["labels"] + [IGNORE] * (width - len(f["labels"])) for f in features])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr, seed=seed,
+            train_sampling_strategy="group_by_length", lr_scheduler_type="constant", warmup_steps=0, save_strategy="no", report_to=[],
+            logging_strategy="no", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
+        )
+        trainer_ = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
+        start = time.perf_counter()
+        trainer_.train()
+        seconds = time.perf_counter() - start
+    return seen["tokens"], seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=str(ROOT / "recipes/text/zentrix-support.yaml"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--no-packing", dest="packing", action="store_false", help="mmadapt's trainer on padded rows")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     recipe = load_recipe(args.recipe)
     recipe = recipe.model_copy(
-        update={"train": recipe.train.model_copy(update={"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 0, "checkpoint_every": 10**6})}
+        update={"train": recipe.train.model_copy(update={"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 0, "checkpoint_every": 10**6, "packing": args.packing})}
     )
     data = TextModality().load_data(recipe)
 
@@ -89,27 +127,36 @@ def main() -> None:
     encoded = encode_examples(stack, data, recipe.train.max_seq_len)
     plain_tokens, plain_seconds = plain_loop(model, encoded, stack.tokenizer.pad_token_id, args.steps, args.batch_size, args.lr, recipe.train.seed)
 
+    # transformers' Trainer, same model, data, batch and steps
+    stack, model = fresh_lora(recipe, recipe.train.seed)
+    hf_tokens, hf_seconds = hf_trainer(model, encoded, stack.tokenizer.pad_token_id, args.steps, args.batch_size, args.lr, recipe.train.seed)
+
     # mmadapt's trainer, same model, data, batch and steps
     stack, model = fresh_lora(recipe, recipe.train.seed)
+    if args.packing:
+        check_packing(model, None)
     plan = trainer.BatchPlan([len(x) for x, _ in encoded], args.batch_size, args.batch_size, recipe.train.seed)
     ours_tokens = sum(len(encoded[i][0]) for step in range(args.steps) for i in plan.step_indices(step))
     with tempfile.TemporaryDirectory() as tmp:
         report = trainer.train(
             model,
             lengths=[len(x) for x, _ in encoded],
-            collate=make_collate(encoded, stack.tokenizer.pad_token_id, torch.device("cpu")),
+            collate=make_collate(encoded, stack.tokenizer.pad_token_id, torch.device("cpu"), packing=args.packing),
             loss_fn=summed_lm_loss,
             config=recipe.train,
             checkpoint_dir=Path(tmp),
             progress=False,
         )
     ours_seconds = report.train_seconds
-    plain_tps, ours_tps = plain_tokens / plain_seconds, ours_tokens / ours_seconds
+    plain_tps, hf_tps, ours_tps = plain_tokens / plain_seconds, hf_tokens / hf_seconds, ours_tokens / ours_seconds
     device = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+    ours = "mmadapt trainer, packing" if args.packing else "mmadapt trainer, padded"
     print(f"LoRA r=8 all-linear on {recipe.base_model}, {len(encoded)} examples, batch {args.batch_size}, {args.steps} steps, {device}")
-    print(f"  plain transformers+peft loop : {plain_tps:8.1f} tokens/s  ({plain_tokens} tokens in {plain_seconds:.1f} s)")
-    print(f"  mmadapt trainer              : {ours_tps:8.1f} tokens/s  ({ours_tokens} tokens in {ours_seconds:.1f} s)")
-    print(f"  ratio mmadapt / plain        : {ours_tps / plain_tps:.2f}")
+    print(f"  plain transformers+peft loop        : {plain_tps:8.1f} tokens/s  ({plain_tokens} tokens in {plain_seconds:.1f} s)")
+    print(f"  transformers Trainer, group_by_length: {hf_tps:8.1f} tokens/s  ({hf_tokens} tokens in {hf_seconds:.1f} s)")
+    print(f"  {ours:<36}: {ours_tps:8.1f} tokens/s  ({ours_tokens} tokens in {ours_seconds:.1f} s)")
+    print(f"  ratio mmadapt / plain loop          : {ours_tps / plain_tps:.2f}")
+    print(f"  ratio mmadapt / Trainer             : {ours_tps / hf_tps:.2f}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,14 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="steps between resumable checkpoints")
     max_seq_len: int = Field(512, ge=8, le=131072)
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast mixed precision (weights stay fp32)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (transformers' non-reentrant checkpointing): less memory, ~30% more time"
+    )
+    packing: bool = Field(
+        False,
+        description="several examples per row, no padding; position ids restart per example and attention stays inside each "
+        "example (modalities that support it: text)",
+    )
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-process settings")
     eval_every: int | None = Field(
         None, ge=1, le=1_000_000, description="score the eval split every N steps (and at the last) during training: "
@@ -58,6 +66,14 @@ class TrainConfig(StrictModel):
         if self.keep == "best" and self.eval_every is None:
             raise ValueError("keep: best needs eval_every (the steps whose scores it chooses from)")
         return self
+
+
+class ModelConfig(StrictModel):
+    """How the base model is loaded (every modality that loads weights reads it)."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype of the frozen base weights; trainable adapter weights stay fp32 (full fine-tuning trains in this dtype)"
+    )
 
 
 class TrainOverrides(StrictModel):

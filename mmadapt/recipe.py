@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 from mmadapt.config import (
     CompareConfig,
     EvalConfig,
+    ModelConfig,
     StrictModel,
     TrainConfig,
     fmt_loc,
@@ -50,6 +51,7 @@ class RecipeTop(StrictModel):
     description: str = ""
     modality: str = Field(description="a registered modality (mmadapt.protocols.modality_names())")
     base_model: str = Field(min_length=1, max_length=4096)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="how the base model is loaded (dtype)")
     data: dict[str, Any]
     strategies: dict[str, Any] = Field(description="the stack; {} evaluates the base model alone (the floor)")
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -83,6 +85,7 @@ class Recipe(BaseModel):
     description: str = ""
     modality: str
     base_model: str
+    model: ModelConfig = ModelConfig()
     data: Any
     strategies: dict[str, Any]
     train: TrainConfig
@@ -107,9 +110,11 @@ class Recipe(BaseModel):
             "description": self.description,
             "modality": self.modality,
             "base_model": self.base_model,
+            **({"model": self.model.model_dump(mode="json")} if self.model != ModelConfig() else {}),  # hashes of fp32 recipes unchanged
             "data": self.data.model_dump(mode="json"),
             "strategies": {k: self.strategies[k].model_dump(mode="json") for k in self.stack},
-            "train": self.train.model_dump(mode="json"),
+            # the memory/speed knobs only when set: hashes of recipes that do not use them unchanged
+            "train": {k: v for k, v in self.train.model_dump(mode="json").items() if v or k not in ("gradient_checkpointing", "packing")},
             "eval": self.eval.model_dump(mode="json", exclude={"suites"} if not self.eval.suites else None),
             "inference": self.inference.model_dump(mode="json"),
             "output_dir": self.output_dir,
@@ -323,6 +328,7 @@ def validate_recipe(raw: Any, source: Path | None = None) -> Recipe:
         description=top.description,
         modality=top.modality,
         base_model=top.base_model,
+        model=top.model,
         data=data,
         strategies={k: strategies[k] for k in ordered(list(strategies))},
         train=top.train,
@@ -361,6 +367,7 @@ def recipe_from_resolved(resolved: dict[str, Any], data_paths: dict[str, str] | 
         description=top.description,
         modality=top.modality,
         base_model=top.base_model,
+        model=top.model,
         data=modality.data_model.model_validate(top.data),
         strategies={k: modality.strategies[k].config_model.model_validate(v or {}) for k, v in top.strategies.items()},
         train=top.train,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mmadapt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"ab", "advise", "ask", "batch", "compare", "data", "drift", "eval", "export", "launch", "models", "recipe", "registry",
+COMMANDS = {"ab", "advise", "ask", "batch", "compare", "data", "drift", "eval", "export", "launch", "models", "plan", "recipe", "registry",
             "report", "run", "serve"}
 
 

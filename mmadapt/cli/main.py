@@ -26,6 +26,7 @@ from mmadapt.cli.drift import drift
 from mmadapt.cli.eval import eval_suite
 from mmadapt.cli.launch import launch
 from mmadapt.cli.models import models
+from mmadapt.cli.plan import plan
 from mmadapt.cli.recipe import recipe
 from mmadapt.cli.registry import registry
 from mmadapt.cli.report import history_report
@@ -67,7 +68,7 @@ def main() -> None:
 for command in (
     run, ask, export, compare,  # run.py, compare.py
     recipe, data, models,  # recipe.py, data.py, models.py
-    registry, eval_suite, advise, ab, drift, history_report,  # registry.py, eval.py, advise.py, ab.py, drift.py, report.py
+    registry, eval_suite, advise, plan, ab, drift, history_report,  # registry.py, eval.py, advise.py, plan.py, ab.py, drift.py, report.py
     batch, launch,  # batch.py, launch.py
     serve,  # serve.py
 ):

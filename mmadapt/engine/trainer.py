@@ -22,6 +22,8 @@ of example indices into (batch, count of loss items), and a ``loss`` of (model, 
 * ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32;
 * ``train.eval_every`` / ``keep: best``: the eval split scored at checkpoints through the scorer the
   runner puts in the :class:`FitContext` (:mod:`mmadapt.engine.curve`), the best step's weights kept.
+* ``train.gradient_checkpointing``: the model's own (transformers / diffusers) activation
+  checkpointing, non-reentrant, so frozen inputs (LoRA, QLoRA) still get gradients through it.
 """
 
 from __future__ import annotations
@@ -238,6 +240,23 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 # ---------------------------------------------------------------- the loop
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on the model library's activation checkpointing: recompute each block's activations in the
+    backward pass instead of keeping them (transformers' ``gradient_checkpointing_enable``, which peft
+    models forward to its base; diffusers' ``enable_gradient_checkpointing``)."""
+    if callable(hf := getattr(model, "gradient_checkpointing_enable", None)):
+        hf(gradient_checkpointing_kwargs={"use_reentrant": False})  # reentrant checkpointing drops grads of frozen inputs
+        if callable(inputs := getattr(model, "enable_input_require_grads", None)):
+            inputs()  # peft: embeddings frozen, the checkpointed blocks still see an input that requires grad
+    elif callable(diffusers := getattr(model, "enable_gradient_checkpointing", None)):
+        diffusers()
+    else:
+        raise MmadaptError(
+            f"train.gradient_checkpointing: {type(model).__name__} has no activation checkpointing",
+            fix="set train.gradient_checkpointing: false",
+        )
+
+
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -315,6 +334,8 @@ def train(
         model.to(device)
     if not any(p.requires_grad for p in model.parameters()):
         raise RuntimeError("the model has no trainable parameters")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     net: torch.nn.Module = model  # what forward passes go through
     ddp = sharded = None
     if world > 1 and config.distributed.strategy == "fsdp":

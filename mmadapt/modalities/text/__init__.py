@@ -13,7 +13,7 @@ from mmadapt.modalities.text.chat import history_of, last_user, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
-from mmadapt.modalities.text.model import TextStack, load_causal_lm
+from mmadapt.modalities.text.model import TextStack, load_causal_lm, load_options
 from mmadapt.modalities.text.predict import TextPredictor
 from mmadapt.modalities.text.prompt import TextPromptStrategy
 from mmadapt.modalities.text.retrieval import TextRetrievalStrategy
@@ -51,7 +51,7 @@ class TextModality(Modality):
     def new_stack(self, recipe) -> TextStack:
         model, tokenizer, info = load_causal_lm(
             recipe.base_model, trust_remote_code=recipe.trust_remote_code, chat_template=template_text(recipe),
-            fallback_chat_template=template_text(recipe, "fallback_chat_template"),
+            fallback_chat_template=template_text(recipe, "fallback_chat_template"), **load_options(recipe),
         )
         return TextStack(recipe, model, tokenizer, info)
 

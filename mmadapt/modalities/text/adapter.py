@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmadapt.config import StrictModel, TrainOverrides
 from mmadapt.errors import ArtifactError
@@ -25,7 +25,18 @@ class TextAdapterConfig(StrictModel):
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names like [q_proj, v_proj]")
     num_virtual_tokens: int = Field(20, ge=1, le=1024, description="prompt tuning: virtual tokens")
     init_text: str | None = Field(None, max_length=2000, description="prompt tuning: initialise from this text")
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the frozen base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA, or its CPU backend)"
+    )
+    use_dora: bool = Field(False, description="DoRA: LoRA on the direction, a trained magnitude per output (peft use_dora)")
+    use_rslora: bool = Field(False, description="rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r (peft use_rslora)")
     train: TrainOverrides = Field(default_factory=TrainOverrides, description="overrides of the recipe's train section")
+
+    @model_validator(mode="after")
+    def _lora_only(self):
+        if self.method != "lora" and (self.quantize != "none" or self.use_dora or self.use_rslora):
+            raise ValueError("quantize, use_dora and use_rslora apply to method: lora")
+        return self
 
 
 def peft_config(config: TextAdapterConfig, tokenizer_path: str):
@@ -38,6 +49,8 @@ def peft_config(config: TextAdapterConfig, tokenizer_path: str):
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
             target_modules=config.target_modules,
+            use_dora=config.use_dora,
+            use_rslora=config.use_rslora,
         )
     kwargs = {}
     if config.init_text:
@@ -60,6 +73,11 @@ class TextAdapterStrategy(Strategy):
         from mmadapt.engine.seed import seed_everything
 
         seed_everything(self.recipe.train.seed)  # adapter init is part of the run's determinism
+        if self.config.quantize != "none":
+            from peft import prepare_model_for_kbit_training
+
+            # norms and embeddings to fp32; checkpointing is the trainer's (train.gradient_checkpointing)
+            stack.model = prepare_model_for_kbit_training(stack.model, use_gradient_checkpointing=False)
         with quiet_libraries():
             model = get_peft_model(stack.model, peft_config(self.config, stack.base_info["resolved"]))
         stack.model = model  # train.eval_every scores the stack while it trains: with the adapter (prompt tuning too)

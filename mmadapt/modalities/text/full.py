@@ -38,12 +38,13 @@ class TextFullStrategy(Strategy):
         return report
 
     def compose(self, stack, part_dir: Path) -> None:
-        import torch
         from transformers import AutoModelForCausalLM
+
+        from mmadapt.modalities.text.model import torch_dtype
 
         folder = part_dir / MODEL_DIR
         if not (folder / "config.json").is_file():
             raise ArtifactError("full model weights are missing", path=folder, fix="re-run the recipe")
         with quiet_libraries():
-            stack.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+            stack.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(self.recipe.model.dtype), use_safetensors=True)
         stack.model.eval()

@@ -5,10 +5,55 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from mmadapt.errors import ModelError
+from mmadapt.errors import ModelError, RecipeError
 from mmadapt.models.quiet import quiet_libraries
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 from mmadapt.protocols import Stack
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a recipe's ``model.dtype`` (fp32 | bf16 | fp16)."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def quantize_backend_missing(kind: str) -> str | None:
+    """Why ``adapter.quantize: kind`` cannot run here (None when it can).
+
+    bitsandbytes runs on CUDA and, since 0.45 (its multi-backend release), on CPU; it is an optional
+    dependency (``pip install mmadapt[quantize]``).
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return f"adapter.quantize: {kind} needs bitsandbytes (pip install 'bitsandbytes>=0.45', or mmadapt[quantize])"
+    return None
+
+
+def quantization_config(kind: str, dtype: str):
+    """transformers' BitsAndBytesConfig for QLoRA: 4-bit NF4 with double quantisation, or 8-bit (LLM.int8)."""
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch_dtype(dtype)
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_options(recipe) -> dict:
+    """The base model's load settings a text recipe asks for: ``model.dtype`` and the adapter's ``quantize``.
+
+    A quantized base with no backend to run it is refused here, before anything loads (one line, exit 2).
+    """
+    section = recipe.strategies.get("adapter")
+    quantize = section.quantize if section is not None and section.method == "lora" else "none"
+    if quantize != "none" and (missing := quantize_backend_missing(quantize)):
+        raise RecipeError(missing, path=recipe.source, fix="install it, or remove adapter.quantize")
+    return {"dtype": recipe.model.dtype, "quantize": quantize}
 
 
 def load_causal_lm(
@@ -16,25 +61,33 @@ def load_causal_lm(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool | None = None,
+    dtype: str = "fp32",
+    quantize: str = "none",
     chat_template: str | None = None,
     fallback_chat_template: str | None = None,
 ):
     """(model, tokenizer, info) for a model reference; the tokenizer pads on the left for generation.
 
-    ``chat_template`` (a Jinja string) replaces the tokenizer's own; ``fallback_chat_template`` is
-    used only when it has none (a base model). Pickle weights load only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
+    ``dtype`` is the base weights' dtype (``model.dtype``); ``quantize`` (4bit | 8bit) loads the linear
+    layers through bitsandbytes for QLoRA. ``chat_template`` (a Jinja string) replaces the tokenizer's
+    own; ``fallback_chat_template`` is used only when it has none (a base model). Pickle weights load
+    only when ``allow_pickle`` (None: ``$MMADAPT_TRUST_REMOTE_PICKLE``, see models/resolve.py).
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = resolve_model(ref)
+    extra = {"quantization_config": quantization_config(quantize, dtype)} if quantize != "none" else {}
     allow_pickle = pickle_trusted(allow_pickle)
     check_safetensors_only(location, allow_pickle=allow_pickle)
     try:
         with quiet_libraries():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
-                location, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+                location,
+                dtype=torch_dtype(dtype),
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                **extra,
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise load_error(ref, exc) from None

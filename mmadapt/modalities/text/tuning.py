@@ -4,6 +4,12 @@ Used by both the adapter and the full strategy (one data path, one training loop
 Inputs are built with :func:`~mmadapt.modalities.text.prompt.build_messages` from the stack as
 fitted so far, so a model trained under a prompt and retrieved passages learns to use
 exactly what it will be served with.
+
+``train.packing``: a micro-batch is one row of its examples end to end (transformers'
+``DataCollatorWithFlattening``): no padding, position ids restart at 0 for each example, and no
+attention mask, from which transformers' masking (``masking_utils.find_packed_sequence_indices``,
+used by the sdpa, eager and flash attention paths) builds a block-diagonal causal mask, so no
+example attends to another. :func:`check_packing` proves that on the model itself before training.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mmadapt.engine import trainer
-from mmadapt.errors import DataError
+from mmadapt.errors import DataError, RecipeError
 from mmadapt.modalities.text.chat import IGNORE, build_chat, encode_conversation
 from mmadapt.modalities.text.predict import chat_texts
 from mmadapt.modalities.text.retrieval import passage_text
@@ -50,7 +56,21 @@ def encode_examples(stack, data: DataBundle, max_len: int) -> list[tuple[list[in
     return encoded
 
 
-def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device):
+def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device, *, packing: bool = False):
+    """collate(indices) -> (batch, answer tokens): rows padded on the right, or (``packing``) one row of
+    every example end to end with per-example position ids."""
+    if packing:
+        from transformers import DataCollatorWithFlattening
+
+        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+
+        def collate_packed(indices: list[int]):
+            batch = flatten([{"input_ids": encoded[i][0], "labels": encoded[i][1]} for i in indices])
+            count = int((batch["labels"][:, 1:] != IGNORE).sum())
+            return {k: batch[k].to(device) for k in ("input_ids", "position_ids", "labels")}, count
+
+        return collate_packed
+
     def collate(indices: list[int]):
         width = max(len(encoded[i][0]) for i in indices)
         ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
@@ -70,11 +90,17 @@ def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device
 def summed_lm_loss(model, batch) -> torch.Tensor:
     """Next-token cross-entropy summed over the answer tokens.
 
-    Logits are computed only from the first answer position on (``logits_to_keep``): the
-    LM head over a 49k vocabulary is a large share of a small model's step, and prompt
-    positions carry no loss.
+    Logits are computed only where they carry loss (``logits_to_keep``): the LM head over a 49k
+    vocabulary is a large share of a small model's step. Padded rows keep the positions from the
+    first answer token on; a packed row keeps exactly the positions that precede an answer token.
     """
     labels = batch["labels"]
+    if "position_ids" in batch:  # packed: one row, no attention mask (see the module docstring)
+        before = (labels[0, 1:] != IGNORE).nonzero().squeeze(1)
+        # use_cache=False: with a cache transformers does not read packed boundaries from position ids
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=before, use_cache=False)
+        logits = out.logits[0].float()
+        return torch.nn.functional.cross_entropy(logits, labels[0, before + 1], reduction="sum")
     width = labels.shape[1]
     has_label = (labels != IGNORE).any(dim=0).nonzero()
     start = max(int(has_label[0]) - 1, 0) if len(has_label) else 0
@@ -86,17 +112,49 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
 
 
+def check_packing(model, path) -> None:
+    """Refuse ``train.packing`` on a model whose attention would cross examples: the logits of a
+    second example packed behind a first must equal its logits alone."""
+    peft_config = getattr(model, "active_peft_config", None)  # a peft model (text-only code: not the shared rule)
+    if peft_config is not None and peft_config.is_prompt_learning:
+        raise RecipeError(
+            "train.packing does not work with prompt tuning (its virtual tokens are prepended to each row)",
+            path=path,
+            fix="set train.packing: false, or adapter.method: lora",
+        )
+    first, second = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10, 11]])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone = model(input_ids=second.to(device), use_cache=False).logits[0].float()
+        positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]], device=device)
+        packed = model(input_ids=torch.cat([first, second], 1).to(device), position_ids=positions, use_cache=False).logits[0, 4:]
+    model.train(was_training)
+    packed = packed.float()
+    tolerance = (1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2) * max(1.0, float(alone.abs().max()))
+    if not torch.allclose(alone, packed, atol=tolerance, rtol=0):
+        impl = model.config._attn_implementation
+        raise RecipeError(
+            f"train.packing: this model's attention ({impl}) lets packed examples see each other",
+            path=path,
+            fix="set train.packing: false (or use a transformers model whose masks follow position ids)",
+        )
+
+
 def train_text_model(model, stack, data: DataBundle, ctx: FitContext, name: str, overrides=None) -> FitReport:
     """Train ``model`` (peft-wrapped or the full model) on the recipe's train split."""
     config = overrides.apply(stack.recipe.train) if overrides is not None else stack.recipe.train
     encoded = encode_examples(stack, data, config.max_seq_len)
     device = next(model.parameters()).device
+    if config.packing:
+        check_packing(model, stack.recipe.source)
     return trainer.train_strategy(
         model,
         ctx,
         name,
         lengths=[len(x) for x, _ in encoded],
-        collate=make_collate(encoded, stack.tokenizer.pad_token_id, device),
+        collate=make_collate(encoded, stack.tokenizer.pad_token_id, device, packing=config.packing),
         loss_fn=summed_lm_loss,
         config=config,
     )

@@ -1,0 +1,263 @@
+"""``mmadapt plan``: peak memory per device and step-time order of a recipe's training strategies,
+predicted from the model's config alone (nothing is loaded or run).
+
+The model is described by its decoder shape (:class:`Shape`, read from a ``config.json``: vocabulary V,
+hidden size h, MLP size I, layers L, query width q = heads x head_dim, key/value width k = kv_heads x
+head_dim, tied embeddings). Built-in shapes for Llama-3 8B and 70B are in :data:`KNOWN`.
+
+**Parameters.** P = V·h·(1 or 2, tied or not) + L·(2·h·q + 2·h·k + 3·h·I + 2h) + h. The linear layers of
+the blocks are P_lin = L·(2·h·q + 2·h·k + 3·h·I); LoRA on all of them (``all-linear``) trains
+T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q+2k+h+2I+h) magnitudes).
+
+**Memory per device** (bytes; b = bytes of the base dtype: 4 fp32, 2 bf16/fp16):
+
+* weights W: LoRA and full P·b; QLoRA P_lin·(0.52 for 4-bit NF4 with double quantisation, 1.0 for
+  8-bit) + (P − P_lin)·4 (peft's ``prepare_model_for_kbit_training`` keeps the rest in fp32);
+* trainable state S: LoRA/QLoRA T·(4 weight + 4 gradient + 8 AdamW moments) (adapters stay fp32);
+  full P·(b gradient + 2b AdamW moments) beside W; DDP keeps a gradient bucket copy (+T·b_t);
+  FSDP divides W and S by the N devices and holds one gathered block (W·P_lin/(P·L)) besides;
+* activations A of one micro-batch of n = b_mb·s tokens (b_mb the micro-batch per device, s the
+  sequence length): per layer and token a Llama block keeps 8h + 7q + 4k + 4I values (the two RMSNorms'
+  fp32 inputs, intermediates and outputs; q, k before and after rotary and k, v repeated to the query
+  heads; the attention output; the four SwiGLU intermediates — counted with autograd's saved-tensor
+  hooks on tiny Llamas; the attention kernel keeps no s×s probabilities), in the activation dtype
+  (a = 2 under a bf16 base or bf16 autocast, else 4): A = n·L·(8h+7q+4k+4I)·a; with gradient
+  checkpointing only each block's input is kept, plus one block being recomputed:
+  A = n·(L·h + 8h+7q+4k+4I)·a;
+* logits: mmadapt computes the LM head only at answer positions (``answer_tokens`` per sequence,
+  default 32): b_mb·answer_tokens·V·(a + 8) (the logits, their fp32 copy and its log-softmax);
+* runtime: on a GPU the CUDA context and kernels' workspace (1 GiB); on a CPU the process itself
+  (:data:`CPU_RUNTIME_MIB`, the resident size after importing torch, transformers, peft and mmadapt,
+  measured here) — and on a CPU the load is a peak of its own: the safetensors file is mapped (its
+  pages count as resident) while the weights are converted to the base dtype, so
+  load = runtime + file + (W if the dtype differs from the file's).
+
+peak = runtime + max(load, W + S + A + logits) on a CPU; runtime + W + S + A + logits on a GPU.
+
+**Step time (an order, not a promise).** FLOPs per step = tokens·(2P forward + 2P input gradients
++ 2P weight gradients for full only + 2P again with checkpointing) + attention 6·L·s·q per token;
+QLoRA dequantises each weight on every use (×1.3). Time = FLOPs / (N · peak · MFU) (defaults: 989
+TFLOP/s dense bf16 of an H100-class GPU, MFU 0.4) plus the gradient sync: DDP all-reduces the
+trainable gradients (2·T·b_t bytes), FSDP all-gathers weights twice and reduce-scatters gradients
+(≈3·P·b bytes for full, 3·T·4 for LoRA), at ``link_gbps`` (default 200 GB/s).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mmadapt.errors import MmadaptError
+
+GIB = 2**30
+MIB = 2**20
+CPU_RUNTIME_MIB = 760  # RSS after `import torch, transformers, peft, mmadapt.modalities.text` (torch 2.11, 2-core CPU)
+GPU_RUNTIME_MIB = 1024
+QUANT_BYTES = {"4bit": 0.52, "8bit": 1.0}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A decoder's shape, as a transformers config.json gives it."""
+
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    q_width: int
+    kv_width: int
+    tied: bool
+    file_bytes_per_param: int = 4  # the dtype of the weights on disk (the load peak on a CPU)
+
+    @classmethod
+    def from_config(cls, config: dict) -> Shape:
+        try:
+            h, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+            head_dim = int(config.get("head_dim") or h // heads)
+            kv_heads = int(config.get("num_key_value_heads") or heads)
+            dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+            return cls(
+                vocab=int(config["vocab_size"]), hidden=h, intermediate=int(config["intermediate_size"]),
+                layers=int(config["num_hidden_layers"]), q_width=heads * head_dim, kv_width=kv_heads * head_dim,
+                tied=bool(config.get("tie_word_embeddings", False)), file_bytes_per_param=4 if "32" in dtype else 2,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MmadaptError(f"the model config lacks a decoder's shape ({exc})", fix="pass a causal LM's config.json") from None
+
+    @property
+    def linear_params(self) -> int:
+        h, q, k, i = self.hidden, self.q_width, self.kv_width, self.intermediate
+        return self.layers * (2 * h * q + 2 * h * k + 3 * h * i)
+
+    @property
+    def params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.linear_params + self.layers * 2 * self.hidden + self.hidden
+
+    def lora_params(self, r: int, dora: bool = False) -> int:
+        h, q, k, i = self.hidden, self.q_width, self.kv_width, self.intermediate
+        per_layer = r * ((h + q) + 2 * (h + k) + (q + h) + 2 * (h + i) + (i + h))
+        return self.layers * (per_layer + ((q + 2 * k + h + 2 * i + h) if dora else 0))
+
+    def activation_values(self) -> int:
+        """Values one Llama block keeps per token for the backward pass (counted with autograd's
+        saved-tensor hooks on tiny Llamas: within 5% of what transformers 5 keeps)."""
+        return 8 * self.hidden + 7 * self.q_width + 4 * self.kv_width + 4 * self.intermediate
+
+
+# Llama-3 8B and 70B (meta-llama/Meta-Llama-3-*/config.json), written out: plan needs no download
+KNOWN: dict[str, dict] = {
+    "llama-3-8b": {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+    "llama-3-70b": {"vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                    "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way to train: method, precision, memory knobs and devices."""
+
+    method: str = "lora"  # lora | qlora-4bit | qlora-8bit | full
+    dtype: str = "fp32"  # the base weights (model.dtype)
+    autocast_bf16: bool = False  # train.precision: bf16
+    checkpointing: bool = False
+    r: int = 8
+    dora: bool = False
+    seq_len: float = 512
+    micro_batch: int = 8  # sequences per forward pass on one device
+    batch: int = 8  # global sequences per optimizer step
+    answer_tokens: int = 32
+    devices: int = 1
+    parallel: str = "ddp"  # ddp | fsdp (with devices > 1)
+    device: str = "gpu"  # gpu | cpu
+
+
+@dataclass(frozen=True)
+class Prediction:
+    setup: Setup
+    weights: float
+    state: float
+    activations: float
+    logits: float
+    runtime: float
+    load: float
+    step_seconds: float
+    trainable: int
+
+    @property
+    def peak_bytes(self) -> float:
+        train = self.weights + self.state + self.activations + self.logits
+        return self.runtime + (max(self.load, train) if self.setup.device == "cpu" else train)
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / MIB
+
+
+def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0.4, link_gbps: float = 200.0) -> Prediction:
+    """Peak memory per device and step time of training ``shape`` as ``setup`` says (formulas: module docstring)."""
+    b = DTYPE_BYTES[setup.dtype]
+    act = 2 if (setup.dtype != "fp32" or setup.autocast_bf16) else 4
+    full = setup.method == "full"
+    shard = setup.devices if (setup.devices > 1 and setup.parallel == "fsdp") else 1
+    if setup.method.startswith("qlora"):
+        weights = shape.linear_params * QUANT_BYTES[setup.method.split("-")[1]] + (shape.params - shape.linear_params) * 4
+    else:
+        weights = shape.params * b
+    if shard > 1:  # FSDP shards every weight, frozen or not, and gathers one block at a time
+        weights = weights / shard + weights * shape.linear_params / shape.params / shape.layers
+    if full:
+        trainable, grad_bytes = shape.params, b
+        state = trainable * 3 * b / shard  # gradient + two AdamW moments, in the weights' dtype
+    else:
+        trainable, grad_bytes = shape.lora_params(setup.r, setup.dora), 4
+        state = trainable * 16 / shard
+    if setup.devices > 1 and setup.parallel == "ddp":
+        state += trainable * grad_bytes  # DDP's gradient buckets
+    micro = min(setup.micro_batch, max(1, setup.batch // setup.devices))
+    tokens = micro * setup.seq_len
+    block = shape.activation_values()
+    per_token = shape.layers * shape.hidden + block if setup.checkpointing else shape.layers * block
+    activations = tokens * per_token * act
+    logits = micro * min(setup.answer_tokens, setup.seq_len) * shape.vocab * (act + 8)
+    runtime = (CPU_RUNTIME_MIB if setup.device == "cpu" else GPU_RUNTIME_MIB) * MIB
+    file = shape.params * shape.file_bytes_per_param
+    load = file + (weights if b != shape.file_bytes_per_param or setup.method.startswith("qlora") else 0)
+    step_tokens = setup.batch * setup.seq_len
+    passes = 2 + 2 + (2 if full else 0) + (2 if setup.checkpointing else 0)
+    flops = step_tokens * (passes * shape.params + 6 * shape.layers * setup.seq_len * shape.q_width)
+    flops *= 1.3 if setup.method.startswith("qlora") else 1.0
+    compute = flops / (setup.devices * tflops * 1e12 * mfu)
+    if setup.devices == 1:
+        sync = 0.0
+    elif setup.parallel == "ddp":
+        sync = 2 * trainable * grad_bytes / (link_gbps * 1e9)
+    else:
+        sync = 3 * trainable * (b if full else 4) / (link_gbps * 1e9)
+    return Prediction(setup, weights, state, activations, logits, runtime, load, compute + sync, trainable)
+
+
+def load_shape(ref: str) -> Shape:
+    """A Shape from a built-in name (llama-3-8b, llama-3-70b), a config.json, a model folder, or a model
+    reference mmadapt resolves (embedded:NAME, a hub id where a hub answers)."""
+    if ref in KNOWN:
+        return Shape.from_config(KNOWN[ref])
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        from mmadapt.models.resolve import resolve_model
+
+        path = Path(resolve_model(ref)) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MmadaptError(f"cannot read the model config: {exc}", path=path, fix="pass a config.json or a model folder") from None
+    return Shape.from_config(config.get("text_config", config))
+
+
+def recipe_setups(recipe, *, devices: int = 1, device: str = "gpu", seq_len: float | None = None) -> list[Setup]:
+    """The setups a recipe trains: its adapter (LoRA or QLoRA) and full strategies (from its stack or
+    ``compare.strategies``), with its dtype, precision, checkpointing and batch, under DDP and FSDP."""
+    train = recipe.train
+    base = Setup(
+        dtype=recipe.model.dtype, autocast_bf16=train.precision == "bf16", checkpointing=train.gradient_checkpointing,
+        seq_len=seq_len or train.max_seq_len, batch=train.batch_size, micro_batch=train.micro_batch_size or train.batch_size,
+        devices=devices, device=device,
+    )
+    sections = {**recipe.compare_strategies, **recipe.strategies}
+    setups = []
+    for name, section in sections.items():
+        if name == "adapter" and section.model_dump().get("method", "lora") == "lora":
+            fields = section.model_dump()
+            quantize = fields.get("quantize", "none")
+            method = "lora" if quantize == "none" else f"qlora-{quantize}"
+            setups.append(replace(base, method=method, r=int(fields.get("r", 8)), dora=bool(fields.get("use_dora", False))))
+        elif name == "full":
+            setups.append(replace(base, method="full"))
+    if not setups:
+        setups = [replace(base, method="lora"), replace(base, method="full")]
+    if devices > 1:
+        setups = [replace(s, parallel=p) for s in setups for p in ("ddp", "fsdp")]
+    return setups
+
+
+def predict_run(recipe, *, seq_len: float | None = None) -> Prediction:
+    """The prediction for the recipe's own training strategy on this machine's CPU (bench/text_memory.py)."""
+    shape = load_shape(recipe.base_model)
+    setups = [s for s in recipe_setups(recipe, device="cpu", seq_len=seq_len) if (s.method == "full") == ("full" in recipe.strategies)]
+    return predict(shape, setups[0])
+
+
+def describe(setup: Setup) -> str:
+    parts = [setup.method if setup.method != "lora" else f"lora r{setup.r}", setup.dtype]
+    if setup.autocast_bf16:
+        parts.append("bf16 autocast")
+    if setup.checkpointing:
+        parts.append("checkpointing")
+    if setup.devices > 1:
+        parts.append(f"{setup.parallel} x{setup.devices}")
+    return ", ".join(parts)

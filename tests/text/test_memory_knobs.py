@@ -1,0 +1,139 @@
+"""The memory and speed knobs of text training: packing (same loss, no cross-example attention),
+model.dtype, gradient checkpointing, DoRA / rsLoRA, QLoRA's backend check — on the tiny Llama."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmadapt
+from mmadapt.errors import RecipeError
+from mmadapt.modalities.text.tuning import IGNORE, check_packing, make_collate, summed_lm_loss
+
+CPU = torch.device("cpu")
+# three answer-masked examples of different lengths (token ids inside the tiny vocabulary)
+ENCODED = [
+    ([5, 6, 7, 8, 9, 10], [IGNORE, IGNORE, IGNORE, 8, 9, 10]),
+    ([11, 12, 13], [IGNORE, 12, 13]),
+    ([20, 21, 22, 23, 24, 25, 26], [IGNORE] * 4 + [24, 25, 26]),
+]
+
+
+@pytest.fixture(scope="module")
+def lm(talkative_lm):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(talkative_lm).eval()
+
+
+def test_packing_gives_each_example_its_unpacked_loss(lm):
+    packed_collate = make_collate(ENCODED, 0, CPU, packing=True)
+    padded_collate = make_collate(ENCODED, 0, CPU)
+    with torch.no_grad():
+        alone = [float(summed_lm_loss(lm, padded_collate([i])[0])) for i in range(3)]
+        batch, count = packed_collate([0, 1, 2])
+        packed = float(summed_lm_loss(lm, batch))
+        padded = float(summed_lm_loss(lm, padded_collate([0, 1, 2])[0]))
+    assert batch["input_ids"].shape == (1, 16) and "attention_mask" not in batch  # one row, no padding
+    assert batch["position_ids"][0].tolist() == [*range(6), *range(3), *range(7)]
+    assert count == padded_collate([0, 1, 2])[1] == 8
+    assert packed == pytest.approx(sum(alone), rel=1e-5)
+    assert padded == pytest.approx(sum(alone), rel=1e-5)
+
+
+def test_packed_examples_do_not_attend_to_each_other(lm):
+    """Change every token of the first example: the second's logits do not move."""
+    collate = make_collate(ENCODED, 0, CPU, packing=True)
+    changed = [([30, 31, 32, 33, 34, 35], ENCODED[0][1]), *ENCODED[1:]]
+    with torch.no_grad():
+        a, b = (lm(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits[0] for x in
+                (collate([0, 1])[0], make_collate(changed, 0, CPU, packing=True)([0, 1])[0]))
+    assert not torch.allclose(a[:6], b[:6])  # the first example did change
+    torch.testing.assert_close(a[6:], b[6:], atol=1e-6, rtol=0)
+    check_packing(lm, None)  # the guard the trainer runs agrees
+
+
+def test_packing_is_refused_with_prompt_tuning(talkative_lm):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(talkative_lm), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=2))
+    with pytest.raises(RecipeError, match="prompt tuning"):
+        check_packing(model, "r.yaml")
+
+
+def _run(make_recipe, write_recipe, lm_path, tmp_path, adapter, **top):
+    raw = make_recipe(
+        base_model=str(lm_path),
+        output_dir=str(tmp_path / "runs"),
+        strategies={"adapter": adapter},
+        train={"steps": 3, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2, **top.pop("train", {})},
+        eval={"metrics": ["token_f1"], "bootstrap": 10, "latency_samples": 0, "limit": 1},
+        inference={"max_new_tokens": 2, "batch_size": 2},
+        **top,
+    )
+    return mmadapt.run(mmadapt.load_recipe(write_recipe(raw)), progress=False)
+
+
+def test_bf16_base_dora_checkpointing_and_packing_train(make_recipe, write_recipe, talkative_lm, tmp_path):
+    adapter = {"r": 4, "use_dora": True}
+    result = _run(make_recipe, write_recipe, talkative_lm, tmp_path, adapter, model={"dtype": "bf16"},
+                  train={"gradient_checkpointing": True, "packing": True})
+    assert 0 < result.manifest["parts"]["adapter"]["final_loss"] < 100
+    assert result.manifest["recipe"]["model"] == {"dtype": "bf16"}
+    loaded = mmadapt.load_artifact(result.version_dir)
+    base = loaded.stack.model.get_base_model()
+    assert base.model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16  # the frozen base
+    lora = base.model.layers[0].mlp.up_proj
+    assert lora.lora_A["default"].weight.dtype == torch.float32 and "default" in lora.lora_magnitude_vector  # DoRA, fp32
+
+
+def test_rslora_trains_and_fp32_recipe_hash_is_unchanged_by_the_new_keys(make_recipe, write_recipe, talkative_lm, tmp_path):
+    result = _run(make_recipe, write_recipe, talkative_lm, tmp_path, {"r": 4, "use_rslora": True})
+    assert 0 < result.manifest["parts"]["adapter"]["final_loss"] < 100
+    resolved = result.manifest["recipe"]
+    assert "model" not in resolved and "packing" not in resolved["train"] and "gradient_checkpointing" not in resolved["train"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(talkative_lm):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mmadapt.engine.trainer import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(talkative_lm), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            assert model.get_base_model().model.gradient_checkpointing
+        model.train()
+        summed_lm_loss(model, make_collate(ENCODED, 0, CPU)([0, 1, 2])[0]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_quantize_without_bitsandbytes_is_one_line_and_exit_2(make_recipe, write_recipe, tiny_lm, tmp_path):
+    """Without the backend the run stops before the model loads, with one line that says what to install."""
+    raw = make_recipe(base_model=str(tiny_lm), output_dir=str(tmp_path / "runs"), strategies={"adapter": {"quantize": "4bit"}})
+    path = write_recipe(raw)
+    blocker = tmp_path / "no_bnb"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['bitsandbytes'] = None\n")  # import fails
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), *sys.path])}
+    proc = subprocess.run([sys.executable, "-m", "mmadapt.cli", "run", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and "bitsandbytes" in lines[0] and "adapter.quantize" in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_quantize_is_lora_only(make_recipe, write_recipe, tiny_lm):
+    raw = make_recipe(base_model=str(tiny_lm), strategies={"adapter": {"method": "prompt_tuning", "quantize": "8bit"}})
+    with pytest.raises(RecipeError, match="apply to method: lora"):
+        mmadapt.load_recipe(write_recipe(raw))
