@@ -167,7 +167,7 @@ def main() -> None:
     metric = next(iter(base["metrics"]))
     low, high = base["ci95"][metric]
     print(f"ratios to the fp32 LoRA run (peak RSS), and {metric} within its CI [{low:.2f}, {high:.2f}]:")
-    for name, (recipe, manifest) in rows.items():
+    for name, (_recipe, manifest) in rows.items():
         ratio = manifest["costs"]["peak_rss_mib"] / base["costs"]["peak_rss_mib"]
         inside = low <= manifest["metrics"][metric] <= high
         print(f"  {name:<14} {ratio:5.2f}x   {metric} {manifest['metrics'][metric]:.3f} {'within' if inside else 'OUTSIDE'}")
