@@ -98,7 +98,7 @@ def test_beam_search_takes_the_boost(tiny):
     tries = [TermTrie(tok, [TERMS[0]]), TermTrie(tok, [TERMS[1]])]
     rows = _beam_decode(
         model, states, [prefix, prefix], [8, 8], 2,
-        lambda rs, k: VocabularyBoost([tries[r] for r in rs], BoostConfig(weight=50.0, first_weight=25.0, min_logprob=-1e9),
+        processor_for=lambda rs, k: VocabularyBoost([tries[r] for r in rs], BoostConfig(weight=50.0, first_weight=25.0, min_logprob=-1e9),
                                       beams=k, marker=s["notimestamps"]),
     )
     texts = [tok.decode(r, skip_special_tokens=True).strip() for r in rows]

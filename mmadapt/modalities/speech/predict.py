@@ -143,8 +143,11 @@ def greedy_decode(
 
 
 @torch.inference_mode()
-def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix, processor_for=None) -> list[list[int]]:
-    """``processor_for(rows, beams)``: a logits processor for those batch rows (boost.py), or None."""
+def _beam_decode(
+    model, encoder_states, prefixes, limits, num_beams: int, task: TaskPrefix | None = None, processor_for=None
+) -> list[list[int]]:
+    """``task``: the stack's language/task prefix (None: an English-only model's); ``processor_for(rows, beams)``:
+    a logits processor for those batch rows (boost.py), or None."""
     from transformers import LogitsProcessorList
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -156,7 +159,7 @@ def _beam_decode(model, encoder_states, prefixes, limits, num_beams: int, task: 
         by_prompt.setdefault(tuple(prefix), []).append(row)
     for prefix, rows in by_prompt.items():
         prompt = list(prefix[: prefix.index(special.decoder_start_token_id)])  # generate adds the task prefix itself
-        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows), **task.generate_kwargs(prefix)}
+        kwargs = {"num_beams": num_beams, "max_new_tokens": max(limits[r] for r in rows), **(task.generate_kwargs(prefix) if task is not None else {})}
         if prompt:
             kwargs["prompt_ids"] = torch.tensor(prompt, device=encoder_states.device)
         processor = processor_for(rows, num_beams) if processor_for else None
