@@ -73,9 +73,10 @@ class TextPredictor:
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if [i for i in turn_end_ids(tok) if i not in eos]:
-            gen_kwargs["eos_token_id"] = eos + [i for i in turn_end_ids(tok) if i not in eos]
-        stops = _stop_ids(model, tok) | set(turn_end_ids(tok))
+        turn_ends = [i for i in turn_end_ids(tok) if i not in eos]
+        if turn_ends:
+            gen_kwargs["eos_token_id"] = eos + turn_ends
+        stops = {*eos, *turn_ends} | {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}  # what ends an answer
         logprobs: dict[int, float | None] = {}
         if cfg.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
@@ -96,13 +97,6 @@ class TextPredictor:
             Prediction(outputs[i], sources=[h["id"] for h in retrieved[i]], info=_info(retrieved[i], logprobs[i]))
             for i in range(len(texts))
         ]
-
-
-def _stop_ids(model, tok) -> set[int]:
-    """Token ids that end an answer (the generation config's eos ids, the tokenizer's eos and pad)."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return ids | {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
 
 
 def _mean_answer_logprob(ids: list[int], scores: list[float], stops: set[int]) -> float | None:
