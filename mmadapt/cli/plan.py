@@ -3,21 +3,9 @@ from the model's config alone (formulas: mmadapt/govern/plan.py)."""
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from mmadapt.cli.common import SET_HELP, _load
-from mmadapt.errors import MmadaptError
-
-
-def parse_size(text: str) -> float:
-    """'80GiB', '80GB', '80' (GiB) -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(GiB|GB|MiB|MB|TiB|TB)?\s*", text)
-    if not match:
-        raise MmadaptError(f"--gpu-memory {text!r} is not a size", fix="write it like 80GiB, 24GB or 40")
-    unit = match.group(2) or "GiB"
-    return float(match.group(1)) * {"GiB": 2**30, "GB": 1e9, "MiB": 2**20, "MB": 1e6, "TiB": 2**40, "TB": 1e12}[unit]
 
 
 @click.command()
@@ -41,24 +29,16 @@ def plan(recipe, gpus, gpu_memory, model_ref, seq_len, cpu, overrides) -> None:
       mmadapt plan recipes/text/lora.yaml
       mmadapt plan recipes/text/lora.yaml --model llama-3-70b --gpus 8 --gpu-memory 80GiB --seq-len 2048
     """
-    from dataclasses import replace
-
-    from mmadapt.govern.plan import describe, load_shape, predict, recipe_setups
+    from mmadapt.govern.plan import describe, load_shape, parse_size, predict, recipe_setups, with_alternatives
     from mmadapt.govern.report import table
 
     parsed = _load(recipe, overrides)
     capacity = parse_size(gpu_memory)
     shape = load_shape(model_ref or parsed.base_model)
     setups = recipe_setups(parsed, devices=1 if cpu else gpus, device="cpu" if cpu else "gpu", seq_len=seq_len)
-    # beside what the recipe trains: the other methods, and the memory knobs it could turn on
-    methods = {s.method for s in setups}
-    others = [replace(setups[0], method=m, r=8) for m in ("lora", "qlora-4bit", "full") if m not in methods and not any(
-        s.method.startswith(m.split("-")[0]) for s in setups)]
-    setups = [*setups, *(replace(o, parallel=p) for o in others for p in (("ddp", "fsdp") if o.devices > 1 else ("ddp",)))]
-    extra = [replace(s, dtype="bf16") for s in setups if s.dtype == "fp32" and not s.method.startswith("qlora")]
-    extra += [replace(s, checkpointing=True) for s in [*setups, *extra] if not s.checkpointing]
+    setups = with_alternatives(setups)  # beside what the recipe trains: the other methods and the memory knobs
     rows = []
-    for setup in [*setups, *extra]:
+    for setup in setups:
         p = predict(shape, setup)
         rows.append({
             "setup": describe(setup),

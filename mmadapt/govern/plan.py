@@ -261,3 +261,26 @@ def describe(setup: Setup) -> str:
     if setup.devices > 1:
         parts.append(f"{setup.parallel} x{setup.devices}")
     return ", ".join(parts)
+
+
+def parse_size(text: str) -> float:
+    """'80GiB', '80GB', '80' (GiB) -> bytes (``--gpu-memory`` of plan and advise)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(GiB|GB|MiB|MB|TiB|TB)?\s*", str(text))
+    if not match:
+        raise MmadaptError(f"--gpu-memory {text!r} is not a size", fix="write it like 80GiB, 24GB or 40")
+    unit = match.group(2) or "GiB"
+    return float(match.group(1)) * {"GiB": 2**30, "GB": 1e9, "MiB": 2**20, "MB": 1e6, "TiB": 2**40, "TB": 1e12}[unit]
+
+
+def with_alternatives(setups: list[Setup]) -> list[Setup]:
+    """The setups a recipe trains, then the other methods beside them (LoRA, QLoRA 4-bit, full; DDP and FSDP
+    with more than one device), then the memory knobs it could turn on (a bf16 base, gradient checkpointing)."""
+    methods = {s.method for s in setups}
+    others = [replace(setups[0], method=m, r=8) for m in ("lora", "qlora-4bit", "full") if m not in methods and not any(
+        s.method.startswith(m.split("-")[0]) for s in setups)]
+    setups = [*setups, *(replace(o, parallel=p) for o in others for p in (("ddp", "fsdp") if o.devices > 1 else ("ddp",)))]
+    extra = [replace(s, dtype="bf16") for s in setups if s.dtype == "fp32" and not s.method.startswith("qlora")]
+    extra += [replace(s, checkpointing=True) for s in [*setups, *extra] if not s.checkpointing]
+    return [*setups, *extra]
