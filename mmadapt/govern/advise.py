@@ -18,76 +18,34 @@ the two agree). Rules come in four kinds, applied in this order:
 
 Without a report, stacks are ranked by score, then by cost (cheapest first). A grid run of a report
 (``compare --grid``) is a candidate of its own, by its label (``adapter[r=8,lr=0.001]``). Every
-reason names its source: ``constraint:<option>`` or ``measured:<report file>:<stack>.<figure>=<value>``.
+reason names its source: ``constraint:<option>``, ``measured:<report file>:<stack>.<figure>=<value>`` or,
+for a model not run yet (``model=``), ``predicted:plan:<model>[<setup>].<figure>=<value>`` (rules F1, F2: what
+fits on the devices; :mod:`mmadapt.govern.advise_evidence` gathers reports and predictions).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmadapt.errors import DataError, MmadaptError
+from mmadapt.errors import MmadaptError
+from mmadapt.govern.advise_evidence import Predicted, latest_report, measured_costs, predict_costs, primary_metric_of
+from mmadapt.govern.advise_evidence import read_report as read_report  # re-exported: callers read reports from here
 from mmadapt.govern.advise_rules import (
-    CADENCE_DAYS,
-    CADENCE_FORMS,
     COST,
     DEFAULT_STACKS,
     FEW_EXAMPLES,
     FREQUENT_RELEASE_DAYS,
     FULL_EXAMPLES,
     FULL_GPU_HOURS,
-    KNOWLEDGE,
     MANY_EXAMPLES,
-    PRIVACY,
     TIGHT_LATENCY_MS,
-    parse_cadence,
 )
 from mmadapt.govern.advise_rules import RULES as RULES  # the rules' table, re-exported: advise() applies it
+from mmadapt.govern.advise_rules import Constraints as Constraints  # what the rules read, re-exported
 from mmadapt.protocols import STACK_ORDER, get_modality, strategy_trains
-
-
-@dataclass
-class Constraints:
-    """What the team can spend and must respect. ``None`` = not given (the rules on it do not fire)."""
-
-    examples: int | None = None
-    privacy: str = "internal"
-    latency_ms: float | None = None
-    gpu_hours: float | None = None
-    release_cadence: str | int | None = None  # weekly, monthly, quarterly or days; see parse_cadence
-    knowledge_changes: str | None = None
-    has_retrieval_source: bool | None = None  # from a recipe: does it name what retrieval searches?
-    training: frozenset[str] | None = None  # strategies that train weights (None: ask the registered modalities)
-    bars: dict[str, float] = field(default_factory=dict)  # from a recipe's eval.min
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.privacy not in PRIVACY:
-            problems.append(f"privacy {self.privacy!r} is not one of {', '.join(PRIVACY)}")
-        if self.release_cadence is not None:
-            try:
-                days = parse_cadence(self.release_cadence)
-            except ValueError:
-                problems.append(f"release cadence {self.release_cadence!r} is not {CADENCE_FORMS}")
-            else:  # normalised: a name in lower case, or the number of days
-                name = str(self.release_cadence).strip().lower()
-                self.release_cadence = name if name in CADENCE_DAYS else days
-        if self.knowledge_changes is not None and self.knowledge_changes not in KNOWLEDGE:
-            problems.append(f"knowledge changes {self.knowledge_changes!r} is not one of {', '.join(KNOWLEDGE)}")
-        for name in ("examples", "latency_ms", "gpu_hours"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                problems.append(f"{name.replace('_', '-')} must be >= 0 (got {value})")
-        if problems:
-            raise MmadaptError("; ".join(problems), fix="see mmadapt advise --help")
-
-    @property
-    def cadence_days(self) -> int | None:
-        """Days between releases (weekly = 7, monthly = 30, quarterly = 91), or None when not given."""
-        return None if self.release_cadence is None else parse_cadence(self.release_cadence)
 
 
 @dataclass
@@ -122,6 +80,8 @@ class Advice:
     primary_metric: str | None = None
     report: str | None = None
     warnings: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None  # the model plan priced (model, params_b, gpus, gpu_memory, steps)
+    costs: list[dict[str, Any]] = field(default_factory=list)  # compute costs, each row's "source" predicted or measured
 
     @property
     def order(self) -> list[str]:
@@ -154,42 +114,6 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-# ---------------------------------------------------------------- report
-
-
-def read_report(path: str | Path) -> dict[str, Any]:
-    """A ``report.json`` written by ``mmadapt compare``: its rows and primary metric."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("compare report not found", path=path, fix="run mmadapt compare RECIPE first") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"unreadable compare report: {exc}", path=path, fix="pass the report.json mmadapt compare wrote") from None
-    rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "stack" in r for r in rows):
-        raise DataError("no rows with a 'stack' in the report", path=path, fix="pass the report.json mmadapt compare wrote")
-    return data
-
-
-def latest_report(output_dir: str | Path, name: str) -> Path | None:
-    """The newest ``compare/*/report.json`` of a recipe, if any."""
-    found = sorted((Path(output_dir) / name / "compare").glob("*/report.json"))
-    return found[-1] if found else None
-
-
-def _primary(report: Mapping[str, Any], fallback: str | None) -> str | None:
-    if report.get("primary_metric"):
-        return str(report["primary_metric"])
-    if fallback:
-        return fallback
-    for row in report["rows"]:
-        for key in row:
-            if f"{key}_ci" in row:
-                return key
-    return None
-
-
 # ---------------------------------------------------------------- the engine
 
 
@@ -201,16 +125,18 @@ def advise(
     stacks: Sequence[str] | None = None,
     primary_metric: str | None = None,
     lower_is_better: Collection[str] | None = None,
+    predicted: Predicted | None = None,
 ) -> Advice:
     """Apply the rules of :data:`RULES` to ``constraints`` (and a compare ``report``); return the advice.
 
     ``lower_is_better`` names the metrics where smaller is better (the modality's); None reads it
-    from the report (``mmadapt compare`` writes it there)."""
+    from the report (``mmadapt compare`` writes it there). ``predicted``: what plan predicts for a model
+    not run yet (:func:`mmadapt.govern.advise_evidence.predict_costs`): rules F1 and F2."""
     c = constraints
     reasons: list[Reason] = []
     excluded: dict[str, list[str]] = {}
     warnings: list[str] = []
-    metric = _primary(report, primary_metric) if report else primary_metric
+    metric = primary_metric_of(report, primary_metric) if report else primary_metric
 
     if report:  # a candidate per row, by its label: a grid run ('adapter[r=8]') is one of its own
         named = {str(r.get("label") or r["stack"]): r for r in report["rows"]}
@@ -244,7 +170,9 @@ def advise(
     fulls = [s for s in every if "full" in parts(s)]
     n = c.examples
 
-    # ---- hard rules
+    # ---- hard rules (F1 first: what cannot run on the devices is the plainest reason)
+    if predicted is not None:
+        _plan_rules(predicted, c, fire, {"adapter": adapters, "full": fulls}, fitting=False)
     if c.has_retrieval_source is False:
         fire("D1", retrieval, "the recipe names nothing for retrieval to search", ["constraint:recipe.retrieval_source"], exclude=True)
     if n is not None and n == 0:
@@ -284,6 +212,9 @@ def advise(
                     + ", ".join(f"{m} >= {b:.2f}" for m, b in c.bars.items())
                     + "): the advice ranks what was measured; more or better data, or a stronger stack, is needed"
                 )
+
+    if predicted is not None:  # F2 after the hard rules: only stacks still standing are told what they cost
+        _plan_rules(predicted, c, fire, {"adapter": adapters, "full": fulls}, fitting=True)
 
     # ---- operational rules
     if c.privacy == "restricted":
@@ -383,7 +314,39 @@ def advise(
         primary_metric=metric,
         report=report_name if report else None,
         warnings=warnings,
+        plan=None if predicted is None else {k: getattr(predicted, k) for k in ("model", "params_b", "gpus", "gpu_memory", "steps")},
+        costs=(predicted.cost_rows() if predicted else []) + (measured_costs(report, report_name) if report else []),
     )
+
+
+def _plan_rules(p: Predicted, c: Constraints, fire, stacks_with: dict[str, list[str]], *, fitting: bool) -> None:
+    """F1 (``fitting=False``): a stack whose training part fits no setup on the devices is excluded; F2: the
+    others are told the fastest setup that fits (the recipe keys to set for it) and its cost, as plan predicts."""
+    where = f"{p.gpus} x {p.gpu_memory}"
+    base = [f"constraint:gpus={p.gpus}", f"constraint:gpu-memory={p.gpu_memory}"]
+    names = {"adapter": "an adapter (LoRA or QLoRA)", "full": "full fine-tuning"}
+    for part, stacks in stacks_with.items():
+        best, lean = p.best(part), p.leanest(part)
+        if lean is None:
+            continue
+        if best is None and not fitting:
+            fire("F1", stacks, f"{names[part]} of {p.model} ({p.params_b:.1f} B) fits no setup on {where}: the leanest, "
+                 f"{lean.setup}, needs {lean.peak_gib:.1f} GiB per device (predicted)",
+                 [f"predicted:plan:{p.model}[{lean.setup}].peak_gib={lean.peak_gib:.1f}", *base], exclude=True)
+        if best is None or not fitting:
+            continue
+        short = sorted({r.method for r in p.rows if r.part == part} - {r.method for r in p.rows if r.part == part and r.fits})
+        text = (f"{p.model} ({p.params_b:.1f} B) fits on {where} as {best.setup}: {best.peak_gib:.1f} GiB per device, "
+                f"~{best.step_seconds:.2g} s a step, ~{best.run_gpu_hours:.2g} GPU-hours for {p.steps} steps (predicted)")
+        if c.gpu_hours is not None and best.run_gpu_hours > c.gpu_hours:
+            text += f", over the {c.gpu_hours:g} GPU-hour budget"
+        if best.knobs:
+            text += f"; set {', '.join(best.knobs)}"
+        for method in short:
+            leanest = min((r for r in p.rows if r.method == method), key=lambda r: r.peak_gib)
+            text += f"; {method} fits no setup ({leanest.peak_gib:.1f} GiB at best)"
+        fire("F2", stacks, text, [f"predicted:plan:{p.model}[{best.setup}].peak_gib={best.peak_gib:.1f}",
+                                  f"predicted:plan:{p.model}[{best.setup}].step_s={best.step_seconds:.2g}", *base])
 
 
 def _rank_key(x: Candidate, metric: str, sign: float = 1.0) -> tuple:
@@ -419,9 +382,14 @@ def advise_recipe(
     release_cadence: str | None = None,
     knowledge_changes: str | None = None,
     report_path: str | Path | None = None,
+    model: str | None = None,
+    gpus: int | None = None,
+    gpu_memory: str | None = None,
 ) -> Advice:
     """Advice for a recipe (optional): its train size, retrieval source and bars fill in what is not given;
-    its newest compare report is used when ``report_path`` is None."""
+    its newest compare report is used when ``report_path`` is None. With ``model`` (or ``gpus`` /
+    ``gpu_memory``: the recipe's base_model), plan's predicted compute costs for training it on ``gpus``
+    devices of ``gpu_memory`` (default 1 x 80GiB) join the evidence (rules F1, F2)."""
     has_source, bars, stacks, primary, lower, training = None, {}, None, None, None, None
     if recipe is not None:
         modality = get_modality(recipe.modality)
@@ -444,7 +412,12 @@ def advise_recipe(
         training=training,
     )
     report = read_report(report_path) if report_path else None
+    predicted = None
+    if model is not None or gpus is not None or gpu_memory is not None:
+        if model is None and recipe is None:
+            raise MmadaptError("--gpus and --gpu-memory price a model", fix="add --model CONFIG_OR_ID (or a RECIPE: its base_model)")
+        predicted = predict_costs(model or recipe.base_model, recipe, gpus=gpus or 1, gpu_memory=gpu_memory or "80GiB")
     return advise(
         constraints, report, report_name=Path(report_path).name if report_path else "report.json",
-        stacks=stacks, primary_metric=primary, lower_is_better=lower,
+        stacks=stacks, primary_metric=primary, lower_is_better=lower, predicted=predicted,
     )

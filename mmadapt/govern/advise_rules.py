@@ -2,10 +2,14 @@
 
 :mod:`mmadapt.govern.advise` applies them; ``docs/advise.md`` holds the same table for readers
 (the test suite checks the two agree). The thresholds are rules of thumb for models of
-0.1-10 B parameters.
+0.1-10 B parameters. :class:`Constraints` is what the rules read, checked against the forms named here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmadapt.errors import MmadaptError
 
 PRIVACY = ("public", "internal", "restricted")
 CADENCE_DAYS = {"weekly": 7, "monthly": 30, "quarterly": 91}  # --release-cadence NAME -> days between releases
@@ -35,6 +39,11 @@ RULES: dict[str, tuple[str, str, str, str]] = {
            "measured tail latency is over the budget"),
     "B1": ("hard", "recipe `eval.min` and report: a stack misses a bar while another meets all",
            "exclude the stacks that miss", "it could never be promoted"),
+    "F1": ("hard", "--model: plan predicts a training part's peak memory per device over --gpu-memory in every setup "
+           "(LoRA, QLoRA 4-bit, full; DDP, FSDP; bf16, checkpointing)",
+           "exclude the stacks with that part", "it cannot train on the devices (predicted from the model's config)"),
+    "F2": ("predicted", "--model: a training part fits in some setup", "none: names the fastest setup that fits, "
+           "its recipe keys and predicted GPU-hours", "what the stack costs on a model not run yet (an order, not a promise)"),
     "P1": ("operational", "privacy = restricted", "stacks that train -3; retrieval +1",
            "weights memorise training data: a trained artifact becomes restricted data itself and forgetting "
            "a record means retraining; an index keeps records deletable and behind access control"),
@@ -78,3 +87,44 @@ def parse_cadence(value: str | int) -> int:
     if days < 1:
         raise ValueError(f"not a release cadence: {value!r}")
     return days
+
+
+@dataclass
+class Constraints:
+    """What the team can spend and must respect. ``None`` = not given (the rules on it do not fire)."""
+
+    examples: int | None = None
+    privacy: str = "internal"
+    latency_ms: float | None = None
+    gpu_hours: float | None = None
+    release_cadence: str | int | None = None  # weekly, monthly, quarterly or days; see parse_cadence
+    knowledge_changes: str | None = None
+    has_retrieval_source: bool | None = None  # from a recipe: does it name what retrieval searches?
+    training: frozenset[str] | None = None  # strategies that train weights (None: ask the registered modalities)
+    bars: dict[str, float] = field(default_factory=dict)  # from a recipe's eval.min
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.privacy not in PRIVACY:
+            problems.append(f"privacy {self.privacy!r} is not one of {', '.join(PRIVACY)}")
+        if self.release_cadence is not None:
+            try:
+                days = parse_cadence(self.release_cadence)
+            except ValueError:
+                problems.append(f"release cadence {self.release_cadence!r} is not {CADENCE_FORMS}")
+            else:  # normalised: a name in lower case, or the number of days
+                name = str(self.release_cadence).strip().lower()
+                self.release_cadence = name if name in CADENCE_DAYS else days
+        if self.knowledge_changes is not None and self.knowledge_changes not in KNOWLEDGE:
+            problems.append(f"knowledge changes {self.knowledge_changes!r} is not one of {', '.join(KNOWLEDGE)}")
+        for name in ("examples", "latency_ms", "gpu_hours"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                problems.append(f"{name.replace('_', '-')} must be >= 0 (got {value})")
+        if problems:
+            raise MmadaptError("; ".join(problems), fix="see mmadapt advise --help")
+
+    @property
+    def cadence_days(self) -> int | None:
+        """Days between releases (weekly = 7, monthly = 30, quarterly = 91), or None when not given."""
+        return None if self.release_cadence is None else parse_cadence(self.release_cadence)
