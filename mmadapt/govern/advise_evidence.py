@@ -114,7 +114,7 @@ class Predicted:
         for rows in groups.values():
             fitting = [r for r in rows if r.fits]
             picked.append(min(fitting, key=lambda r: (r.step_seconds, r.peak_gib)) if fitting else min(rows, key=lambda r: r.peak_gib))
-        return picked
+        return sorted(picked, key=lambda r: (r.part != "adapter", r.method, r.parallel))
 
     def cost_rows(self) -> list[dict[str, Any]]:
         shown = self.shown()
