@@ -314,7 +314,7 @@ def advise(
         primary_metric=metric,
         report=report_name if report else None,
         warnings=warnings,
-        plan=None if predicted is None else {k: getattr(predicted, k) for k in ("model", "params_b", "gpus", "gpu_memory", "steps")},
+        plan=None if predicted is None else predicted.summary(),
         costs=(predicted.cost_rows() if predicted else []) + (measured_costs(report, report_name) if report else []),
     )
 

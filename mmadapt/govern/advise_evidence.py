@@ -96,6 +96,9 @@ class Predicted:
     steps: int
     rows: list[PlanRow] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "params_b": self.params_b, "gpus": self.gpus, "gpu_memory": self.gpu_memory, "steps": self.steps}
+
     def best(self, part: str) -> PlanRow | None:
         """The fastest setup of ``part`` that fits (then the smallest), or None when none does."""
         fitting = [r for r in self.rows if r.part == part and r.fits]
