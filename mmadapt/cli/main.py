@@ -33,6 +33,7 @@ from mmadapt.cli.report import history_report
 from mmadapt.cli.run import ask, export, run
 from mmadapt.cli.serve import serve
 from mmadapt.errors import MmadaptError
+from mmadapt.models.quiet import drop_import_notices
 
 
 class MmadaptGroup(click.Group):
@@ -62,6 +63,7 @@ def main() -> None:
       mmadapt models list
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    drop_import_notices()
 
 
 # What a user can do, in the order of the README: adapt and use, check inputs, decide and govern, scale out, serve.

@@ -65,5 +65,8 @@ def slot_envs(slots: int, gpus: Sequence[str], cores: int, cap: int | None = Non
 
 def apply_env(env: Mapping[str, str] | None) -> None:
     """In a spawned child, before its work is unpickled (and torch imported): set ``env``."""
+    from mmadapt.models.quiet import drop_import_notices
+
+    drop_import_notices()
     if env:
         os.environ.update(env)

@@ -13,11 +13,16 @@ never for the whole process. Inside it:
   with missing or unexpected weights is still reported.
 
 Everything is restored on exit, and exceptions pass through unchanged.
+
+``drop_import_notices()`` is the one process-wide exception, called by the CLI and by the
+children it spawns: it drops the log records in :data:`IMPORT_NOTICES`, which libraries write while
+they are imported (before any block above could be entered), each for the reason beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -29,6 +34,31 @@ HARMLESS_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     (UserWarning, "Position ids are not supported for parameter efficient tuning",
      "peft's prompt tuning drops the position ids that generate() passes and places its virtual tokens itself"),
 )
+
+
+# (logger, start of the message, why it is harmless)
+IMPORT_NOTICES: tuple[tuple[str, str, str], ...] = (
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
+     "peft imports bitsandbytes whenever it is installed; on CPUs with AVX512-BF16 bitsandbytes then looks for an "
+     "optional 4-bit matmul kernel that only a hub download provides, and without it uses its own CPU path"),
+)
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.message)
+
+
+def drop_import_notices() -> None:
+    """Drop the records of :data:`IMPORT_NOTICES` for the rest of the process (idempotent)."""
+    for name, message, _why in IMPORT_NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.message == message for f in logger.filters):
+            logger.addFilter(_DropNotice(message))
 
 
 def _no_bar(factory, args, kwargs):

@@ -64,3 +64,19 @@ def test_the_gguf_reader_bar_is_off_during_the_conversion_only():
         assert bar.disable
         bar.close()
     assert gguf_utils.tqdm is real
+
+
+def test_drop_import_notices_drops_only_the_listed_record(caplog):
+    import logging
+
+    from mmadapt.models.quiet import IMPORT_NOTICES, drop_import_notices
+
+    name, message, _why = IMPORT_NOTICES[0]
+    logger = logging.getLogger(name)
+    drop_import_notices()
+    drop_import_notices()  # idempotent: one filter
+    assert sum(type(f).__name__ == "_DropNotice" for f in logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=name):
+        logger.warning(message + ": %s. Please make sure ...", "No module named 'kernels'")
+        logger.warning("a different warning from the same library")
+    assert [r.getMessage() for r in caplog.records] == ["a different warning from the same library"]
