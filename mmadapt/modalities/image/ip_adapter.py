@@ -5,8 +5,8 @@ IP-Adapter's CLIP image encoder and its image projection into extra cross-attent
 (decoupled cross-attention, Ye et al. 2023), so the image is generated from noise with the
 reference's look. Everything is diffusers' own machinery: ``pipe.load_ip_adapter`` (the
 h94/IP-Adapter layout: ``model/subfolder/weight_name`` plus ``image_encoder_folder``),
-``pipe.set_ip_adapter_scale``, and the pipeline's ``encode_image`` /
-``prepare_ip_adapter_image_embeds`` at call time.
+``pipe.set_ip_adapter_scale``, and ``ip_adapter_image=`` at call time (the predictor makes
+one call per retrieved reference: diffusers gives a call's one image to all its prompts).
 
 Supported: UNet pipelines with diffusers' ``IPAdapterMixin`` (SD 1.x/2.x, SDXL). Diffusers
 has IP-Adapter loaders for SD3 and Flux too, with other signatures and image encoders
@@ -109,24 +109,7 @@ def load_ip_adapter(stack, config: IPAdapterConfig) -> None:
     pipe.set_ip_adapter_scale(config.scale)
 
 
-def reference_embeds(pipe, references: list[Image.Image], guidance: bool) -> list:
-    """``ip_adapter_image_embeds`` for a batch: one reference per prompt.
-
-    ``ip_adapter_image=[a, b]`` would give every prompt both images (a list is one entry per
-    IP-Adapter), so the references are encoded here, by the pipeline's own
-    ``prepare_ip_adapter_image_embeds``, and laid out (batch, 1 image, ...) per prompt, the
-    zero-image negatives first when classifier-free guidance runs.
-    """
-    embeds = pipe.prepare_ip_adapter_image_embeds([list(references)], None, pipe.device, 1, guidance)
-    # each: ([neg, pos] or [pos], batch, ...) -> (2 * batch or batch, 1, ...)
-    return [e.flatten(0, 1).unsqueeze(1) for e in embeds]
-
-
-def uses_guidance(pipe, guidance_scale: float) -> bool:
-    """Whether the pipeline will run classifier-free guidance (as its ``do_classifier_free_guidance``)."""
-    return guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-
-
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    """The line of a loader's message that says what did not fit (torch puts it under a header line)."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
+    return next((x for x in lines if "mismatch" in x or "shape" in x), lines[0])[:240]

@@ -67,14 +67,22 @@ class ImagePredictor:
     def _from_references(self, hits, kwargs: dict, width: int, height: int):
         """Images for one batch from the best reference of each prompt's ``hits``, per ``retrieval.mode``."""
         retriever = self.stack.retriever
-        refs = [retriever.image(h[0].id) for h in hits]
         if retriever.config.mode == "img2img":
+            refs = [retriever.image(h[0].id) for h in hits]
             return self.img2img()(image=refs, strength=retriever.config.strength, **kwargs).images
-        from mmadapt.modalities.image.ip_adapter import reference_embeds, uses_guidance
-
+        # diffusers repeats one IP-Adapter image over the whole batch of a call: one call per reference,
+        # with the prompts that retrieved it (each keeps its own generator, so the batch does not matter)
         pipe = self.ip_adapted()
-        embeds = reference_embeds(pipe, refs, uses_guidance(pipe, kwargs["guidance_scale"]))
-        return pipe(height=height, width=width, ip_adapter_image_embeds=embeds, **kwargs).images
+        groups: dict[str, list[int]] = {}
+        for row, h in enumerate(hits):
+            groups.setdefault(h[0].id, []).append(row)
+        images: list = [None] * len(hits)
+        for ident, rows in groups.items():
+            part = {k: [v[r] for r in rows] if isinstance(v, list) else v for k, v in kwargs.items()}
+            made = pipe(height=height, width=width, ip_adapter_image=retriever.image(ident), **part).images
+            for row, image in zip(rows, made):
+                images[row] = image
+        return images
 
     def _kwargs(self, prompts: Sequence[str]) -> dict:
         stack, cfg = self.stack, self.stack.recipe.inference
