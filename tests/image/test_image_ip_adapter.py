@@ -47,7 +47,9 @@ def with_references(version: Path, folder: Path, change) -> Path:
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_ip_adapter_conditions_on_the_retrieved_reference(tmp_path, pipes, brand_subset, family):  # noqa: F811
-    result = run(load_recipe(recipe_file(tmp_path, pipes[family], brand_subset, ip_strategies(pipes[f"{family}-ip"]))), progress=False)
+    result = run(
+        load_recipe(recipe_file(tmp_path, pipes[family], brand_subset, ip_strategies(pipes[f"{family}-ip"]))), progress=False
+    )
     version = result.version_dir
     saved = json.loads((version / "retrieval" / "retrieval.json").read_text())
     assert saved["mode"] == "ip_adapter" and saved["ip_adapter"]["model"] == str(pipes[f"{family}-ip"].resolve())

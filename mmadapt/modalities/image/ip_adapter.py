@@ -102,7 +102,9 @@ def load_ip_adapter(stack, config: IPAdapterConfig) -> None:
             embeds = pipe.prepare_ip_adapter_image_embeds([Image.new("RGB", (8, 8))], None, pipe.device, 1, False)
             tokens = pipe.unet.encoder_hid_proj(embeds)[0]
         except (ValueError, RuntimeError) as exc:
-            raise _mismatch(config, f"its image projection does not take the image encoder's output ({_first_line(exc)})") from None
+            raise _mismatch(
+                config, f"its image projection does not take the image encoder's output ({_first_line(exc)})"
+            ) from None
     width = int(pipe.unet.config.cross_attention_dim)
     if tokens.shape[-1] != width:
         raise _mismatch(config, f"its image tokens are {tokens.shape[-1]}-wide, the UNet's cross-attention {width}")

@@ -17,7 +17,6 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-
 from typing import Literal
 
 from PIL import Image
