@@ -90,8 +90,8 @@ def test_an_ip_adapter_that_does_not_fit_the_unet_is_one_line(tmp_path, pipes, b
     assert not any((tmp_path / "runs").rglob("manifest.json"))  # nothing written
 
 
-def test_an_image_encoder_that_does_not_fit_the_projection_is_one_line(tmp_path, pipes, brand_subset):  # noqa: F811
-    from mmadapt.modalities.image.ip_adapter import IPAdapterConfig, load_ip_adapter
+def test_an_image_encoder_that_does_not_fit_or_a_missing_file_is_one_line(tmp_path, pipes, brand_subset):  # noqa: F811
+    from mmadapt.modalities.image.ip_adapter import IPAdapterConfig, load_ip_adapter, locate
     from tests.fixtures.tiny_diffusion import tiny_ip_adapter
 
     ip = tiny_ip_adapter(tmp_path / "ip", pipes["sd"], encoder_dim=12)  # the projection takes 16
@@ -99,6 +99,12 @@ def test_an_image_encoder_that_does_not_fit_the_projection_is_one_line(tmp_path,
     with pytest.raises(ModelError, match="image projection does not take the image encoder's output") as err:
         load_ip_adapter(stack, IPAdapterConfig(model=str(ip), **TINY_IP))
     assert "\n" not in str(err.value) and "strategies.retrieval.ip_adapter" in str(err.value)
+    with pytest.raises(ModelError, match=r"strategies\.retrieval\.ip_adapter\.weight_name: .*missing\.safetensors does not exist"):
+        locate(IPAdapterConfig(model=str(ip), **{**TINY_IP, "weight_name": "missing.safetensors"}))
+    with pytest.raises(ModelError, match=r"strategies\.retrieval\.ip_adapter\.image_encoder_folder: .*elsewhere does not exist"):
+        locate(IPAdapterConfig(model=str(ip), image_encoder_folder="elsewhere", **TINY_IP))
+    with pytest.raises(ModelError, match=r"strategies\.retrieval\.ip_adapter\.model: not a local folder"):
+        locate(IPAdapterConfig(model=str(tmp_path / "nowhere"), **TINY_IP))
 
 
 def test_the_recipe_names_the_ip_adapter_and_a_transformer_pipeline_is_refused(tmp_path, brand_subset):  # noqa: F811
@@ -115,3 +121,20 @@ def test_the_recipe_names_the_ip_adapter_and_a_transformer_pipeline_is_refused(t
     with pytest.raises(ModelError, match="StableDiffusion3Pipeline .* takes no IP-Adapter in mmadapt") as err:
         check_supported(get_modality("image").new_stack(recipe))
     assert "retrieval.mode img2img" in str(err.value)
+
+
+def test_a_lora_trains_after_an_ip_adapter_retrieval(tmp_path, pipes, brand_subset):  # noqa: F811
+    """The IP-Adapter loads at the first generation, so the UNet still trains after retrieval (retrieval+adapter)."""
+    strategies = {**ip_strategies(pipes["sd-ip"]), "adapter": {"r": 2, "alpha": 2}}
+    result = run(load_recipe(recipe_file(tmp_path, pipes["sd"], brand_subset, strategies)), progress=False)
+    assert result.manifest["stack"] == ["retrieval", "adapter"] and result.manifest["parts"]["adapter"]["steps"] == 4
+    rows = [json.loads(x) for x in (result.version_dir / "predictions.jsonl").read_text().splitlines()]
+    again = load_artifact(result.version_dir).predictor.predict([PROMPTS[2]])[0]
+    assert np.abs(pixels(again.output) - pixels(result.version_dir / rows[2]["image"])).max() <= 1
+
+    (tmp_path / "live").mkdir()
+    live = load_recipe(recipe_file(tmp_path / "live", pipes["sd"], brand_subset, strategies))
+    live.train.eval_every = 2
+    with pytest.raises(ModelError, match="cannot be evaluated during the training that follows it"):
+        run(live, progress=False)
+    assert not any((tmp_path / "live" / "runs").rglob("manifest.json"))

@@ -19,6 +19,8 @@ refuses every call without image embeddings.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 from pydantic import Field
 
@@ -75,13 +77,36 @@ def _mismatch(config: IPAdapterConfig, detail: str) -> ModelError:
     )
 
 
+def locate(config: IPAdapterConfig) -> str:
+    """Where ``config.model`` loads from (a hub id, or the folder made absolute); for a folder, its weights
+    file and image encoder must be there: one line naming the recipe field if not."""
+    try:
+        location = resolve_model(config.model)
+    except ModelError as exc:
+        raise ModelError(f"{FIELD}.model: {exc.message}", path=config.model, fix=exc.fix) from None
+    if Path(location).is_dir():
+        sub = Path(location, config.subfolder)
+        encoder = (
+            Path(location, config.image_encoder_folder)
+            if "/" in config.image_encoder_folder
+            else sub / config.image_encoder_folder
+        )
+        for field, path in (("weight_name", sub / config.weight_name), ("image_encoder_folder", encoder)):
+            if not path.exists():
+                raise ModelError(
+                    f"{FIELD}.{field}: {path} does not exist",
+                    fix=f"check {FIELD}.subfolder / weight_name / image_encoder_folder against the folder's layout",
+                )
+        check_safetensors_only(location)
+    return location
+
+
 def load_ip_adapter(stack, config: IPAdapterConfig) -> None:
     """Load ``config``'s IP-Adapter into ``stack.pipe`` and check it fits (one line if not)."""
     import torch
 
     check_supported(stack)
-    location = resolve_model(config.model)
-    check_safetensors_only(location)
+    location = locate(config)
     pipe = stack.pipe
     try:
         pipe.load_ip_adapter(
@@ -91,7 +116,12 @@ def load_ip_adapter(stack, config: IPAdapterConfig) -> None:
             image_encoder_folder=config.image_encoder_folder,
             low_cpu_mem_usage=False,  # shape mismatches raise here, not as meta tensors later
         )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except OSError as exc:  # not found (a hub id offline and not cached, a missing file)
+        raise ModelError(
+            f"{FIELD}: cannot load the IP-Adapter {config.model!r}: {_first_line(exc)}",
+            fix=f"check {FIELD}.model / subfolder / weight_name / image_encoder_folder (offline: a hub id must be cached)",
+        ) from None
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise _mismatch(config, _first_line(exc)) from None
     if getattr(pipe, "image_encoder", None) is None:
         raise _mismatch(config, f"no image encoder at {config.image_encoder_folder!r}")

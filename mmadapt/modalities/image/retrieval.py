@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from mmadapt.config import StrictModel
 from mmadapt.errors import ArtifactError, ModelError
-from mmadapt.modalities.image.ip_adapter import IPAdapterConfig, check_supported
+from mmadapt.modalities.image.ip_adapter import IPAdapterConfig, check_supported, locate
 from mmadapt.models.resolve import check_safetensors_only, load_error, resolve_model
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 from mmadapt.retrieval import EmbeddingIndex, Hit
@@ -136,6 +136,7 @@ class ImageRetrievalStrategy(Strategy):
 
         if self.config.mode == "ip_adapter":
             check_supported(stack)  # before any reference is embedded
+            location = locate(self.config.ip_adapter)
             if self.recipe.train.eval_every and {"adapter", "full"} & set(self.recipe.stack):
                 # live evaluation would load the IP-Adapter into the UNet that is still training
                 raise ModelError(
@@ -156,8 +157,8 @@ class ImageRetrievalStrategy(Strategy):
         index.add(clip.embed_images([r.image for r in refs]).numpy(), items)
         index.save(part_dir / "index")
         config = self.config.model_dump()
-        if self.config.ip_adapter is not None:  # a folder named relative to where the run started
-            config["ip_adapter"]["model"] = resolve_model(self.config.ip_adapter.model)
+        if self.config.mode == "ip_adapter":  # a folder named relative to where the run started: made absolute
+            config["ip_adapter"]["model"] = location
         (part_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         return FitReport()
 
