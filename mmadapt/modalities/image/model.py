@@ -123,6 +123,7 @@ class ImageStack(Stack):
         self.negative_prompt: str | None = None
         self.guidance_scale: float | None = None
         self.retriever = None  # ReferenceRetriever (retrieval strategy)
+        self.ip_adapter_loaded = False  # retrieval.mode ip_adapter: loaded into pipe on first generation
         self.lora_scale: float | None = None  # set when a LoRA is loaded (adapter strategy)
 
     @property

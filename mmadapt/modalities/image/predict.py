@@ -1,4 +1,5 @@
-"""Batched, seeded generation for the image stack: text-to-image, or img2img from a retrieved reference.
+"""Batched, seeded generation for the image stack: text-to-image, or img2img from a retrieved reference,
+or text-to-image conditioned on it through an IP-Adapter (``retrieval.mode: ip_adapter``).
 
 Each prompt gets its own generator seeded from ``inference.seed`` and the prompt text, so
 an image does not depend on which batch it was generated in (what is evaluated is what a
@@ -54,6 +55,35 @@ class ImagePredictor:
             self._img2img = pipe
         return self._img2img
 
+    def ip_adapted(self):
+        """The stack's pipeline with the retrieval's IP-Adapter loaded (once, on first use: see ip_adapter.py)."""
+        if not self.stack.ip_adapter_loaded:
+            from mmadapt.modalities.image.ip_adapter import load_ip_adapter
+
+            load_ip_adapter(self.stack, self.stack.retriever.config.ip_adapter)
+            self.stack.ip_adapter_loaded = True
+        return self.stack.pipe
+
+    def _from_references(self, hits, kwargs: dict, width: int, height: int):
+        """Images for one batch from the best reference of each prompt's ``hits``, per ``retrieval.mode``."""
+        retriever = self.stack.retriever
+        if retriever.config.mode == "img2img":
+            refs = [retriever.image(h[0].id) for h in hits]
+            return self.img2img()(image=refs, strength=retriever.config.strength, **kwargs).images
+        # diffusers repeats one IP-Adapter image over the whole batch of a call: one call per reference,
+        # with the prompts that retrieved it (each keeps its own generator, so the batch does not matter)
+        pipe = self.ip_adapted()
+        groups: dict[str, list[int]] = {}
+        for row, h in enumerate(hits):
+            groups.setdefault(h[0].id, []).append(row)
+        images: list = [None] * len(hits)
+        for ident, rows in groups.items():
+            part = {k: [v[r] for r in rows] if isinstance(v, list) else v for k, v in kwargs.items()}
+            made = pipe(height=height, width=width, ip_adapter_image=retriever.image(ident), **part).images
+            for row, image in zip(rows, made):
+                images[row] = image
+        return images
+
     def _kwargs(self, prompts: Sequence[str]) -> dict:
         stack, cfg = self.stack, self.stack.recipe.inference
         negative = stack.negative_prompt if stack.negative_prompt is not None else cfg.negative_prompt
@@ -80,8 +110,7 @@ class ImagePredictor:
                 out.extend(Prediction(im, sources=[], info={"prompt": p}) for im, p in zip(images, kwargs["prompt"]))
                 continue
             hits = stack.retriever.retrieve(batch)
-            inits = [stack.retriever.image(h[0].id) for h in hits]
-            images = self.img2img()(image=inits, strength=stack.retriever.config.strength, **kwargs).images
+            images = self._from_references(hits, kwargs, width, height)
             for im, p, h in zip(images, kwargs["prompt"], hits):
                 out.append(
                     Prediction(im, sources=[x.id for x in h], info={"prompt": p, "scores": [round(x.score, 4) for x in h]})

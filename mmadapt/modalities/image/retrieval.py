@@ -6,7 +6,9 @@ transformers CLIP folder or hub id, or ``open_clip:ARCH/WEIGHTS.safetensors``) i
 the part, so the artifact reloads without the dataset. Per request the prompt's CLIP
 text embedding retrieves the ``top_k`` closest references (text -> image cosine); the
 best one is the img2img start image at ``strength`` (0 = the reference itself, 1 = pure
-text-to-image). ``Prediction.sources`` names the references retrieved. No training.
+text-to-image), or with ``mode: ip_adapter`` the image an IP-Adapter conditions a
+text-to-image generation on (:mod:`~mmadapt.modalities.image.ip_adapter`).
+``Prediction.sources`` names the references retrieved. No training.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmadapt.config import StrictModel
 from mmadapt.errors import ArtifactError, ModelError
+from mmadapt.modalities.image.ip_adapter import IPAdapterConfig, check_supported, locate
 from mmadapt.models.resolve import check_safetensors_only, load_error, resolve_model
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 from mmadapt.retrieval import EmbeddingIndex, Hit
@@ -37,6 +41,19 @@ class ImageRetrievalConfig(StrictModel):
     )
     top_k: int = Field(3, ge=1, le=100, description="references retrieved per prompt (the best one starts img2img)")
     strength: float = Field(0.5, gt=0.0, le=1.0, description="img2img strength: how far from the reference the image may move")
+    mode: Literal["img2img", "ip_adapter"] = Field(
+        "img2img",
+        description="img2img: start from the best reference's pixels; ip_adapter: condition on it through an IP-Adapter",
+    )
+    ip_adapter: IPAdapterConfig | None = Field(None, description="the IP-Adapter of mode ip_adapter (ip_adapter.py)")
+
+    @model_validator(mode="after")
+    def _ip_adapter_named(self):
+        if self.mode == "ip_adapter" and self.ip_adapter is None:
+            raise ValueError("mode ip_adapter needs ip_adapter: {model: HUB_ID_OR_FOLDER}")
+        if self.mode == "img2img" and self.ip_adapter is not None:
+            raise ValueError("ip_adapter is set but mode is img2img: set mode: ip_adapter (or drop ip_adapter)")
+        return self
 
 
 @lru_cache(maxsize=4)
@@ -117,6 +134,15 @@ class ImageRetrievalStrategy(Strategy):
 
         from mmadapt.modalities.image.predict import resolution
 
+        if self.config.mode == "ip_adapter":
+            check_supported(stack)  # before any reference is embedded
+            location = locate(self.config.ip_adapter)
+            if self.recipe.train.eval_every and {"adapter", "full"} & set(self.recipe.stack):
+                # live evaluation would load the IP-Adapter into the UNet that is still training
+                raise ModelError(
+                    "retrieval.mode ip_adapter cannot be evaluated during the training that follows it",
+                    fix="drop train.eval_every, or use retrieval.mode img2img",
+                )
         size = resolution(stack)
         refs = data.resources["references"]
         clip = load_clip(self.config.embedder)
@@ -130,7 +156,10 @@ class ImageRetrievalStrategy(Strategy):
         index = EmbeddingIndex(meta={"embedder": self.config.embedder})
         index.add(clip.embed_images([r.image for r in refs]).numpy(), items)
         index.save(part_dir / "index")
-        (part_dir / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
+        config = self.config.model_dump()
+        if self.config.mode == "ip_adapter":  # a folder named relative to where the run started: made absolute
+            config["ip_adapter"]["model"] = location
+        (part_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         return FitReport()
 
     def compose(self, stack, part_dir: Path) -> None:
