@@ -124,6 +124,8 @@ class ImageStack(Stack):
         self.guidance_scale: float | None = None
         self.retriever = None  # ReferenceRetriever (retrieval strategy)
         self.lora_scale: float | None = None  # set when a LoRA is loaded (adapter strategy)
+        self.shared = None  # engine.shared.SharedBase when this stack shares its pipeline (mmadapt serve)
+        self.adapter: str | None = None  # the named LoRA of the shared pipeline this stack answers with
 
     @property
     def unet(self):
