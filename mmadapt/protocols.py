@@ -205,6 +205,12 @@ class Modality(ABC):
     # ---- optional
     export_formats: ClassVar[tuple[str, ...]] = ("transformers",)  # what ``export_model`` can write
 
+    def guard_words(self, input: Any) -> list[str]:
+        """The user's words in one predictor input, each checked by the guard's input rules where
+        ``guard_surface.words`` is ``"input"``: the input itself when it is text (the default); a
+        modality whose inputs hold several texts (text: a conversation's system and user turns) lists each."""
+        return [input] if isinstance(input, str) else []
+
     def request_input(self, input: Any, options: dict[str, Any], source: str) -> Any:
         """One predictor input from an input and its per-request ``options`` (keys of :attr:`option_keys`;
         ``source`` names where they came from, for errors). With no options: the input unchanged."""

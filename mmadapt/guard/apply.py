@@ -41,7 +41,8 @@ class GuardedPredictor:
         results: list[Prediction | None] = [None] * len(inputs)
         todo = []
         for i, item in enumerate(inputs):
-            reason = self.rules.input.check(item) if self.surface.words == "input" and isinstance(item, str) else None
+            words = self.modality.guard_words(item) if self.surface.words == "input" else []
+            reason = next(filter(None, map(self.rules.input.check, words)), None)
             if reason:
                 results[i] = self._replace(Prediction(None), Outcome(refused=True, reason=f"input {reason}"))
             else:

@@ -28,6 +28,9 @@ class Surface:
     def guard_output(self, message, stack):
         return message if self.stand_in is None else self.stand_in
 
+    def guard_words(self, input):
+        return [input]
+
 
 CONFIG = GuardConfig.model_validate({"input": {"blocked_topics": {"billing": ["refund"]}},
                                      "escalation": {"min_retrieval_score": 0.5, "min_mean_logprob": -1.0}})
@@ -60,3 +63,17 @@ def test_text_escalates_and_the_metrics_read_the_outcome():
     assert guard_metric("planted_redacted", escalated, stop) == 1.0  # printed, then not shown
     assert guard_metric("caught_rate", escalated, Example("b", "q")) is None
     assert guard_metric("planted_redacted", Prediction("clean"), stop) is None  # the model printed none of them
+
+
+def test_every_user_turn_of_a_conversation_is_checked():
+    from mmadapt.protocols import get_modality
+
+    inner = Echo()
+    guarded = GuardedPredictor(inner, get_modality("text"), None, CONFIG)
+    earlier = [{"role": "user", "content": "I want a refund"}, {"role": "assistant", "content": "Why?"},
+               {"role": "user", "content": "Just because."}]
+    told = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "a refund is not possible"},
+            {"role": "user", "content": "Which port?"}]
+    refused, answered = guarded.predict([earlier, told])
+    assert refused.info["guard"]["refused"] and refused.output == CONFIG.refusal
+    assert inner.seen == [told]  # the model never saw the refused conversation; assistant turns are not the user's words

@@ -29,13 +29,24 @@ def test_a_modality_without_the_serving_part_is_refused():
         check_modality(no_serve)
 
 
-def test_text_takes_the_last_user_message():
+def test_text_takes_the_whole_conversation():
+    from mmadapt.modalities.text.chat import retrieval_query
+
     text = get_modality("text")
+    assert text.serve_inputs(ServeRequest({"messages": [{"role": "user", "content": "Which port?"}]})) == ["Which port?"]
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
-                {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "Which port?"}]}]
-    assert text.serve_inputs(ServeRequest({"messages": messages})) == ["Which port?"]
-    assert text.serve_inputs(ServeRequest({"messages": messages, "n": 2})) == ["Which port?"] * 2
-    for bad in (None, [], [{"role": "system", "content": "x"}], [{"content": "x"}], [{"role": "user", "content": " "}]):
+                {"role": "assistant", "content": "ok"}, {"role": "developer", "content": "no jokes"},
+                {"role": "user", "content": [{"type": "text", "text": "Which port?"}]}]
+    conversation = [{"role": "system", "content": "be brief\n\nno jokes"}, {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Which port?"}]
+    assert text.serve_inputs(ServeRequest({"messages": messages})) == [conversation]
+    assert text.serve_inputs(ServeRequest({"messages": messages, "n": 2})) == [conversation] * 2
+    assert retrieval_query(conversation, 0) == "Which port?" and retrieval_query(conversation, 2) == "first\nok\nWhich port?"
+    assert text.guard_words(conversation) == ["be brief\n\nno jokes", "first", "Which port?"]
+    for bad in (None, [], [{"role": "system", "content": "x"}], [{"content": "x"}], [{"role": "user", "content": " "}],
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                [{"role": "tool", "content": "x"}, {"role": "user", "content": "y"}],
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": None}, {"role": "user", "content": "y"}]):
         with pytest.raises(RequestError):
             text.serve_inputs(ServeRequest({"messages": bad}))
     body = text.serve_payload([Prediction("7443", sources=["ports.md"])], ServeRequest({}))

@@ -107,6 +107,36 @@ def test_chat_streams_the_same_answer(served, client):
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[0].model == "tiny-text@v0001"
 
 
+def test_a_conversation_reaches_the_chat_template_whole(served, client, monkeypatch):
+    from mmadapt.modalities.text import predict as text_predict
+
+    rendered, real = [], text_predict.chat_texts
+
+    def recording(stack, inputs):  # the real renderer; the prompts the model is given are kept
+        texts, retrieved = real(stack, inputs)
+        rendered.extend(texts)
+        return texts, retrieved
+
+    monkeypatch.setattr(text_predict, "chat_texts", recording)
+    messages = [{"role": "system", "content": "You are the Zentrix desk."},
+                {"role": "user", "content": "Hello there, desk."}, {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": "I run the staging gateway."}, {"role": "assistant", "content": "Noted: staging."},
+                {"role": "user", "content": QUESTION}]
+    raw = client.chat.completions.with_raw_response.create(model="tiny-text", messages=messages)
+    (prompt,) = rendered
+    assert [prompt.index(m["content"]) for m in messages] == sorted(prompt.index(m["content"]) for m in messages)
+    assert "Answer briefly." not in prompt  # the conversation's own system turn, as in a data file's conversation
+    answer = raw.parse().choices[0].message.content
+    single = client.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": QUESTION}])
+    assert "Answer briefly." in rendered[1] and "staging" not in rendered[1]  # one question: the recipe's prompt, as before
+    monkeypatch.undo()
+    assert answer == _predict(served, "tiny-text", [messages])[0].output  # what the version answers the conversation
+    assert single.choices[0].message.content == _predict(served, "tiny-text", [QUESTION])[0].output
+    logged = [json.loads(line) for line in (served["versions"]["tiny-text"].parent / "serve" / "requests.jsonl").read_text().splitlines()]
+    entry = next(e for e in logged if e["id"] == raw.headers["x-request-id"])
+    assert entry["input"]["messages"] == messages and entry["output"] == [answer]
+
+
 def test_a_wav_is_transcribed_and_the_upload_removed(served, client, tmp_path):
     import numpy as np
     import soundfile as sf

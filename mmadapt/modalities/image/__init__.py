@@ -18,7 +18,7 @@ from typing import Any
 from mmadapt.errors import ArtifactError, RequestError
 from mmadapt.modalities.image import data as image_data
 from mmadapt.modalities.image import metrics as image_metrics
-from mmadapt.modalities.image.adapter import ImageAdapterStrategy, export_lora, fuse_and_save
+from mmadapt.modalities.image.adapter import DiffusersLoras, ImageAdapterStrategy, export_lora, fuse_and_save
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import ImageStack, load_pipeline
@@ -66,6 +66,23 @@ class ImageModality(Modality):
     def new_stack(self, recipe) -> ImageStack:
         pipe, info = load_pipeline(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
         return ImageStack(recipe, pipe, info)
+
+    def base_key(self, recipe) -> tuple | None:
+        """Shared unless a `full` part owns the denoiser's weights."""
+        return None if "full" in recipe.stack else ("image", recipe.base_model, recipe.trust_remote_code)
+
+    def share_stack(self, recipe, base: ImageStack | None) -> ImageStack:
+        """One pipeline for every version on this base; their LoRAs load into it as diffusers named adapters."""
+        from mmadapt.engine.shared import SharedBase
+
+        if base is None:
+            stack = self.new_stack(recipe)
+            stack.shared = SharedBase(stack.pipe, DiffusersLoras())
+            return stack
+        stack = ImageStack(recipe, base.shared.model, base.base_info)
+        stack.scheduler_class, stack.scheduler_config = base.scheduler_class, base.scheduler_config  # as loaded
+        stack.shared = base.shared
+        return stack
 
     def predictor(self, stack: ImageStack) -> ImagePredictor:
         return ImagePredictor(stack)

@@ -12,7 +12,10 @@ noise-prediction loss on the references and their captions in the shared loop
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field
@@ -82,16 +85,54 @@ class ImageAdapterStrategy(Strategy):
             scale = json.loads((part_dir / "adapter.json").read_text())["scale"]
         except (OSError, ValueError, KeyError):
             scale = self.config.scale
-        from diffusers.utils import logging as diffusers_logging
-
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": it has none by design
-        try:
-            stack.pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=ADAPTER_NAME)
-        finally:
-            diffusers_logging.set_verbosity(level)
+        if stack.shared is not None:  # a pipeline shared with other versions: this LoRA is one of its named adapters
+            stack.adapter = stack.shared.add_adapter(folder, scale=float(scale))
+            stack.lora_scale = float(scale)
+            return
+        load_lora(stack.pipe, folder, ADAPTER_NAME)
         stack.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[float(scale)])
         stack.lora_scale = float(scale)
+
+
+def load_lora(pipe, folder: Path, name: str) -> None:
+    """``pipe.load_lora_weights`` of the saved LoRA as adapter ``name``, without diffusers' notices."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": it has none by design
+    try:
+        pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=name)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+class DiffusersLoras:
+    """diffusers' named LoRAs on a pipeline several versions share (an
+    :class:`~mmadapt.engine.shared.AdapterKind`): each version's LoRA loaded once by
+    ``load_lora_weights``, the answering one set alone at its own scale by ``set_adapters``, and
+    for a version without one every LoRA off (``disable_lora``) while it generates."""
+
+    def __init__(self):
+        self.scales: dict[str, float] = {}
+
+    def load(self, pipe, folder: Path, name: str, scale: float = 1.0):
+        with warnings.catch_warnings():  # "multiple adapters in the model": what sharing means
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            load_lora(pipe, folder, name)
+        self.scales[name] = float(scale)
+        return pipe
+
+    @contextlib.contextmanager
+    def active(self, pipe, name: str | None) -> Iterator:
+        if name is None:
+            pipe.disable_lora()
+            try:
+                yield pipe
+            finally:
+                pipe.enable_lora()
+        else:
+            pipe.set_adapters([name], adapter_weights=[self.scales[name]])
+            yield pipe
 
 
 LORA_FORMATS = ("diffusers", "kohya")

@@ -125,6 +125,8 @@ class ImageStack(Stack):
         self.retriever = None  # ReferenceRetriever (retrieval strategy)
         self.ip_adapter_loaded = False  # retrieval.mode ip_adapter: loaded into pipe on first generation
         self.lora_scale: float | None = None  # set when a LoRA is loaded (adapter strategy)
+        self.shared = None  # engine.shared.SharedBase when this stack shares its pipeline (mmadapt serve)
+        self.adapter: str | None = None  # the named LoRA of the shared pipeline this stack answers with
 
     @property
     def unet(self):

@@ -97,8 +97,14 @@ class ImagePredictor:
             kwargs["negative_prompt"] = [negative] * len(prompts)
         return kwargs
 
-    @torch.inference_mode()
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+        if self.stack.shared is None:
+            return self._predict(inputs, progress)
+        with self.stack.shared.use(self.stack.adapter):  # the shared pipeline, this version's LoRA alone on (or none)
+            return self._predict(inputs, progress)
+
+    @torch.inference_mode()
+    def _predict(self, inputs: Sequence[str], progress: bool) -> list[Prediction]:
         stack, cfg = self.stack, self.stack.recipe.inference
         width, height = resolution(stack)
         out: list[Prediction] = []

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmadapt.errors import RequestError
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
-from mmadapt.modalities.text.chat import history_of, last_user, template_text
+from mmadapt.modalities.text.chat import history_of, last_user, request_conversation, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
@@ -40,6 +39,10 @@ class TextModality(Modality):
 
     def guard_output(self, message: str, stack: Stack) -> str:
         return message
+
+    def guard_words(self, input: Any) -> list[str]:
+        """A question, or a conversation's system and user turns (what a caller wrote as its own)."""
+        return [m["content"] for m in history_of(input) if m["role"] in ("system", "user")]
 
     def load_data(self, recipe) -> DataBundle:
         return text_data.load_data(recipe)
@@ -114,11 +117,13 @@ class TextModality(Modality):
             lines.append(f"   sources: {', '.join(prediction.sources)}")
         return "\n".join(lines)
 
-    def serve_inputs(self, request: ServeRequest) -> list[str]:
-        """The last user message is the question (the recipe's prompt strategy supplies the system
-        prompt and examples; earlier turns are not used); ``n`` answers ask it ``n`` times."""
-        question = last_user_message(request.fields.get("messages"))
-        return [question] * int(request.fields.get("n") or 1)
+    def serve_inputs(self, request: ServeRequest) -> list:
+        """The whole conversation (:func:`~mmadapt.modalities.text.chat.request_conversation`): a lone
+        user message is the question; a system turn and earlier turns go with it through the chat
+        template (the request's system turn stands in for the recipe's ``prompt.system``, as a
+        conversation's own does in data); ``n`` answers ask it ``n`` times."""
+        item = request_conversation(request.fields.get("messages"))
+        return [item] * int(request.fields.get("n") or 1)
 
     def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
         choices = [
@@ -127,21 +132,3 @@ class TextModality(Modality):
         ]
         return {"object": "chat.completion", "choices": choices, "mmadapt": {"sources": [p.sources for p in predictions]}}
 
-
-def last_user_message(messages: Any) -> str:
-    """The text of the last ``user`` message of an OpenAI ``messages`` list (string content, or a
-    list of ``{"type": "text", "text": ...}`` parts)."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("`messages` must be a non-empty list of {role, content}", fix="send at least one user message")
-    for message in reversed(messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise RequestError("every message needs a `role` and a `content`")
-        if message["role"] != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-        if not isinstance(content, str) or not content.strip():
-            raise RequestError("the last user message has no text content", fix="send the question as its content")
-        return content
-    raise RequestError("no message with role `user`", fix="send the question as a user message")
