@@ -218,10 +218,15 @@ def test_export_diffusers_kohya_and_merged_give_the_evaluated_images(tmp_path, p
     result = CliRunner().invoke(main, ["export", str(version), str(merged)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert np.abs(plain_image(DiffusionPipeline.from_pretrained(merged)) - evaluated).max() <= 2
-    if family == "flux":
-        refused = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "k"), "--format", "kohya"])
-        assert refused.exit_code == 2 and "kohya layout covers UNet LoRAs" in refused.output
-        assert not (tmp_path / "k").exists()
+    if family == "flux":  # kohya (BFL keys): this LoRA's single-block q, k, v sit in linear1, which diffusers splits at
+        # FLUX.1's widths only, so the export says so; test_kohya_export.py loads a Flux kohya file back
+        with pytest.warns(UserWarning, match="cannot read lora_unet_single_blocks_0_linear1"):
+            result = CliRunner().invoke(main, ["export", str(version), str(tmp_path / "k"), "--format", "kohya"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "k" / "lora_kohya.safetensors"), "pt") as f:
+            assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in set(f.keys())
 
 
 @pytest.mark.slow
