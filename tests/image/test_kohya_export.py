@@ -111,8 +111,8 @@ def test_a_flux_lora_exported_as_kohya_loads_with_plain_load_lora_weights_to_the
         "lora_unet_single_blocks_0_modulation_lin",
     }
     assert kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape == (12, 16)  # q, k, v rank-stacked
-    assert kohya["lora_unet_double_blocks_0_img_attn_qkv.alpha"].item() == 24.0  # scale 8/4 x rank 12
-    assert kohya["lora_unet_double_blocks_0_img_mlp_0.alpha"].item() == 8.0
+    assert kohya["lora_unet_double_blocks_0_img_attn_qkv.alpha"].item() == 12.0  # rank 12: the scale 8/4 is in B
+    assert kohya["lora_unet_double_blocks_0_img_mlp_0.alpha"].item() == 4.0
 
     composed = FluxPipeline.from_pretrained(flux)  # what the artifact composes: the diffusers file
     composed.load_lora_weights(str(tmp_path / "adapter" / ADAPTER_DIR), weight_name=WEIGHTS)
@@ -202,8 +202,8 @@ def test_the_export_says_which_keys_diffusers_will_not_read_back(tmp_path, flux)
         export_lora(stack, tmp_path / "adapter", tmp_path / "out", "kohya")
 
 
-def test_a_unet_kohya_export_carries_the_lora_scale_in_its_alphas(tmp_path):
-    """SD 1.x (and SDXL): diffusers' converters, whose alpha = rank would drop a scale alpha / r != 1."""
+def test_a_unet_lora_with_alpha_not_r_exports_as_kohya_to_the_trained_images(tmp_path):
+    """SD 1.x (and SDXL): diffusers' converters; the scale alpha / r = 0.5 reaches the kohya file (in B, alpha = rank)."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
@@ -218,7 +218,7 @@ def test_a_unet_kohya_export_carries_the_lora_scale_in_its_alphas(tmp_path):
     (tmp_path / "out").mkdir()
     export_lora(stack, tmp_path / "adapter", tmp_path / "out", "kohya")
     alphas = {v.item() for k, v in load_file(str(tmp_path / "out" / KOHYA_WEIGHTS)).items() if k.endswith(".alpha")}
-    assert alphas == {2.0}
+    assert alphas == {4.0}
     fresh = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     fresh.load_lora_weights(str(tmp_path / "out"), weight_name=KOHYA_WEIGHTS)
     assert np.abs(image(fresh) - in_memory).max() < 1e-5

@@ -89,17 +89,24 @@ class ImageAdapterStrategy(Strategy):
 
 
 def save_lora(stack, folder: Path) -> None:
-    """The denoiser's LoRA ``ADAPTER_NAME`` as the diffusers file ``pipe.load_lora_weights`` reads, its peft
-    config beside the weights (as diffusers' scripts save it; without it the loader takes alpha = r)."""
+    """The denoiser's LoRA ``ADAPTER_NAME`` as the diffusers file ``pipe.load_lora_weights`` reads.
+
+    That file holds no alpha (the loader then takes alpha = r, scale 1), so a scale alpha / r != 1 is
+    folded into each B. (diffusers can save the peft config beside the weights, but safetensors writes
+    two metadata keys in a random order: the file would not be byte-identical run to run.)"""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    denoiser = stack.unet
-    layers = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
+    from mmadapt.modalities.image.kohya import lora_scales
+
+    layers = get_peft_model_state_dict(stack.unet, adapter_name=ADAPTER_NAME)
+    scales = lora_scales({k.split(".lora_")[0] for k in layers}, stack.unet.peft_config[ADAPTER_NAME].to_dict())
+    for key in layers:
+        if ".lora_B." in key and scales[key.split(".lora_")[0]] != 1.0:
+            layers[key] = layers[key] * scales[key.split(".lora_")[0]]
     if stack.denoiser == "unet":  # the UNet loaders' key names; transformers keep peft's (as diffusers' scripts)
         layers = convert_state_dict_to_diffusers(layers)
-    metadata = {f"{stack.denoiser}_lora_adapter_metadata": denoiser.peft_config[ADAPTER_NAME].to_dict()}
-    type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, **metadata, safe_serialization=True)
+    type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
 
 
 LORA_FORMATS = ("diffusers", "kohya")

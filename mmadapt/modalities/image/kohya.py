@@ -1,8 +1,8 @@
 """A trained LoRA in the kohya sd-scripts / ComfyUI key layout (``mmadapt export --format kohya``).
 
 * UNet LoRAs (SD 1.x/2.x, SDXL): diffusers' own converters, ``convert_unet_state_dict_to_peft``
-  then ``convert_state_dict_to_kohya`` (``lora_unet_*`` keys), with each ``.alpha`` set to the
-  trained scale x rank (the converter writes alpha = rank, i.e. scale 1).
+  then ``convert_state_dict_to_kohya`` (``lora_unet_*`` keys), each ``.alpha`` = the file's scale x rank
+  (the converter writes alpha = rank, right only at scale 1).
 * Flux: the kohya sd-scripts layout in Black Forest Labs' module names
   (``lora_unet_double_blocks_N_img_attn_qkv``, ``lora_unet_single_blocks_N_linear1``, ...).
   diffusers reads it (``_convert_kohya_flux_lora_to_diffusers``, which ``FluxPipeline.load_lora_weights``
@@ -70,7 +70,8 @@ BLOCKS = {"transformer_blocks": ("double_blocks", DOUBLE), "single_transformer_b
 
 def read_lora(source: Path, prefix: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The LoRA tensors of ``prefix`` (``unet`` / ``transformer``) in a diffusers LoRA file, keys without
-    the prefix, and the peft config diffusers saved beside them (None in files written without it)."""
+    the prefix, and the peft config diffusers' scripts save beside them (None in mmadapt's files, whose
+    scale is folded into B: ``adapter.save_lora``)."""
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from safetensors import safe_open
 
