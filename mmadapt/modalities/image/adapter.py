@@ -47,9 +47,7 @@ class ImageAdapterStrategy(Strategy):
     trains = True
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft import LoraConfig
-        from peft.utils import get_peft_model_state_dict
 
         from mmadapt.engine.seed import seed_everything
 
@@ -66,11 +64,7 @@ class ImageAdapterStrategy(Strategy):
         denoiser.add_adapter(lora, adapter_name=ADAPTER_NAME)
         try:
             report = train_denoiser(denoiser, stack, data, ctx, "adapter", self.config)
-            layers = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
-            if stack.denoiser == "unet":  # the UNet loaders' key names; transformers keep peft's (as diffusers' scripts)
-                layers = convert_state_dict_to_diffusers(layers)
-            folder = part_dir / ADAPTER_DIR
-            type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
+            save_lora(stack, part_dir / ADAPTER_DIR)
         finally:
             denoiser.delete_adapters(ADAPTER_NAME)  # compose() applies exactly what was saved
         (part_dir / "adapter.json").write_text(json.dumps(self.config.model_dump(), indent=2))
@@ -135,6 +129,27 @@ class DiffusersLoras:
             yield pipe
 
 
+def save_lora(stack, folder: Path) -> None:
+    """The denoiser's LoRA ``ADAPTER_NAME`` as the diffusers file ``pipe.load_lora_weights`` reads.
+
+    That file holds no alpha (the loader then takes alpha = r, scale 1), so a scale alpha / r != 1 is
+    folded into each B. (diffusers can save the peft config beside the weights, but safetensors writes
+    two metadata keys in a random order: the file would not be byte-identical run to run.)"""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from mmadapt.modalities.image.kohya import lora_scales
+
+    layers = get_peft_model_state_dict(stack.unet, adapter_name=ADAPTER_NAME)
+    scales = lora_scales({k.split(".lora_")[0] for k in layers}, stack.unet.peft_config[ADAPTER_NAME].to_dict())
+    for key in layers:
+        if ".lora_B." in key and scales[key.split(".lora_")[0]] != 1.0:
+            layers[key] = layers[key] * scales[key.split(".lora_")[0]]
+    if stack.denoiser == "unet":  # the UNet loaders' key names; transformers keep peft's (as diffusers' scripts)
+        layers = convert_state_dict_to_diffusers(layers)
+    type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
+
+
 LORA_FORMATS = ("diffusers", "kohya")
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
 
@@ -142,14 +157,15 @@ KOHYA_WEIGHTS = "lora_kohya.safetensors"
 def export_lora(stack, part_dir: Path, out_dir: Path, fmt: str) -> list[str]:
     """Write the trained LoRA of ``part_dir`` into ``out_dir`` as ``fmt``; return the file names.
 
-    ``diffusers``: the file ``pipe.load_lora_weights`` reads (as saved). ``kohya``: the
-    ``lora_unet_*`` layout of kohya sd-scripts / ComfyUI / A1111, by diffusers' own converters
-    (``convert_unet_state_dict_to_peft`` then ``convert_state_dict_to_kohya``); UNet LoRAs only
-    (SD 1.x/2.x, SDXL) — diffusers' kohya converter has no mapping for SD3/Flux transformers.
+    ``diffusers``: the file ``pipe.load_lora_weights`` reads (as saved). ``kohya``: the ``lora_unet_*``
+    layout of kohya sd-scripts / ComfyUI / A1111 for UNet (SD 1.x/2.x, SDXL) and Flux LoRAs
+    (:mod:`mmadapt.modalities.image.kohya`; SD3 is refused: diffusers reads no kohya SD3 file).
     """
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from mmadapt.modalities.image.kohya import kohya_layout
 
     source = part_dir / ADAPTER_DIR / WEIGHTS
     if fmt not in LORA_FORMATS:
@@ -159,16 +175,7 @@ def export_lora(stack, part_dir: Path, out_dir: Path, fmt: str) -> list[str]:
     if fmt == "diffusers":
         shutil.copyfile(source, out_dir / WEIGHTS)
         return [WEIGHTS]
-    if stack.denoiser != "unet":
-        raise ArtifactError(
-            f"the kohya layout covers UNet LoRAs (SD 1.x/2.x, SDXL), not a {type(stack.unet).__name__} LoRA",
-            path=source,
-            fix="use --format diffusers (diffusers and ComfyUI load it for SD3 / Flux)",
-        )
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
-
-    peft_keys = convert_unet_state_dict_to_peft(load_file(str(source)))
-    save_file(convert_state_dict_to_kohya(peft_keys), str(out_dir / KOHYA_WEIGHTS), metadata={"format": "pt"})
+    save_file(kohya_layout(stack, source), str(out_dir / KOHYA_WEIGHTS), metadata={"format": "pt"})
     return [KOHYA_WEIGHTS]
 
 
