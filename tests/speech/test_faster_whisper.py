@@ -100,8 +100,13 @@ def test_faster_whisper_serves_a_lora_export_with_mmadapt_transcripts(speech_rec
     theirs = []
     for clip in padded:
         segments, info = model.transcribe(
-            clip, beam_size=1, temperature=0, without_timestamps=True, condition_on_previous_text=False,
-            vad_filter=False, initial_prompt=prompt,
+            clip,
+            beam_size=1,
+            temperature=0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            initial_prompt=prompt,
             no_speech_threshold=None,  # a random model's no-speech probability would drop whole windows
             # faster-whisper asks CTranslate2 for max_length = prefix + max_new_tokens, of which CTranslate2
             # samples at most min(max_length // 2, ...) (ct2_engine.py): this stops it where mmadapt stops
