@@ -1,6 +1,7 @@
 """Bad audio through the real CLI (`mmadapt run`, `mmadapt data validate`) on the tiny Whisper:
 corrupt and empty files are one line naming the file, exit code 2, no artifact; stereo, 8 kHz and
-10-minute files are transcribed (downmixed, resampled, window by window) and reported as warnings."""
+10-minute files are transcribed (downmixed, resampled, window by window) and reported as warnings.
+A recipe vocabulary that is empty or holds a term longer than the prompt budget is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -95,3 +96,24 @@ def test_run_transcribes_stereo_8khz_and_ten_minute_audio(tmp_path, speech_recip
         assert isinstance(row["output"], str) and 0.0 <= row["cer"] and row["wer"] >= 0.0
     # 20 windows of 30 s, each decoded (max_new_tokens 8): far more words than one window could give
     assert len(rows["eval/ten-minutes.flac"]["output"].split()) > len(rows["eval/stereo.wav"]["output"].split())
+
+
+@pytest.mark.parametrize(
+    "stack,vocabulary,message",
+    [
+        ("prompt", "# only a comment\n\n", "the vocabulary is empty"),
+        ("prompt", "Zentrix\n" + "word " * 300 + "\nKubelyn\n", "is longer than the prompt budget (200 tokens)"),
+        ("retrieval", "Zentrix\n" + "word " * 300 + "\n", "is longer than the prompt budget (200 tokens)"),
+    ],
+)
+def test_bad_recipe_vocabulary_is_one_line_exit_2(speech_recipe, tmp_path, stack, vocabulary, message):
+    """A term that alone overflows the prompt could never be prompted: refused, not silently cut (it
+    would also drop every term after it from the prompt)."""
+    terms = tmp_path / "terms.txt"
+    terms.write_text(vocabulary)
+    path = speech_recipe({stack: {}}, data={"vocabulary": str(terms)})
+    result = CliRunner().invoke(main, ["run", str(path), *FAST])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and message in errors[0] and "terms.txt" in errors[0], result.output
+    assert not list((tmp_path / "runs").glob("*/v0*")), "no version written"

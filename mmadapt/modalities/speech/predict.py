@@ -280,8 +280,9 @@ class SpeechRequest:
         return self.audio
 
 
-def check_vocabulary(stack, terms: Sequence[str], source: str) -> None:
-    """One DataError when a per-request vocabulary is empty or holds a term that alone overflows the prompt budget."""
+def check_vocabulary(stack, terms: Sequence[str], source) -> None:
+    """One DataError when a vocabulary (a request's, or the recipe's when prompt or retrieval is fitted) is
+    empty or holds a term that alone overflows the stack's prompt template and budget: it could never be prompted."""
     if not terms:
         raise DataError("the vocabulary is empty", path=source, fix="give one term per line")
     for term in terms:

@@ -16,7 +16,7 @@ from mmadapt.config import StrictModel
 from mmadapt.engine.artifact import read_part_json
 from mmadapt.errors import DataError
 from mmadapt.modalities.speech.boost import BoostConfig
-from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE, fit_terms
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE, check_vocabulary, fit_terms
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 
 PROMPT_FILE = "prompt.json"
@@ -43,7 +43,8 @@ class SpeechPromptStrategy(Strategy):
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         if not stack.vocabulary:
             raise DataError("the prompt strategy needs a vocabulary", path=self.recipe.source, fix="set data.vocabulary")
-        stack.prompt_template = self.config.template
+        stack.prompt_template, stack.max_prompt_tokens = self.config.template, self.config.max_prompt_tokens
+        check_vocabulary(stack, stack.vocabulary, self.recipe.path(self.recipe.data.vocabulary))  # a term alone past the budget
         terms = fit_terms(stack, stack.vocabulary, self.config.max_prompt_tokens)
         record = {
             "template": self.config.template,

@@ -19,7 +19,7 @@ from pydantic import Field
 from mmadapt.config import StrictModel
 from mmadapt.errors import DataError
 from mmadapt.modalities.speech.boost import BoostConfig
-from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE
+from mmadapt.modalities.speech.predict import DEFAULT_TEMPLATE, check_vocabulary
 from mmadapt.protocols import DataBundle, FitContext, FitReport, Strategy
 from mmadapt.retrieval import EmbeddingIndex
 from mmadapt.retrieval.embedders import SoundEmbedder
@@ -85,6 +85,9 @@ class SpeechRetrievalStrategy(Strategy):
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         if not stack.vocabulary:
             raise DataError("the retrieval strategy needs a vocabulary", path=self.recipe.source, fix="set data.vocabulary")
+        if stack.prompt_terms is None:  # the template and budget compose() sets: no term may overflow them alone
+            stack.prompt_template, stack.max_prompt_tokens = self.config.template, self.config.max_prompt_tokens
+        check_vocabulary(stack, stack.vocabulary, self.recipe.path(self.recipe.data.vocabulary))
         index = term_index(stack.vocabulary)
         index.save(part_dir / "index")
         (part_dir / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2))
