@@ -56,3 +56,14 @@ def test_a_mixed_target_lora_reloads_every_trained_tensor(tmp_path, tiny_pipe, b
     weights = result.version_dir / "adapter" / "adapter" / adapter_module.WEIGHTS
     with safe_open(str(weights), "pt") as f:
         assert {k.removeprefix("unet.") for k in f.keys()} == set(lora)  # one key format: peft's, every tensor
+
+    # a version saved before (diffusers' names for the attention keys only) loads as before, with one line
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file, save_file
+
+    save_file(convert_state_dict_to_diffusers(load_file(str(weights))), str(weights), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="mixed key names") as caught:
+        old = load_artifact(result.version_dir)
+    assert len([w for w in caught if "mixed key names" in str(w.message)]) == 1
+    assert {k for k in lora_tensors(old.stack.unet)} == {k for k in lora if ".attn" not in k}
+
