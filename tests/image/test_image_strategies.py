@@ -136,9 +136,9 @@ def test_lora_is_diffusers_format_and_reloads_in_a_new_process(tmp_path, tiny_pi
     with safe_open(str(weights), "pt") as f:
         keys = list(f.keys())
     assert keys and all(
-        k.startswith("unet.") and (k.endswith(".lora.down.weight") or k.endswith(".lora.up.weight")) for k in keys
-    )
-    projections = {re.search(r"\.(to_q|to_k|to_v|to_out\.0)\.lora\.", k).group(1) for k in keys}
+        k.startswith("unet.") and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")) for k in keys
+    )  # peft's key names, which load_lora_weights reads as they are
+    projections = {re.search(r"\.(to_q|to_k|to_v|to_out\.0)\.lora_[AB]\.", k).group(1) for k in keys}
     assert projections == {"to_q", "to_k", "to_v", "to_out.0"}
     assert result.manifest["parts"]["adapter"]["trainable_params"] > 0
     assert result.manifest["parts"]["adapter"]["steps"] == 4

@@ -5,9 +5,9 @@ denoiser's family (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every UNet atte
 block; for SD3/Flux also the joint attention's ``add_*_proj`` and ``to_add_out``; ``[all]``
 = every linear layer; :mod:`mmadapt.modalities.image.families`), trained with the
 noise-prediction loss on the references and their captions in the shared loop
-(:mod:`mmadapt.modalities.image.tuning`). Saved in the diffusers LoRA format
-(``pytorch_lora_weights.safetensors`` via ``save_lora_weights``), loaded with
-``pipe.load_lora_weights``; ``scale`` weighs it at inference (0 = the base model).
+(:mod:`mmadapt.modalities.image.tuning`). Saved as ``pytorch_lora_weights.safetensors`` by the
+pipeline's ``save_lora_weights``, every key in peft's ``lora_A`` / ``lora_B`` names, loaded
+with ``pipe.load_lora_weights``; ``scale`` weighs it at inference (0 = the base model).
 """
 
 from __future__ import annotations
@@ -92,12 +92,31 @@ def load_lora(pipe, folder: Path, name: str) -> None:
     """``pipe.load_lora_weights`` of the saved LoRA as adapter ``name``, without diffusers' notices."""
     from diffusers.utils import logging as diffusers_logging
 
+    warn_if_mixed(folder / WEIGHTS)
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": it has none by design
     try:
         pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=name)
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def warn_if_mixed(weights: Path) -> None:
+    """One line for a LoRA saved before peft key names were kept for every layer, when diffusers
+    drops part of it: its file mixes diffusers' ``to_q.lora.down`` attention keys with peft's
+    ``lora_A`` ones, and ``load_lora_weights`` converts the file only when its first key is not
+    peft's, so with a ``lora_A`` key first the attention LoRA is not loaded (as when that version
+    was evaluated). It still loads as before."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())  # the order load_lora_weights reads them in
+    if keys and ".lora_A." in keys[0] and any(".lora.down." in k for k in keys):
+        warnings.warn(
+            f"{weights}: LoRA saved with mixed key names; diffusers loads it without its attention layers "
+            "(as this version was evaluated); re-run the recipe to train one that loads whole",
+            stacklevel=2,
+        )
 
 
 class DiffusersLoras:
@@ -135,7 +154,6 @@ def save_lora(stack, folder: Path) -> None:
     That file holds no alpha (the loader then takes alpha = r, scale 1), so a scale alpha / r != 1 is
     folded into each B. (diffusers can save the peft config beside the weights, but safetensors writes
     two metadata keys in a random order: the file would not be byte-identical run to run.)"""
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     from mmadapt.modalities.image.kohya import lora_scales
@@ -145,8 +163,9 @@ def save_lora(stack, folder: Path) -> None:
     for key in layers:
         if ".lora_B." in key and scales[key.split(".lora_")[0]] != 1.0:
             layers[key] = layers[key] * scales[key.split(".lora_")[0]]
-    if stack.denoiser == "unet":  # the UNet loaders' key names; transformers keep peft's (as diffusers' scripts)
-        layers = convert_state_dict_to_diffusers(layers)
+    # peft's key names for every family, as they are: diffusers' convert_state_dict_to_diffusers
+    # renames only attention keys, and load_lora_weights reads a file mixing both layouts by its
+    # first key, dropping the other layout's LoRA (the attention one beside conv / proj targets)
     type(stack.pipe).save_lora_weights(folder, **{f"{stack.denoiser}_lora_layers": layers}, safe_serialization=True)
 
 
@@ -157,7 +176,7 @@ KOHYA_WEIGHTS = "lora_kohya.safetensors"
 def export_lora(stack, part_dir: Path, out_dir: Path, fmt: str) -> list[str]:
     """Write the trained LoRA of ``part_dir`` into ``out_dir`` as ``fmt``; return the file names.
 
-    ``diffusers``: the file ``pipe.load_lora_weights`` reads (as saved). ``kohya``: the ``lora_unet_*``
+    ``diffusers``: the file ``pipe.load_lora_weights`` reads (as saved; peft key names). ``kohya``: the ``lora_unet_*``
     layout of kohya sd-scripts / ComfyUI / A1111 for UNet (SD 1.x/2.x, SDXL) and Flux LoRAs
     (:mod:`mmadapt.modalities.image.kohya`; SD3 is refused: diffusers reads no kohya SD3 file).
     """
