@@ -2,8 +2,8 @@
 
 Per family: the loss falls over 30 steps on 4 references of one colour scheme, and every
 artifact reloads in a new process to the pixels it was evaluated on. A run killed after a
-checkpoint resumes to the uninterrupted run's weights (SD3 LoRA: the resume path is the
-shared trainer's, one family shows it reaches the flow objective's draws too).
+checkpoint resumes to the uninterrupted run's weights (LoRA of each family: the resume path is
+the shared trainer's; each family's draws — DDPM with add_time_ids, SD3's flow, Flux's packing — go through it).
 """
 
 from __future__ import annotations
@@ -132,16 +132,17 @@ def test_every_family_artifact_reloads_in_a_new_process_to_the_same_pixels(tmp_p
 
 
 @pytest.mark.slow
-def test_a_killed_sd3_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, pipes, brand4, monkeypatch):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_killed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, pipes, brand4, monkeypatch, family):
     from mmadapt.engine import trainer
 
     weights = "adapter/adapter/pytorch_lora_weights.safetensors"
-    straight = cli_run(family_recipe(tmp_path / "a", pipes["sd3"], brand4, "adapter", steps=12))
-    recipe = family_recipe(tmp_path / "b", pipes["sd3"], brand4, "adapter", steps=12)
+    straight = cli_run(family_recipe(tmp_path / "a", pipes[family], brand4, "adapter", steps=12))
+    recipe = family_recipe(tmp_path / "b", pipes[family], brand4, "adapter", steps=12)
     real_save = trainer.save_checkpoint
 
-    def save_then_crash(folder, model, optimizer, step, losses):
-        real_save(folder, model, optimizer, step, losses)
+    def save_then_crash(folder, model, optimizer, step, losses, **kwargs):
+        real_save(folder, model, optimizer, step, losses, **kwargs)
         if step == 10:
             raise KeyboardInterrupt("killed after the step-10 checkpoint")
 

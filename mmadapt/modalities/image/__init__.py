@@ -21,7 +21,7 @@ from mmadapt.modalities.image import metrics as image_metrics
 from mmadapt.modalities.image.adapter import ImageAdapterStrategy, export_lora, fuse_and_save
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
-from mmadapt.modalities.image.model import ImageStack, load_pipeline
+from mmadapt.modalities.image.model import ImageStack, cast_frozen_parts, load_pipeline
 from mmadapt.modalities.image.predict import ImagePredictor, resolution
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
@@ -65,7 +65,10 @@ class ImageModality(Modality):
 
     def new_stack(self, recipe) -> ImageStack:
         pipe, info = load_pipeline(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
-        return ImageStack(recipe, pipe, info)
+        stack = ImageStack(recipe, pipe, info)
+        if recipe.model.dtype != "fp32":  # full fine-tuning trains the denoiser's own float32 weights
+            cast_frozen_parts(pipe, stack.dtype, denoiser=info["denoiser"] if "full" in recipe.strategies else None)
+        return stack
 
     def predictor(self, stack: ImageStack) -> ImagePredictor:
         return ImagePredictor(stack)

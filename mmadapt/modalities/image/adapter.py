@@ -44,6 +44,8 @@ class ImageAdapterStrategy(Strategy):
     trains = True
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
+        import torch
+        from diffusers.training_utils import cast_training_params
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft import LoraConfig
         from peft.utils import get_peft_model_state_dict
@@ -61,6 +63,7 @@ class ImageAdapterStrategy(Strategy):
             target_modules=lora_targets(denoiser, family_of(stack, self.config), self.config.target_modules),
         )
         denoiser.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        cast_training_params(denoiser, dtype=torch.float32)  # the base may be model.dtype; the LoRA trains in float32
         try:
             report = train_denoiser(denoiser, stack, data, ctx, "adapter", self.config)
             layers = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)

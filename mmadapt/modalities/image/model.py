@@ -7,6 +7,11 @@ sampler), a hub id (from the local Hugging Face cache when offline) or a local f
 that clips x0 to a range it chose keeps that clipping, see :func:`restore_chosen_clipping`). The *denoiser*
 is whatever the pipeline calls it: ``pipe.unet`` (SD 1.x/2.x, SDXL) or
 ``pipe.transformer`` (SD3, Flux, PixArt ...).
+
+``model.dtype: bf16`` (or fp16) is the dtype of the FROZEN parts, as diffusers' training scripts
+use ``weight_dtype``: the VAE, the text encoders and the denoiser's base weights are cast to it
+after loading; what trains stays float32 (a LoRA's weights, :mod:`.adapter`; a recipe with
+``full`` keeps the denoiser float32 while it trains and runs the result in the dtype, :mod:`.full`).
 """
 
 from __future__ import annotations
@@ -109,6 +114,26 @@ def fresh_scheduler(scheduler_class, config):
     return scheduler_class.from_config(dict(config))
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a recipe's ``model.dtype``."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def cast_frozen_parts(pipe, dtype, *, denoiser: str | None) -> None:
+    """Every torch module of ``pipe`` (VAE, text encoders, image encoder ...) to ``dtype``, and the
+    denoiser too unless ``denoiser`` names it (it is trained in full, in float32)."""
+    import torch
+
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name != denoiser:
+            component.to(dtype=dtype)
+
+
 class ImageStack(Stack):
     """Live state of an image stack: the pipeline, a style template, a reference retriever."""
 
@@ -124,6 +149,7 @@ class ImageStack(Stack):
         self.guidance_scale: float | None = None
         self.retriever = None  # ReferenceRetriever (retrieval strategy)
         self.lora_scale: float | None = None  # set when a LoRA is loaded (adapter strategy)
+        self.dtype = torch_dtype(recipe.model.dtype)  # the frozen parts' (model.dtype)
 
     @property
     def unet(self):
