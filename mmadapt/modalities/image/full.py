@@ -33,12 +33,10 @@ class ImageFullStrategy(Strategy):
         return report
 
     def compose(self, stack, part_dir: Path) -> None:
-        import torch
-
         folder = part_dir / MODEL_DIR / stack.denoiser
         if not (folder / "config.json").is_file():
             raise ArtifactError("full denoiser weights are missing", path=folder, fix="re-run the recipe")
         cls = type(stack.unet)
-        model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval().to(stack.dtype)  # trained in float32, run in model.dtype
+        model = cls.from_pretrained(folder, dtype=stack.dtype, use_safetensors=True).eval()  # trained in float32, run in model.dtype
         setattr(stack.pipe, stack.denoiser, model)
         stack.pipe.register_modules(**{stack.denoiser: model})

@@ -36,8 +36,9 @@ def denoiser_name(pipe) -> str:
     raise ModelError(f"{type(pipe).__name__} has neither a unet nor a transformer", fix="use a text-to-image diffusion pipeline")
 
 
-def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
-    """(pipeline, info) for an embedded alias, hub id or local folder; CPU, float32, no safety checker."""
+def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None, dtype=None):
+    """(pipeline, info) for an embedded alias, hub id or local folder; CPU, no safety checker; float32,
+    or ``dtype`` (a torch dtype, or diffusers' per-component dict with a ``"default"``) for a folder or hub id."""
     import torch
 
     if ref == EMBEDDED_SHAPES:
@@ -58,7 +59,7 @@ def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
                 fix="point base_model at a folder saved with pipeline.save_pretrained()",
             )
         kwargs = dict(
-            dtype=torch.float32,
+            dtype=dtype or torch.float32,
             safety_checker=None,
             requires_safety_checker=False,
             use_safetensors=None if allow_pickle else True,
@@ -131,7 +132,8 @@ def cast_frozen_parts(pipe, dtype, *, denoiser: str | None) -> None:
 
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module) and name != denoiser:
-            component.to(dtype=dtype)
+            if any(p.is_floating_point() and p.dtype != dtype for p in component.parameters()):
+                component.to(dtype=dtype)
 
 
 class ImageStack(Stack):

@@ -67,8 +67,14 @@ class ImagePredictor:
             kwargs["negative_prompt"] = [negative] * len(prompts)
         return kwargs
 
-    @torch.inference_mode()
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+        # a full fine-tune scored while it trains (train.eval_every) has a float32 denoiser beside
+        # model.dtype frozen parts: autocast joins them; a composed stack is one dtype and runs as is
+        mixed = self.stack.unet.dtype != self.stack.dtype
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.stack.dtype, enabled=mixed):
+            return self._predict(inputs, progress=progress)
+
+    def _predict(self, inputs: Sequence[str], *, progress: bool) -> list[Prediction]:
         stack, cfg = self.stack, self.stack.recipe.inference
         width, height = resolution(stack)
         out: list[Prediction] = []
