@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.image.test_image_families import brand4, cli_run, family_recipe, pipes, pixels  # noqa: F401 - fixtures
+from tests.image.test_image_families import brand4, cli_run, family_recipe, pipes, pixels, run_killed_after  # noqa: F401 - fixtures
 
 WEIGHTS = "adapter/adapter/pytorch_lora_weights.safetensors"
 
@@ -69,8 +69,6 @@ def test_sdxl_lora_ema_is_saved_and_resumed(tmp_path, pipes, brand4, monkeypatch
     to the uninterrupted run's EMA."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    from mmadapt.engine import trainer
-
     ema = {"ema": True, "checkpoint_every": 4}
     straight = cli_run(_recipe(tmp_path / "a", pipes, brand4, steps=6, train=ema))
     checkpoint = _checkpoint(tmp_path / "a")
@@ -85,20 +83,7 @@ def test_sdxl_lora_ema_is_saved_and_resumed(tmp_path, pipes, brand4, monkeypatch
     assert any(not torch.allclose(saved[k], last[k]) for k in saved)
 
     recipe = _recipe(tmp_path / "b", pipes, brand4, steps=6, train=ema)
-    real_save = trainer.save_checkpoint
-
-    def save_then_crash(folder, model, optimizer, step, losses, **kwargs):
-        real_save(folder, model, optimizer, step, losses, **kwargs)
-        if step == 4:
-            raise KeyboardInterrupt("killed after the step-4 checkpoint")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
-    from click.testing import CliRunner
-
-    from mmadapt.cli import main
-
-    assert CliRunner().invoke(main, ["run", str(recipe), "--json", "--quiet"]).exit_code != 0
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert run_killed_after(recipe, monkeypatch, 4).exit_code != 0
     resumed = cli_run(recipe, "--resume")
     assert (resumed / WEIGHTS).read_bytes() == (straight / WEIGHTS).read_bytes()
 

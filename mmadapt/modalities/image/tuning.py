@@ -9,7 +9,11 @@ from torch's global generator, which the trainer seeds and checkpoints (a resume
 draws what an uninterrupted one would). How the noisy input, the target and
 the denoiser call look is the pipeline family's business (:mod:`mmadapt.modalities.image.families`:
 SD 1.x/2.x, SDXL, SD3, Flux); the loss is the per-example MSE times the family's weight,
-summed (the trainer divides by the step's examples).
+summed (the trainer divides by the step's examples). With ``model.dtype: bf16`` the VAE and text
+encoders run in bf16 (the cache is kept in float32) and a LoRA's frozen base too: its inputs are cast
+to that dtype, the LoRA weights and the loss stay float32 (diffusers' scripts' ``weight_dtype``).
+``cache_embeddings: false`` keeps only the cropped references and runs the VAE and text encoders on
+every micro-batch (the same numbers, more time; for reference sets too large to cache).
 
 Two knobs of the diffusers training scripts move *global* looks (palette, brightness), which
 the plain loss learns slowly: at the high-noise steps that decide an image's colours it weighs
