@@ -60,6 +60,13 @@ class TrainConfig(StrictModel):
         "last", description="best: the weights of the step with the best primary metric (needs eval_every; the manifest says which step)"
     )
     report_to: Literal["none", "tensorboard"] = Field("none", description="tensorboard: the loss and eval curve as TensorBoard events too")
+    ema: bool = Field(
+        False, description="keep an exponential moving average of the trained weights (diffusers' EMAModel) and save it "
+        "instead of the last step's weights; resumed with the run"
+    )
+    ema_decay: float = Field(
+        0.9999, gt=0.0, lt=1.0, description="the EMA's decay cap (EMAModel ramps it up as (1 + n) / (10 + n) over the first steps)"
+    )
 
     @model_validator(mode="after")
     def _best_needs_evaluations(self) -> TrainConfig:

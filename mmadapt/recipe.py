@@ -114,7 +114,8 @@ class Recipe(BaseModel):
             "data": self.data.model_dump(mode="json"),
             "strategies": {k: self.strategies[k].model_dump(mode="json") for k in self.stack},
             # the memory/speed knobs only when set: hashes of recipes that do not use them unchanged
-            "train": {k: v for k, v in self.train.model_dump(mode="json").items() if v or k not in ("gradient_checkpointing", "packing")},
+            "train": {k: v for k, v in self.train.model_dump(mode="json").items()
+                      if (v or k not in ("gradient_checkpointing", "packing", "ema")) and (k != "ema_decay" or self.train.ema)},
             "eval": self.eval.model_dump(mode="json", exclude={"suites"} if not self.eval.suites else None),
             "inference": self.inference.model_dump(mode="json"),
             "output_dir": self.output_dir,

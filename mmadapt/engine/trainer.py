@@ -22,6 +22,8 @@ of example indices into (batch, count of loss items), and a ``loss`` of (model, 
 * ``train.precision: bf16``: forward and loss under bf16 autocast, weights and optimizer fp32;
 * ``train.eval_every`` / ``keep: best``: the eval split scored at checkpoints through the scorer the
   runner puts in the :class:`FitContext` (:mod:`mmadapt.engine.curve`), the best step's weights kept.
+* ``train.ema``: diffusers' ``EMAModel`` of the trainable weights (:mod:`mmadapt.engine.ema`), checkpointed,
+  scored at ``eval_every`` and put into the model at the end (what the strategy saves).
 * ``train.gradient_checkpointing``: the model's own (transformers / diffusers) activation
   checkpointing, non-reentrant, so frozen inputs (LoRA, QLoRA) still get gradients through it.
 """
@@ -47,6 +49,7 @@ from tqdm.auto import tqdm
 
 from mmadapt.config import TrainConfig
 from mmadapt.engine import distributed, fsdp
+from mmadapt.engine import ema as averaging
 from mmadapt.engine.curve import EvalCurve, curve_for
 from mmadapt.engine.seed import seed_everything
 from mmadapt.errors import MmadaptError
@@ -136,8 +139,10 @@ def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
-    """Atomically replace ``folder/checkpoint`` with the state after ``step`` optimizer steps.
+def save_checkpoint(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, losses: list[float], ema: Any = None
+) -> None:
+    """Atomically replace ``folder/checkpoint`` with the state after ``step`` optimizer steps (and ``ema``'s).
 
     In a multi-process run every rank calls this (sharded tensors are gathered) and rank 0 writes.
     """
@@ -167,6 +172,8 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(tmp / "rng.safetensors"))
+        if ema is not None:
+            averaging.save(ema, list(named), tmp)
         (tmp / "state.json").write_text(
             json.dumps({"step": step, "losses": losses, "python_random": repr(random.getstate())})
         )
@@ -209,7 +216,9 @@ def _newest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
     return best
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]] | None:
+def load_checkpoint(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: Any = None
+) -> tuple[int, list[float]] | None:
     """Restore the last checkpoint in ``folder``; return (step, losses) or None when there is none."""
     found = _newest_checkpoint(folder)
     if found is None:
@@ -234,6 +243,8 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+    if ema is not None:
+        averaging.load(ema, list(named), target)
     return int(state["step"]), list(state["losses"])
 
 
@@ -348,10 +359,12 @@ def train(
         net = ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config.lr, config.weight_decay)
+    ema = averaging.start(params, config, sharded=sharded is not None)
+    with_ema = {"ema": ema} if ema is not None else {}
     plan = BatchPlan(lengths, config.batch_size, config.micro_batch_size or config.batch_size, config.seed)
     start_step, losses = 0, []
     if resume:
-        restored = load_checkpoint(checkpoint_dir, model, optimizer)
+        restored = load_checkpoint(checkpoint_dir, model, optimizer, **with_ema)
         if restored:
             start_step, losses = restored
     elif distributed.is_main() and checkpoint_dir.is_dir():
@@ -390,6 +403,8 @@ def train(
             step_loss = distributed.all_reduce_sum(step_loss)[0]
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
+        if ema is not None:
+            ema.step(params)
         losses.append(round(step_loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -398,14 +413,17 @@ def train(
         if curve is not None:
             curve.loss(step + 1, step_loss)
             if curve.due(step + 1):
-                curve.score(model, step + 1, step_loss)
+                with averaging.swapped_in(ema, params):
+                    curve.score(model, step + 1, step_loss)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(checkpoint_dir, model, optimizer, step + 1, losses)
+            save_checkpoint(checkpoint_dir, model, optimizer, step + 1, losses, **with_ema)
     bar.close()
     del ddp, net
     if sharded is not None:
         fsdp.unshard(sharded)
     distributed.barrier()  # rank 0's checkpoint is on disk before anyone goes on
+    if ema is not None:
+        ema.copy_to(params)  # what the strategy saves is the average
     kept = curve.finish(model) if curve is not None else {}  # keep: best puts the best step's weights back
     model.eval()
     return FitReport(

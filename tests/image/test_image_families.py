@@ -2,8 +2,8 @@
 
 Per family: the loss falls over 30 steps on 4 references of one colour scheme, and every
 artifact reloads in a new process to the pixels it was evaluated on. A run killed after a
-checkpoint resumes to the uninterrupted run's weights (SD3 LoRA: the resume path is the
-shared trainer's, one family shows it reaches the flow objective's draws too).
+checkpoint resumes to the uninterrupted run's weights (LoRA of each family: the resume path is
+the shared trainer's; each family's draws — DDPM with add_time_ids, SD3's flow, Flux's packing — go through it).
 """
 
 from __future__ import annotations
@@ -131,24 +131,32 @@ def test_every_family_artifact_reloads_in_a_new_process_to_the_same_pixels(tmp_p
         assert np.abs(pixels(out) - pixels(Path(version) / "samples" / "p0.png")).max() == 0, version
 
 
-@pytest.mark.slow
-def test_a_killed_sd3_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, pipes, brand4, monkeypatch):
+def run_killed_after(recipe: Path, monkeypatch, step: int):
+    """`mmadapt run RECIPE` killed just after its step-``step`` checkpoint; the CLI's result."""
     from mmadapt.engine import trainer
 
-    weights = "adapter/adapter/pytorch_lora_weights.safetensors"
-    straight = cli_run(family_recipe(tmp_path / "a", pipes["sd3"], brand4, "adapter", steps=12))
-    recipe = family_recipe(tmp_path / "b", pipes["sd3"], brand4, "adapter", steps=12)
     real_save = trainer.save_checkpoint
 
-    def save_then_crash(folder, model, optimizer, step, losses):
-        real_save(folder, model, optimizer, step, losses)
-        if step == 10:
-            raise KeyboardInterrupt("killed after the step-10 checkpoint")
+    def save_then_crash(folder, model, optimizer, at, losses, **kwargs):
+        real_save(folder, model, optimizer, at, losses, **kwargs)
+        if at == step:
+            raise KeyboardInterrupt(f"killed after the step-{step} checkpoint")
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
-    killed = CliRunner().invoke(main, ["run", str(recipe), "--json", "--quiet"])  # click: Abort, exit 1
+    try:
+        return CliRunner().invoke(main, ["run", str(recipe), "--json", "--quiet"])  # click: Abort, exit 1
+    finally:
+        monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_killed_lora_run_resumes_to_the_uninterrupted_weights(tmp_path, pipes, brand4, monkeypatch, family):
+    weights = "adapter/adapter/pytorch_lora_weights.safetensors"
+    straight = cli_run(family_recipe(tmp_path / "a", pipes[family], brand4, "adapter", steps=12))
+    recipe = family_recipe(tmp_path / "b", pipes[family], brand4, "adapter", steps=12)
+    killed = run_killed_after(recipe, monkeypatch, 10)
     assert killed.exit_code != 0 and not list((tmp_path / "b" / "runs" / "tiny-family").glob("v0*"))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     resumed = cli_run(recipe, "--resume")
     assert (resumed / weights).read_bytes() == (straight / weights).read_bytes()
 

@@ -21,7 +21,7 @@ from mmadapt.modalities.image import metrics as image_metrics
 from mmadapt.modalities.image.adapter import DiffusersLoras, ImageAdapterStrategy, export_lora, fuse_and_save
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
-from mmadapt.modalities.image.model import ImageStack, load_pipeline
+from mmadapt.modalities.image.model import DENOISERS, ImageStack, cast_frozen_parts, load_pipeline, torch_dtype
 from mmadapt.modalities.image.predict import ImagePredictor, resolution
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
@@ -64,7 +64,14 @@ class ImageModality(Modality):
         return image_data.validate_data(recipe)
 
     def new_stack(self, recipe) -> ImageStack:
-        pipe, info = load_pipeline(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+        import torch
+
+        dtype = torch_dtype(recipe.model.dtype)
+        trained = "full" in recipe.strategies  # full fine-tuning trains the denoiser's own float32 weights
+        dtypes = {"default": dtype, **({d: torch.float32 for d in DENOISERS} if trained else {})} if dtype != torch.float32 else dtype
+        pipe, info = load_pipeline(recipe.base_model, trust_remote_code=recipe.trust_remote_code, dtype=dtypes)
+        if dtype != torch.float32:  # a loader that took no dtype (the embedded pipeline): cast after loading
+            cast_frozen_parts(pipe, dtype, denoiser=info["denoiser"] if trained else None)
         return ImageStack(recipe, pipe, info)
 
     def base_key(self, recipe) -> tuple | None:

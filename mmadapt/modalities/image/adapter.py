@@ -47,6 +47,8 @@ class ImageAdapterStrategy(Strategy):
     trains = True
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
+        import torch
+        from diffusers.training_utils import cast_training_params
         from peft import LoraConfig
 
         from mmadapt.engine.seed import seed_everything
@@ -62,6 +64,7 @@ class ImageAdapterStrategy(Strategy):
             target_modules=lora_targets(denoiser, family_of(stack, self.config), self.config.target_modules),
         )
         denoiser.add_adapter(lora, adapter_name=ADAPTER_NAME)
+        cast_training_params(denoiser, dtype=torch.float32)  # the base may be model.dtype; the LoRA trains in float32
         try:
             report = train_denoiser(denoiser, stack, data, ctx, "adapter", self.config)
             save_lora(stack, part_dir / ADAPTER_DIR)

@@ -1,5 +1,6 @@
 """The full fine-tuning strategy for images: every weight of the denoiser, the same loop and loss
-as the LoRA. The VAE and text encoder stay frozen. Saved as the denoiser's own folder
+as the LoRA. The VAE and text encoder stay frozen (in ``model.dtype``); the denoiser trains in float32
+and runs in ``model.dtype`` once composed. Saved as the denoiser's own folder
 (``model/unet/`` with ``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ class ImageFullStrategy(Strategy):
         return report
 
     def compose(self, stack, part_dir: Path) -> None:
-        import torch
-
         folder = part_dir / MODEL_DIR / stack.denoiser
         if not (folder / "config.json").is_file():
             raise ArtifactError("full denoiser weights are missing", path=folder, fix="re-run the recipe")
         cls = type(stack.unet)
-        model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
+        model = cls.from_pretrained(folder, dtype=stack.dtype, use_safetensors=True).eval()  # trained in float32, run in model.dtype
         setattr(stack.pipe, stack.denoiser, model)
         stack.pipe.register_modules(**{stack.denoiser: model})

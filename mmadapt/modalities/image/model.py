@@ -7,6 +7,11 @@ sampler), a hub id (from the local Hugging Face cache when offline) or a local f
 that clips x0 to a range it chose keeps that clipping, see :func:`restore_chosen_clipping`). The *denoiser*
 is whatever the pipeline calls it: ``pipe.unet`` (SD 1.x/2.x, SDXL) or
 ``pipe.transformer`` (SD3, Flux, PixArt ...).
+
+``model.dtype: bf16`` (or fp16) is the dtype of the FROZEN parts, as diffusers' training scripts
+use ``weight_dtype``: the VAE, the text encoders and the denoiser's base weights are cast to it
+after loading; what trains stays float32 (a LoRA's weights, :mod:`.adapter`; a recipe with
+``full`` keeps the denoiser float32 while it trains and runs the result in the dtype, :mod:`.full`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ def denoiser_name(pipe) -> str:
     raise ModelError(f"{type(pipe).__name__} has neither a unet nor a transformer", fix="use a text-to-image diffusion pipeline")
 
 
-def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None):
-    """(pipeline, info) for an embedded alias, hub id or local folder; CPU, float32, no safety checker."""
+def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bool | None = None, dtype=None):
+    """(pipeline, info) for an embedded alias, hub id or local folder; CPU, no safety checker; float32,
+    or ``dtype`` (a torch dtype, or diffusers' per-component dict with a ``"default"``) for a folder or hub id."""
     import torch
 
     if ref == EMBEDDED_SHAPES:
@@ -53,7 +59,7 @@ def load_pipeline(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
                 fix="point base_model at a folder saved with pipeline.save_pretrained()",
             )
         kwargs = dict(
-            dtype=torch.float32,
+            dtype=dtype or torch.float32,
             safety_checker=None,
             requires_safety_checker=False,
             use_safetensors=None if allow_pickle else True,
@@ -109,6 +115,27 @@ def fresh_scheduler(scheduler_class, config):
     return scheduler_class.from_config(dict(config))
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a recipe's ``model.dtype``."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def cast_frozen_parts(pipe, dtype, *, denoiser: str | None) -> None:
+    """Every torch module of ``pipe`` (VAE, text encoders, image encoder ...) to ``dtype``, and the
+    denoiser too unless ``denoiser`` names it (it is trained in full, in float32)."""
+    import torch
+
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name != denoiser:
+            if any(p.is_floating_point() and p.dtype != dtype for p in component.parameters()):
+                component.to(dtype=dtype)
+
+
 class ImageStack(Stack):
     """Live state of an image stack: the pipeline, a style template, a reference retriever."""
 
@@ -127,6 +154,7 @@ class ImageStack(Stack):
         self.lora_scale: float | None = None  # set when a LoRA is loaded (adapter strategy)
         self.shared = None  # engine.shared.SharedBase when this stack shares its pipeline (mmadapt serve)
         self.adapter: str | None = None  # the named LoRA of the shared pipeline this stack answers with
+        self.dtype = torch_dtype(recipe.model.dtype)  # the frozen parts' (model.dtype)
 
     @property
     def unet(self):

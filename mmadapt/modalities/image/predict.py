@@ -8,6 +8,7 @@ reloaded artifact gives for the same prompt and seed).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -98,13 +99,15 @@ class ImagePredictor:
         return kwargs
 
     def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
-        if self.stack.shared is None:
-            return self._predict(inputs, progress)
-        with self.stack.shared.use(self.stack.adapter):  # the shared pipeline, this version's LoRA alone on (or none)
-            return self._predict(inputs, progress)
+        # a full fine-tune scored while it trains (train.eval_every) has a float32 denoiser beside
+        # model.dtype frozen parts: autocast joins them; a composed stack is one dtype and runs as is
+        mixed = self.stack.unet.dtype != self.stack.dtype
+        # on a shared pipeline (mmadapt serve) this version's LoRA alone is on (or none) while it generates
+        shared = contextlib.nullcontext() if self.stack.shared is None else self.stack.shared.use(self.stack.adapter)
+        with shared, torch.inference_mode(), torch.autocast("cpu", dtype=self.stack.dtype, enabled=mixed):
+            return self._predict(inputs, progress=progress)
 
-    @torch.inference_mode()
-    def _predict(self, inputs: Sequence[str], progress: bool) -> list[Prediction]:
+    def _predict(self, inputs: Sequence[str], *, progress: bool) -> list[Prediction]:
         stack, cfg = self.stack, self.stack.recipe.inference
         width, height = resolution(stack)
         out: list[Prediction] = []
