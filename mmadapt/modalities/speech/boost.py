@@ -6,8 +6,11 @@ at the very start of a transcript ("Kubelyn"), as spelled and with a capital fir
 the token sequences go into a prefix tree. At each decoding step a row's generated tokens are
 matched against the tree: where its last tokens spell the beginning of a term, the tokens that
 continue the term get ``weight`` added to their log-probability; the first token of every term gets
-``first_weight`` (default 0: a term is only pushed on once the audio has started it). Forms without
-the leading space only match at the start of the transcript, so a term is never glued inside a word.
+``first_weight`` in greedy decoding and ``beam_first_weight`` in beam search (defaults 0: a term is
+only pushed on once the audio has started it). In beam search a bonus is taken back when the path
+leaves a term before its end (k2/icefall's ContextGraph does the same), so only finished terms keep
+theirs. Forms without the leading space only match at the start of the transcript, so a term is
+never glued inside a word.
 
 The processor keeps no state between steps (it re-reads each row's tokens, which are short), so the
 same object serves our batched greedy decoder (one trie per row) and ``generate``'s beam search
