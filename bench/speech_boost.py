@@ -10,6 +10,8 @@ the stack as their ``compose`` does) and is scored by the speech modality's metr
 * ``SPLIT boost:W`` — the vocabulary boosted without the prompt (``boost: {with_prompt: false}``);
 * ``SPLIT retrieval[300]`` / ``retrieval+boost`` — per-utterance terms of ``vocabulary-300.txt``.
 
+A ``*N`` after a configuration's name decodes with beam search, N beams (``prompt+boost*4:{"weight": 4}``).
+
     HF_HUB_OFFLINE=1 python bench/speech_boost.py --split eval --configs base prompt prompt+boost:4 ...
 """
 
