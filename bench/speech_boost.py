@@ -10,6 +10,8 @@ the stack as their ``compose`` does) and is scored by the speech modality's metr
 * ``SPLIT boost:W`` — the vocabulary boosted without the prompt (``boost: {with_prompt: false}``);
 * ``SPLIT retrieval[300]`` / ``retrieval+boost`` — per-utterance terms of ``vocabulary-300.txt``.
 
+A ``*N`` after a configuration's name decodes with beam search, N beams (``prompt+boost*4:{"weight": 4}``).
+
     HF_HUB_OFFLINE=1 python bench/speech_boost.py --split eval --configs base prompt prompt+boost:4 ...
 """
 
@@ -59,6 +61,8 @@ def configure(stack, config: str, vocabulary: list[str], vocab300: list[str], te
     config, _, own_template = config.partition("@")  # prompt@TEMPLATE: another template
     template = own_template or template
     name, _, arg = config.partition(":")
+    name, _, beams = name.partition("*")  # prompt+boost*4: beam search with 4 beams
+    stack.recipe.inference.num_beams = int(beams or 1)
     stack.prompt_terms, stack.retriever, stack.boost, stack.boost_passes = None, None, None, set()
     stack.prompt_template, stack.max_prompt_tokens = template, 200
     boost = BoostConfig(**json.loads(arg)) if arg.startswith("{") else (BoostConfig(weight=float(arg)) if arg else None)

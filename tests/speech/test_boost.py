@@ -74,6 +74,27 @@ def test_processor_biases_each_row_by_its_own_trie_and_respects_the_guard(tiny):
     assert out[0, spaced[1]] == out[1, spaced[1]] == 3.0 and out[2:].abs().sum() == 0
 
 
+def test_beam_take_back_lowers_a_path_that_leaves_an_unfinished_term(tiny):
+    _m, tok, _s = tiny
+    spaced = _ids(tok, " Pellatron")
+    cfg = BoostConfig(weight=3.0, beam_first_weight=2.0, min_logprob=-100.0)
+    boost = VocabularyBoost([TermTrie(tok, ["Pellatron"])], cfg, beams=1, take_back=True)
+    start = boost(torch.tensor([[]], dtype=torch.long), torch.zeros(1, len(tok)))
+    assert start[0, spaced[0]] == 2.0, "beam search pushes a term's first token"
+    step = boost(torch.tensor([spaced[:1]]), torch.zeros(1, len(tok)))
+    other = _ids(tok, " the")[0]
+    assert step[0, spaced[1]] == 3.0, "the continuation keeps its bonus"
+    assert step[0, other] == -2.0 and step[0, spaced[0]] == 0.0, "leaving the started term takes its bonus back"
+    deeper = boost(torch.tensor([spaced[:2]]), torch.zeros(1, len(tok)))
+    assert deeper[0, other] == -5.0, "what both tokens of the unfinished start were given"
+    done = boost(torch.tensor([spaced]), torch.zeros(1, len(tok)))
+    assert done[0, other] == 0.0, "a finished term keeps its bonus"
+    unboosted = VocabularyBoost([TermTrie(tok, ["Pellatron"])], cfg, take_back=True)
+    assert unboosted(torch.tensor([spaced[:2]]), torch.zeros(1, len(tok)))[0, other] == 0.0, "no bonus given, none taken back"
+    greedy = VocabularyBoost([TermTrie(tok, ["Pellatron"])], cfg)
+    assert greedy(torch.tensor([[]], dtype=torch.long), torch.zeros(1, len(tok)))[0, spaced[0]] == 0.0, "greedy uses first_weight (0)"
+
+
 def _strong(tries):
     return VocabularyBoost(tries, BoostConfig(weight=50.0, first_weight=25.0, min_logprob=-1e9))
 

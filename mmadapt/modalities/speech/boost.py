@@ -6,8 +6,11 @@ at the very start of a transcript ("Kubelyn"), as spelled and with a capital fir
 the token sequences go into a prefix tree. At each decoding step a row's generated tokens are
 matched against the tree: where its last tokens spell the beginning of a term, the tokens that
 continue the term get ``weight`` added to their log-probability; the first token of every term gets
-``first_weight`` (default 0: a term is only pushed on once the audio has started it). Forms without
-the leading space only match at the start of the transcript, so a term is never glued inside a word.
+``first_weight`` in greedy decoding and ``beam_first_weight`` in beam search (defaults 0: a term is
+only pushed on once the audio has started it). In beam search a bonus is taken back when the path
+leaves a term before its end (k2/icefall's ContextGraph does the same), so only finished terms keep
+theirs. Forms without the leading space only match at the start of the transcript, so a term is
+never glued inside a word.
 
 The processor keeps no state between steps (it re-reads each row's tokens, which are short), so the
 same object serves our batched greedy decoder (one trie per row) and ``generate``'s beam search
@@ -25,12 +28,17 @@ from pydantic import Field
 
 from mmadapt.config import StrictModel
 
+END = -1  # trie key: a term ends at this node
+
 
 class BoostConfig(StrictModel):
     """`boost:` of the speech `prompt` and `retrieval` strategies (absent: no biasing)."""
 
     weight: float = Field(4.0, ge=0.0, le=50.0, description="log-prob added to a started term's next token")
-    first_weight: float = Field(0.0, ge=0.0, le=50.0, description="log-prob added to every term's first token")
+    first_weight: float = Field(0.0, ge=0.0, le=50.0, description="greedy: log-prob added to every term's first token")
+    beam_first_weight: float = Field(
+        0.0, ge=0.0, le=50.0, description="beam search: log-prob added to a term's first token, taken back if the term is not finished"
+    )
     max_terms: int = Field(100, ge=1, le=5000, description="terms boosted per utterance (first in prompt/retrieval order)")
     min_logprob: float = Field(-6.0, le=0.0, description="boost a token only where the model's own log-prob is at least this")
     with_prompt: bool = Field(True, description="prompt strategy: also put the terms in the decoder prompt (false: boost alone)")
@@ -61,11 +69,21 @@ class TermTrie:
         for n, token in enumerate(ids):
             # a node's key None: the term's characters decoded up to here (its continuations wait for min_prefix_chars)
             node = node.setdefault(int(token), {None: len(tokenizer.decode(ids[: n + 1]).strip())})
+        if ids:
+            node[END] = True  # a whole term ends here
         self.depth = max(self.depth, len(ids))
 
     def next_tokens(self, generated: Sequence[int]) -> tuple[set[int], set[int]]:
         """(tokens that continue a term begun by the last generated tokens, first tokens of terms)."""
+        cont, first, _open = self.match(generated)
+        return cont, first
+
+    def match(self, generated: Sequence[int]) -> tuple[set[int], set[int], int]:
+        """``next_tokens`` plus where the longest unfinished term match begins (-1: none): the tokens
+        from there on are a term's start that has not reached a term's end (beam search takes its
+        bonus back if the next token leaves the term)."""
         cont: set[int] = set()
+        opened = -1
         n = len(generated)
         for start in range(max(0, n - self.depth), n):
             for root in (self.spaced, self.bare) if start == 0 else (self.spaced,):
@@ -74,21 +92,36 @@ class TermTrie:
                     node = node.get(token)
                     if node is None:
                         break
-                if node and node[None] >= self.min_chars:
-                    cont.update(k for k in node if k is not None)
-        first = set(self.spaced) | (set(self.bare) if n == 0 else set())
-        return cont, first
+                if not node:
+                    continue
+                if node[None] >= self.min_chars:
+                    cont.update(k for k in node if k is not None and k != END)
+                if opened < 0 and END not in node:
+                    opened = start
+        first = {k for k in self.spaced if k is not None} | ({k for k in self.bare} if n == 0 else set())
+        return cont, first, opened
 
 
 class VocabularyBoost:
     """A logits processor: ``tries[r // beams]`` biases row ``r``; tokens after the last ``marker``
-    (``<|notimestamps|>``) count as generated (``generate`` passes the whole decoder input)."""
+    (``<|notimestamps|>``) count as generated (``generate`` passes the whole decoder input).
 
-    def __init__(self, tries: Sequence[TermTrie | None], config: BoostConfig, *, beams: int = 1, marker: int | None = None):
+    ``take_back`` (beam search): every bonus given is remembered (keyed by the token path it led to);
+    a row whose last tokens are an unfinished term start gets the bonus of that start taken back on
+    every token that leaves the term (end of text included), as k2/icefall's ContextGraph does, so a
+    beam only keeps a term's bonus by finishing the term. Greedy decoding cannot take back a token,
+    so there the start of a term gets ``first_weight`` and is never undone."""
+
+    def __init__(
+        self, tries: Sequence[TermTrie | None], config: BoostConfig, *, beams: int = 1, marker: int | None = None,
+        take_back: bool = False,
+    ):
         self.tries = list(tries)
         self.config = config
         self.beams = beams
         self.marker = marker
+        self.take_back = take_back
+        self.given: dict[tuple[int, ...], float] = {}  # token path -> bonus its last token got
 
     def _generated(self, row: list[int]) -> list[int]:
         if self.marker is not None and self.marker in row:
@@ -97,6 +130,7 @@ class VocabularyBoost:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         cfg = self.config
+        first_weight = cfg.beam_first_weight if self.take_back else cfg.first_weight
         logprobs = torch.log_softmax(scores.float(), dim=-1)
         bonus = torch.zeros_like(scores)
         rows = input_ids.tolist()
@@ -104,12 +138,25 @@ class VocabularyBoost:
             trie = self.tries[r // self.beams]
             if trie is None:
                 continue
-            cont, first = trie.next_tokens(self._generated(row))
-            for tokens, weight in ((first, cfg.first_weight), (cont, cfg.weight)):
+            generated = self._generated(row)
+            cont, first, opened = trie.match(generated)
+            for tokens, weight in ((first, first_weight), (cont, cfg.weight)):
                 if weight and tokens:
                     idx = torch.tensor(sorted(tokens), device=scores.device)
                     idx = idx[logprobs[r, idx] >= cfg.min_logprob]
                     bonus[r, idx] = torch.maximum(bonus[r, idx], torch.full_like(bonus[r, idx], weight))
+            if not self.take_back:
+                continue
+            for token in bonus[r].gt(0).nonzero()[:, 0].tolist():
+                self.given[(*generated, token)] = float(bonus[r, token])
+            if opened >= 0:  # an unfinished term: leaving it costs what it was given
+                owed = sum(self.given.get(tuple(generated[: i + 1]), 0.0) for i in range(opened, len(generated)))
+                if owed:
+                    keep = bonus[r].clone()
+                    bonus[r] -= owed
+                    if cont:
+                        stay = torch.tensor(sorted(cont), device=scores.device)
+                        bonus[r, stay] = keep[stay]
         return scores + bonus
 
 
@@ -126,4 +173,4 @@ def boost_processor(stack, terms_per_row: Sequence[Sequence[str] | None], *, bea
         if key and key not in cache:
             cache[key] = TermTrie(tok, key, config.min_prefix_chars)
         tries.append(cache.get(key))
-    return VocabularyBoost(tries, config, beams=beams, marker=marker)
+    return VocabularyBoost(tries, config, beams=beams, marker=marker, take_back=beams > 1)
