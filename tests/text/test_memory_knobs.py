@@ -116,9 +116,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(talkative_lm):
         layers = model.get_base_model().model.layers
         calls = []  # MLP entries; a pre-hook, as checkpointing's recompute stops once it has what backward needs
         for layer in layers:
-            layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+            layer.mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
             loss = summed_lm_loss(model, make_collate(ENCODED, 0, CPU)([0, 1, 2])[0])
         forward_calls = len(calls)
         loss.backward()
@@ -146,7 +146,7 @@ def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies
         model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).train()
         loss_fn = adapter_autocast_loss(model, dtype) if how == "autocast" else summed_lm_loss
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
             loss = loss_fn(model, batch)
         loss.backward()
         fp32_bytes = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in saved if t.dtype == torch.float32}.values())
