@@ -136,14 +136,19 @@ def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from mmadapt.engine.trainer import enable_gradient_checkpointing
     from mmadapt.modalities.text.tuning import adapter_autocast_loss
 
     batch = make_collate(ENCODED, 0, CPU)([0, 1, 2])[0]
     results = {}
-    for dtype, how in (("fp32", "plain"), ("bf16", "plain"), ("bf16", "autocast")):
+    grads_of = {}
+    for dtype, case in (("fp32", "plain"), ("bf16", "plain"), ("bf16", "autocast"), ("bf16", "autocast+checkpointing")):
+        how = case.split("+")[0]
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(talkative_lm, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype]))
         model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).train()
+        if case.endswith("checkpointing"):  # the recompute runs outside the loss function (and its peft setting)
+            enable_gradient_checkpointing(model)
         loss_fn = adapter_autocast_loss(model, dtype) if how == "autocast" else summed_lm_loss
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
@@ -152,7 +157,9 @@ def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies
         fp32_bytes = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in saved if t.dtype == torch.float32}.values())
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
-        results[(dtype, how)] = (float(loss), fp32_bytes)
+        grads_of.setdefault(how, []).append(torch.cat([g.flatten() for g in grads]))
+        results[(dtype, case)] = (float(loss), fp32_bytes)
+    torch.testing.assert_close(grads_of["autocast"][0], grads_of["autocast"][1], atol=1e-3, rtol=2e-2)
     assert adapter_autocast_loss(model, "fp32") is summed_lm_loss
     assert results[("bf16", "autocast")][0] == pytest.approx(results[("fp32", "plain")][0], rel=2e-2)
     # peft's fp32 copies of each LoRA input are what the plain bf16 path keeps beyond the norms' fp32 inputs
