@@ -12,7 +12,9 @@ prediction for the same run (mmadapt.govern.plan) beside the measurement.
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/text_memory.py [--steps 12] [--configs fp32,bf16,checkpointing,full]
 
 ``--train-only`` measures training alone (no retrieval, no evaluation) on rows of ``--seq-len`` tokens,
-each configuration in a fresh process, beside ``mmadapt plan``'s prediction for exactly that setup.
+each configuration in a fresh process (also ``bf16+checkpointing`` and ``qlora-8bit``), beside ``mmadapt
+plan``'s prediction for exactly that setup; it prints the peak RSS and the peak above the process (minus
+the RSS just before the model loads: torch, transformers and peft imported), and both ratios to fp32.
 """
 
 from __future__ import annotations
