@@ -12,7 +12,9 @@ prediction for the same run (mmadapt.govern.plan) beside the measurement.
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/text_memory.py [--steps 12] [--configs fp32,bf16,checkpointing,full]
 
 ``--train-only`` measures training alone (no retrieval, no evaluation) on rows of ``--seq-len`` tokens,
-each configuration in a fresh process, beside ``mmadapt plan``'s prediction for exactly that setup.
+each configuration in a fresh process (also ``bf16+checkpointing`` and ``qlora-8bit``), beside ``mmadapt
+plan``'s prediction for exactly that setup; it prints the peak RSS and the peak above the process (minus
+the RSS just before the model loads: torch, transformers and peft imported), and both ratios to fp32.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def training_lengths(recipe) -> list[int]:
         return [len(x) for x, _ in encode_examples(stack, data, recipe.train.max_seq_len)]
 
 
-TRAIN_ONLY = {"fp32": {}, "bf16": {"dtype": "bf16"}, "checkpointing": {"checkpointing": True}, "full": {"full": True}}
+TRAIN_ONLY = {
+    "fp32": {}, "bf16": {"dtype": "bf16"}, "checkpointing": {"checkpointing": True},
+    "bf16+checkpointing": {"dtype": "bf16", "checkpointing": True}, "full": {"full": True}, "qlora-8bit": {"quantize": "8bit"},
+}
 
 
 def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> dict:
@@ -69,11 +74,16 @@ def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> 
     from mmadapt.engine import trainer
     from mmadapt.engine.meters import PeakMemory
     from mmadapt.modalities.text.model import load_causal_lm
-    from mmadapt.modalities.text.tuning import IGNORE, make_collate, summed_lm_loss
+    from mmadapt.modalities.text.tuning import IGNORE, adapter_autocast_loss, make_collate
 
     torch.manual_seed(0)
+    before = PeakMemory()._proc.memory_info().rss / 2**20  # the process (torch, transformers, peft imported)
     with PeakMemory() as whole:
-        model, tokenizer, _ = load_causal_lm(ref, dtype=config.get("dtype", "fp32"))
+        model, tokenizer, _ = load_causal_lm(ref, dtype=config.get("dtype", "fp32"), quantize=config.get("quantize", "none"))
+        if config.get("quantize"):
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if config.get("full"):
             for param in model.parameters():
                 param.requires_grad_(True)
@@ -85,11 +95,11 @@ def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> 
         with PeakMemory() as training, tempfile.TemporaryDirectory() as tmp:
             trainer.train(
                 model, lengths=[seq_len] * micro, collate=make_collate(encoded, tokenizer.pad_token_id, torch.device("cpu")),
-                loss_fn=summed_lm_loss, checkpoint_dir=Path(tmp), progress=False,
+                loss_fn=adapter_autocast_loss(model, config.get("dtype", "fp32"), config.get("quantize", "none")), checkpoint_dir=Path(tmp), progress=False,
                 config=TrainConfig(steps=steps, batch_size=micro, warmup_steps=0, checkpoint_every=10**6, max_seq_len=seq_len + 1,
                                    gradient_checkpointing=bool(config.get("checkpointing"))),
             )
-    return {"peak": whole.peak_mib, "loaded": loaded, "training": training.peak_mib}
+    return {"peak": whole.peak_mib, "before": before, "loaded": loaded, "training": training.peak_mib}
 
 
 def main_train_only(args) -> None:
@@ -106,16 +116,21 @@ def main_train_only(args) -> None:
     for name in names:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows[name] = pool.submit(train_only, TRAIN_ONLY[name], args.seq_len, args.steps, args.micro_batch_size, args.model).result()
+        conf = TRAIN_ONLY[name]
+        method = "full" if conf.get("full") else (f"qlora-{conf['quantize']}" if conf.get("quantize") else "lora")
         setup = Setup(device="cpu", seq_len=args.seq_len, batch=args.micro_batch_size, micro_batch=args.micro_batch_size, r=16)
-        setup = replace(setup, dtype=TRAIN_ONLY[name].get("dtype", "fp32"), checkpointing=bool(TRAIN_ONLY[name].get("checkpointing")),
-                        method="full" if TRAIN_ONLY[name].get("full") else "lora")
+        setup = replace(setup, dtype=conf.get("dtype", "fp32"), checkpointing=bool(conf.get("checkpointing")), method=method)
         predicted = predict(shape, setup).peak_mib
         r = rows[name]
-        print(f"  {name:<14} peak RSS {r['peak']:7.0f} MiB (after load {r['loaded']:6.0f}, training peak {r['training']:6.0f})"
-              f"   plan predicts {predicted:7.0f} MiB ({predicted / r['peak'] - 1:+.0%})", flush=True)
+        r["predicted"] = predicted
+        print(f"  {name:<19} peak RSS {r['peak']:6.0f} MiB (before load {r['before']:4.0f}, after load {r['loaded']:5.0f};"
+              f" above the process {r['peak'] - r['before']:5.0f})   plan predicts {predicted:6.0f} MiB ({predicted / r['peak'] - 1:+.0%})", flush=True)
     if "fp32" in rows:
+        ref = rows["fp32"]
+        print("ratios to fp32 LoRA: peak RSS, and peak above the process (peak - RSS before the model loads):")
         for name in names:
-            print(f"  ratio {name} / fp32: {rows[name]['peak'] / rows['fp32']['peak']:.2f}")
+            r = rows[name]
+            print(f"  {name:<19} {r['peak'] / ref['peak']:.2f}   {(r['peak'] - r['before']) / (ref['peak'] - ref['before']):.2f}")
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from mmadapt.config import TrainConfig
 from mmadapt.engine import distributed, fsdp
 from mmadapt.engine import ema as averaging
+from mmadapt.engine.cpu_memory import return_freed_memory_to_os
 from mmadapt.engine.curve import EvalCurve, curve_for
 from mmadapt.engine.seed import seed_everything
 from mmadapt.errors import MmadaptError
@@ -372,6 +373,8 @@ def train(
     if rank:
         distributed.seed_rank(config.seed + start_step)  # dropout differs per rank, reproducibly
     device_type = next(iter(params)).device.type
+    if device_type == "cpu":
+        return_freed_memory_to_os()  # else freed activations stay resident (engine/cpu_memory.py)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     model.train()
     began = time.perf_counter()

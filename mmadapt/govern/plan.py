@@ -17,13 +17,15 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
   full P·(b gradient + 2b AdamW moments) beside W; DDP keeps a gradient bucket copy (+T·b_t);
   FSDP divides W and S by the N devices and holds one gathered block (W·P_lin/(P·L)) besides;
 * activations A of one micro-batch of n = b_mb·s tokens (b_mb the micro-batch per device, s the
-  sequence length): per layer and token a Llama block keeps 8h + 7q + 4k + 4I values (the two RMSNorms'
-  fp32 inputs, intermediates and outputs; q, k before and after rotary and k, v repeated to the query
-  heads; the attention output; the four SwiGLU intermediates — counted with autograd's saved-tensor
-  hooks on tiny Llamas; the attention kernel keeps no s×s probabilities), in the activation dtype
-  (a = 2 under a bf16 base or bf16 autocast, else 4): A = n·L·(8h+7q+4k+4I)·a; with gradient
-  checkpointing only each block's input is kept, plus one block being recomputed:
-  A = n·(L·h + 8h+7q+4k+4I)·a;
+  sequence length), the distinct tensors autograd keeps (counted by storage with saved-tensor hooks
+  on tiny Llamas: a frozen linear keeps no input, a LoRA layer keeps its input, which q, k and v
+  share): per layer and token a Llama block keeps the two RMSNorms' inputs in fp32 (2h, 4 bytes:
+  the norm upcasts) and, in the activation dtype (a = 2 under a bf16 base or bf16 autocast, else 4),
+  the two norms' outputs (2h), the rotated query, the keys and values repeated to the query heads, the
+  attention output and its reshaped copy (5q), the four SwiGLU intermediates (4I); full fine-tuning
+  also keeps the norms' normalised inputs (+2h): B = 8h + a·(2h + 5q + 4I) (+ 2h·a) bytes and
+  A = n·L·B; with gradient checkpointing each block's input is kept, plus one block recomputed:
+  A = n·(L·h·a + B);
 * logits: mmadapt computes the LM head only at answer positions (``answer_tokens`` per sequence,
   default 32): b_mb·answer_tokens·V·(a + 8) (the logits, their fp32 copy and its log-softmax);
 * runtime: on a GPU the CUDA context and kernels' workspace (1 GiB); on a CPU the process itself
@@ -32,7 +34,12 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
   pages count as resident) while the weights are converted to the base dtype, so
   load = runtime + file + (W if the dtype differs from the file's).
 
-peak = runtime + max(load, W + S + A + logits) on a CPU; runtime + W + S + A + logits on a GPU.
+training = W + S + A + logits; for full fine-tuning W + max(A + logits + G, S) with G = P·b the
+gradients (written while the backward pass still holds activations: measured close to this bound)
+and S = G + moments (AdamW makes its moments at the first step, after the activations are freed).
+peak = runtime + max(load, training) on a CPU; runtime + training on a GPU. Measured on this
+machine's CPU against SmolLM2-135M (README, Memory and speed: LoRA fp32 / bf16 / checkpointing,
+full, 8-bit QLoRA) within 20%.
 
 **Step time (an order, not a promise).** FLOPs per step = tokens·(2P forward + 2P input gradients
 + 2P weight gradients for full only + 2P again with checkpointing) + attention 6·L·s·q per token;
@@ -101,10 +108,12 @@ class Shape:
         per_layer = r * ((h + q) + 2 * (h + k) + (q + h) + 2 * (h + i) + (i + h))
         return self.layers * (per_layer + ((q + 2 * k + h + 2 * i + h) if dora else 0))
 
-    def activation_values(self) -> int:
-        """Values one Llama block keeps per token for the backward pass (counted with autograd's
-        saved-tensor hooks on tiny Llamas: within 5% of what transformers 5 keeps)."""
-        return 8 * self.hidden + 7 * self.q_width + 4 * self.kv_width + 4 * self.intermediate
+    def activation_bytes(self, act: int, full: bool = False) -> int:
+        """Bytes one Llama block keeps per token for the backward pass (module docstring: the RMSNorm
+        inputs in fp32, the rest in the activation dtype of ``act`` bytes; full training keeps the
+        norms' normalised inputs too)."""
+        h, q, i = self.hidden, self.q_width, self.intermediate
+        return 2 * h * 4 + act * (2 * h + 5 * q + 4 * i + (2 * h if full else 0))
 
 
 # Llama-3 8B and 70B (meta-llama/Meta-Llama-3-*/config.json), written out: plan needs no download
@@ -144,12 +153,15 @@ class Prediction:
     logits: float
     runtime: float
     load: float
+    gradients: float  # full fine-tuning: the part of ``state`` that exists during the backward pass
     step_seconds: float
     trainable: int
 
     @property
     def peak_bytes(self) -> float:
         train = self.weights + self.state + self.activations + self.logits
+        if self.setup.method == "full":  # the AdamW moments are made after the backward freed the activations
+            train = self.weights + max(self.activations + self.logits + self.gradients, self.state)
         return self.runtime + (max(self.load, train) if self.setup.device == "cpu" else train)
 
     @property
@@ -171,17 +183,19 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
         weights = weights / shard + weights * shape.linear_params / shape.params / shape.layers
     if full:
         trainable, grad_bytes = shape.params, b
-        state = trainable * 3 * b / shard  # gradient + two AdamW moments, in the weights' dtype
+        gradients = trainable * b / shard
+        state = gradients * 3  # gradient + two AdamW moments, in the weights' dtype
     else:
         trainable, grad_bytes = shape.lora_params(setup.r, setup.dora), 4
-        state = trainable * 16 / shard
+        state, gradients = trainable * 16 / shard, 0.0
     if setup.devices > 1 and setup.parallel == "ddp":
         state += trainable * grad_bytes  # DDP's gradient buckets
+        gradients += trainable * grad_bytes if full else 0.0
     micro = min(setup.micro_batch, max(1, setup.batch // setup.devices))
     tokens = micro * setup.seq_len
-    block = shape.activation_values()
-    per_token = shape.layers * shape.hidden + block if setup.checkpointing else shape.layers * block
-    activations = tokens * per_token * act
+    block = shape.activation_bytes(act, full)
+    per_token = shape.layers * shape.hidden * act + block if setup.checkpointing else shape.layers * block
+    activations = tokens * per_token
     logits = micro * min(setup.answer_tokens, setup.seq_len) * shape.vocab * (act + 8)
     runtime = (CPU_RUNTIME_MIB if setup.device == "cpu" else GPU_RUNTIME_MIB) * MIB
     file = shape.params * shape.file_bytes_per_param
@@ -197,7 +211,7 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
         sync = 2 * trainable * grad_bytes / (link_gbps * 1e9)
     else:
         sync = 3 * trainable * (b if full else 4) / (link_gbps * 1e9)
-    return Prediction(setup, weights, state, activations, logits, runtime, load, compute + sync, trainable)
+    return Prediction(setup, weights, state, activations, logits, runtime, load, gradients, compute + sync, trainable)
 
 
 def load_shape(ref: str) -> Shape:

@@ -105,7 +105,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(talkative_lm):
 
     from mmadapt.engine.trainer import enable_gradient_checkpointing
 
-    grads = []
+    grads, kept = [], []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(talkative_lm), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
@@ -113,9 +113,57 @@ def test_gradient_checkpointing_gives_the_same_gradients(talkative_lm):
             enable_gradient_checkpointing(model)
             assert model.get_base_model().model.gradient_checkpointing
         model.train()
-        summed_lm_loss(model, make_collate(ENCODED, 0, CPU)([0, 1, 2])[0]).backward()
+        layers = model.get_base_model().model.layers
+        calls = []  # MLP entries; a pre-hook, as checkpointing's recompute stops once it has what backward needs
+        for layer in layers:
+            layer.mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
+            loss = summed_lm_loss(model, make_collate(ENCODED, 0, CPU)([0, 1, 2])[0])
+        forward_calls = len(calls)
+        loss.backward()
+        # the blocks' MLPs run again in the backward pass only with checkpointing (their activations were not kept)
+        assert forward_calls == len(layers) and len(calls) == len(layers) * (2 if checkpointing else 1)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+        kept.append(sum(saved))
+    assert kept[1] < kept[0] / 2  # what autograd keeps through the forward pass falls with checkpointing
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies(talkative_lm):
+    """A bf16 base: the loss the trainer uses runs the LoRA layers in bf16 on the base's own activations
+    (peft's upcast copies gone), gives the fp32 loss to bf16 accuracy, and fp32 adapter gradients."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mmadapt.engine.trainer import enable_gradient_checkpointing
+    from mmadapt.modalities.text.tuning import adapter_autocast_loss
+
+    batch = make_collate(ENCODED, 0, CPU)([0, 1, 2])[0]
+    results = {}
+    grads_of = {}
+    for dtype, case in (("fp32", "plain"), ("bf16", "plain"), ("bf16", "autocast"), ("bf16", "autocast+checkpointing")):
+        how = case.split("+")[0]
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(talkative_lm, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype]))
+        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).train()
+        if case.endswith("checkpointing"):  # the recompute runs outside the loss function (and its peft setting)
+            enable_gradient_checkpointing(model)
+        loss_fn = adapter_autocast_loss(model, dtype) if how == "autocast" else summed_lm_loss
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        fp32_bytes = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in saved if t.dtype == torch.float32}.values())
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+        grads_of.setdefault(how, []).append(torch.cat([g.flatten() for g in grads]))
+        results[(dtype, case)] = (float(loss), fp32_bytes)
+    torch.testing.assert_close(grads_of["autocast"][0], grads_of["autocast"][1], atol=1e-3, rtol=2e-2)
+    assert adapter_autocast_loss(model, "fp32") is summed_lm_loss
+    assert results[("bf16", "autocast")][0] == pytest.approx(results[("fp32", "plain")][0], rel=2e-2)
+    # peft's fp32 copies of each LoRA input are what the plain bf16 path keeps beyond the norms' fp32 inputs
+    assert results[("bf16", "autocast")][1] < results[("bf16", "plain")][1] / 2
 
 
 def test_quantize_without_bitsandbytes_is_one_line_and_exit_2(make_recipe, write_recipe, tiny_lm, tmp_path):
