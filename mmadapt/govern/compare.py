@@ -132,7 +132,7 @@ def run_all(
     runs: Sequence[Run], *, parallel: int = 1, resume: bool = False, progress: bool = True
 ) -> list[dict[str, Any] | Exception]:
     """Each run in a spawned process of its own, up to ``parallel`` at once (one at a time: in the order
-    given; several: the runs that train first).
+    given; several: the runs that train first, those with more strategies first within each).
 
     Returns, in the order of ``runs`` (whatever order they finish in), each run's manifest or the
     exception that ended it: a failure does not stop the others. With more than one at a time,
@@ -176,8 +176,12 @@ def run_all(
         return outcome
 
     # Longest first: with several slots, the runs that train start before those that only predict,
-    # so the slots finish close together (a short run left to the end idles the other slots less).
-    order = sorted(range(len(runs)), key=lambda i: not trains(runs[i].recipe)) if width > 1 else range(len(runs))
+    # and among each, those that stack more strategies (a LoRA behind retrieval trains on the passages
+    # too), so the slots finish close together (a long run left to the end idles the other slots).
+    def longest_first(i: int) -> tuple[bool, int]:
+        return not trains(runs[i].recipe), -len(runs[i].recipe.stack)
+
+    order = sorted(range(len(runs)), key=longest_first) if width > 1 else range(len(runs))
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="mmadapt-compare") as pool:
         futures = {i: pool.submit(one, runs[i]) for i in order}
         return [futures[i].result() for i in range(len(runs))]
