@@ -272,7 +272,8 @@ def test_run_all_starts_the_runs_that_train_first_when_several_run_at_once(text_
     # predicting runs, the longer stack first
     # (two threads start at once: the order within each pair is theirs)
     assert set(started[:2]) == {"tiny-text--retrieval-adapter", "tiny-text--adapter"}
-    assert set(started[2:4]) == {"tiny-text--prompt-retrieval", "tiny-text--base"}
+    assert set(started[2:4]) == {"tiny-text--prompt-retrieval", "tiny-text--prompt"}
+    assert set(started[4:]) == {"tiny-text--retrieval", "tiny-text--base"}
     asked = [f"tiny-text--{s}" for s in ("base", "prompt", "retrieval", "adapter", "prompt-retrieval", "retrieval-adapter")]
     assert [o["name"] for o in outcomes] == asked
     started.clear()
