@@ -216,3 +216,30 @@ def test_generation_stops_at_the_templates_turn_end(family, end):
 
     tokenizer = chat_tokenizer(family)
     assert turn_end_ids(tokenizer) == [tokenizer.convert_tokens_to_ids(end)]
+
+
+def test_data_and_requests_share_one_parser_of_messages():
+    """check_conversation reads a data file's ``messages`` and serve's request alike: the same turn
+    checks and texts (a data file may use OpenAI's content parts too); only the rules differ."""
+    from mmadapt.errors import RequestError
+    from mmadapt.modalities.text import formats
+    from mmadapt.modalities.text.chat import request_conversation
+
+    parts = [{"role": "user", "content": [{"type": "text", "text": " Which port? "}]}, {"role": "assistant", "content": "7443"}]
+    assert formats.check_conversation(parts, formats.DATA)[0] == [{"role": "user", "content": "Which port?"}, {"role": "assistant", "content": "7443"}]
+    assert request_conversation(parts[:1]) == "Which port?"
+    blank = [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]
+    assert formats.check_conversation(blank, formats.for_split("train"))[1] == "turn 2 (assistant): content must be a non-empty string"
+    assert formats.check_conversation(blank, formats.for_split("eval"))[1] is None
+    with pytest.raises(RequestError, match=r"^message 2 \(assistant\): content must be a non-empty string"):
+        request_conversation([*blank, {"role": "user", "content": "y"}])
+    # data: one system turn, first, and a reply to learn; a request: system/developer turns joined, ending with the question
+    late = [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "y"}]
+    assert formats.check_conversation(late, formats.DATA)[1] == "turn 2: a system turn after the first"
+    assert request_conversation([*late, {"role": "user", "content": "z"}])[0] == {"role": "system", "content": "s"}
+    assert formats.check_conversation(late[:1] + late[2:], formats.DATA)[1] is None
+    with pytest.raises(RequestError, match="the last message must be the user turn to answer"):
+        request_conversation(late[:1] + late[2:])
+    assert "unknown role 'developer'" in formats.check_conversation([{"role": "developer", "content": "d"}, *blank], formats.DATA)[1]
+    with pytest.raises(RequestError, match="message 1: unknown role 'tool'"):
+        request_conversation([{"role": "tool", "content": "x"}])

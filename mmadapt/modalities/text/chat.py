@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmadapt.engine import validate as v
 from mmadapt.errors import DataError, RequestError
+from mmadapt.modalities.text import formats
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmadapt.recipe import Recipe
@@ -71,42 +72,18 @@ def last_user(history: Sequence[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
 
 
-REQUEST_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
 def request_conversation(messages: Any) -> str | list[dict[str, str]]:
-    """An OpenAI ``messages`` list as one predictor input. A lone user message is its question, as
-    a question from a data file is; with a system turn or earlier turns, the conversation
-    (``{role, content}``; the system and developer turns joined into one first turn; string content
-    or ``{"type": "text"}`` parts), which ends with the user turn to answer: :func:`build_chat`
-    renders it under the stack's prompt through the chat template and retrieval queries its last
-    user turn after ``retrieval.history_turns`` turns (:func:`retrieval_query`)."""
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("`messages` must be a non-empty list of {role, content}", fix="send at least one user message")
-    system, turns = [], []
-    for i, message in enumerate(messages, start=1):
-        if not isinstance(message, dict) or "role" not in message:
-            raise RequestError("every message needs a `role` and a `content`")
-        role = REQUEST_ROLES.get(message["role"])
-        if role is None:
-            raise RequestError(f"message {i}: role {message['role']!r} is not served",
-                               fix="send system, user and assistant turns (tools are not served)")
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
-        if not isinstance(content, str) or (not content.strip() and role != "system"):
-            raise RequestError(f"message {i} ({role}) has no text content", fix="send each turn's text as its content")
-        if role == "system":
-            system += [content.strip()] if content.strip() else []
-        else:
-            turns.append({"role": role, "content": content})
-    if not any(m["role"] == "user" for m in turns):
-        raise RequestError("no message with role `user`", fix="send the question as a user message")
-    if turns[-1]["role"] != "user":
-        raise RequestError("the last message must be the user turn to answer", fix="end `messages` with the question")
-    if len(turns) == 1 and not system:
-        return turns[0]["content"]
-    return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + turns
+    """An OpenAI ``messages`` list as one predictor input, parsed by the data files' parser
+    (:func:`~mmadapt.modalities.text.formats.check_conversation` under its ``REQUEST`` rules; an error
+    is a RequestError: 400). A lone user message is its question, as a question from a data file is;
+    with a system turn or earlier turns, the conversation (``{role, content}``; the system and
+    developer turns joined into one first turn), which ends with the user turn to answer:
+    :func:`build_chat` renders it under the stack's prompt through the chat template and retrieval
+    queries its last user turn after ``retrieval.history_turns`` turns (:func:`retrieval_query`)."""
+    turns, error, fix = formats.check_conversation(messages, formats.REQUEST)
+    if error is not None:
+        raise RequestError(error, fix=fix)
+    return turns[0]["content"] if len(turns) == 1 else turns
 
 
 def retrieval_query(item: Any, history_turns: int) -> str:

@@ -150,7 +150,7 @@ def parse_split(
             messages, error = formats.to_conversation(chosen, record)
             fix = formats.COLUMNS_FIX
             if error is None:
-                messages, error, fix = formats.check_conversation(messages, split)
+                messages, error, fix = formats.check_conversation(messages, formats.for_split(split))
             if error is not None:
                 problems.append(v.error(path, number, error, fix))
                 continue

@@ -9,7 +9,8 @@ key_fact?}: parsed by data.py as before), ``messages`` (OpenAI: {messages: [{rol
 ``sharegpt`` ({conversations: [{from, value}], system?}) and ``alpaca`` ({instruction, input?,
 output, system?, history?: [[user, assistant], ...]}). ``data.columns`` maps our field names to
 the file's. Each conversation format becomes one list of ``{"role", "content"}`` messages (an
-optional system turn first, then user and assistant turns), checked by :func:`check_conversation`.
+optional system turn first, then user and assistant turns), checked by :func:`check_conversation`,
+the one parser of ``messages`` lists: serve's chat requests go through it too (:data:`REQUEST`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,24 +218,84 @@ def to_conversation(fmt: str, record: dict[str, Any]) -> tuple[list[Any], str | 
     return out, None
 
 
-def check_conversation(messages: list[Any], split: str) -> tuple[list[dict[str, Any]], str | None, str | None]:
-    """(clean messages, error, fix): roles known, the system turn first, text content, a user turn
-    before the first reply, at least one assistant turn (an empty reply only in eval)."""
+@dataclass(frozen=True)
+class Conversation:
+    """How :func:`check_conversation` reads a ``messages`` list: what its items are called in an error
+    (a data file's turns, a request's messages), which roles it accepts (and what they become),
+    whether a system turn may only come first or several are joined into one first turn, which turn
+    it must hold (data: an assistant turn to learn or score, after a user turn; a request: it ends
+    with the user turn to answer), whether an assistant turn may be empty (an eval reference), and
+    which per-turn fields it keeps (``key_fact``, ``accept`` in data)."""
+
+    noun: str
+    roles: dict[str, str]
+    role_fix: str
+    join_system: bool = False
+    ends_with_user: bool = False
+    empty_reply: bool = False
+    keep: tuple[str, ...] = ()
+
+
+DATA = Conversation("turn", {r: r for r in ROLES}, f"use one of {', '.join(ROLES)} (or map it with data.columns)",
+                    keep=("key_fact", "accept"))
+REQUEST = Conversation("message", {**{r: r for r in ROLES}, "developer": "system"},
+                       "send system, developer, user and assistant messages (tools are not served)",
+                       join_system=True, ends_with_user=True)
+
+
+def content_text(content: Any) -> Any:
+    """A turn's text: a string, or OpenAI's content parts (the ``{"type": "text"}`` parts joined)."""
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+    return content
+
+
+def check_conversation(messages: Any, rules: Conversation = DATA) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """(clean messages, error, fix): THE parser of a ``messages`` list, for data files (``rules``
+    :data:`DATA`, the eval split with ``empty_reply``) and serve's requests (:data:`REQUEST`). Every
+    turn an object with a known role and text content (stripped; an empty system turn is dropped
+    where system turns are joined); one system turn first (or several joined into one first turn);
+    then the turns ``rules`` asks for."""
+    noun = rules.noun
+    if not isinstance(messages, list) or not messages:
+        return [], "`messages` must be a non-empty list of {role, content}", f"send at least one user {noun}"
+    system: list[str] = []
     clean: list[dict[str, Any]] = []
     for i, message in enumerate(messages, start=1):
         if not isinstance(message, dict):
-            return [], f"turn {i} is not an object", "write each turn as {role, content}"
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return [], f"turn {i}: unknown role {role!r}", f"use one of {', '.join(ROLES)} (or map it with data.columns)"
-        if role == "system" and i != 1:
-            return [], f"turn {i}: a system turn after the first", "put the system turn first"
-        if not isinstance(content, str) or (not content.strip() and not (role == "assistant" and split == "eval")):
-            return [], f"turn {i} ({role}): content must be a non-empty string", "add the text of the turn"
-        clean.append({**{k: val for k, val in message.items() if k in ("key_fact", "accept")}, "role": role, "content": content.strip()})
+            return [], f"{noun} {i} is not an object", f"write each {noun} as {{role, content}}"
+        given = message.get("role")
+        if given is None:
+            return [], f"{noun} {i} has no role", f"write each {noun} as {{role, content}}"
+        role = rules.roles.get(given) if isinstance(given, str) else None
+        if role is None:
+            return [], f"{noun} {i}: unknown role {given!r}", rules.role_fix
+        content = content_text(message.get("content"))
+        if role == "system" and not rules.join_system and i != 1:
+            return [], f"{noun} {i}: a system turn after the first", "put the system turn first"
+        blank_ok = (role == "assistant" and rules.empty_reply) or (role == "system" and rules.join_system)
+        if not isinstance(content, str) or (not content.strip() and not blank_ok):
+            return [], f"{noun} {i} ({role}): content must be a non-empty string", f"add the text of the {noun}"
+        if role == "system" and rules.join_system:
+            system += [content.strip()] if content.strip() else []
+            continue
+        clean.append({**{k: message[k] for k in rules.keep if k in message}, "role": role, "content": content.strip()})
+    if system:
+        clean.insert(0, {"role": "system", "content": "\n\n".join(system)})
     roles = [m["role"] for m in clean]
+    if rules.ends_with_user:
+        if "user" not in roles:
+            return [], f"no {noun} with role `user`", f"send the question as a user {noun}"
+        if roles[-1] != "user":
+            return [], f"the last {noun} must be the user turn to answer", "end `messages` with the question"
+        return clean, None, None
     if "assistant" not in roles:
         return [], "a conversation with no assistant turn: nothing to learn or score", "add the assistant's reply or drop the line"
     if "user" not in roles[: roles.index("assistant")]:
         return [], "the first assistant turn has no user turn before it", "start the conversation with a user turn"
     return clean, None, None
+
+
+def for_split(split: str) -> Conversation:
+    """The data rules of a split: an eval conversation may leave a reply empty (nothing to score)."""
+    return replace(DATA, empty_reply=split == "eval")
