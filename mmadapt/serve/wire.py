@@ -2,7 +2,7 @@
 
 Error bodies are OpenAI's: ``{"error": {"message", "type", "code"}}``. The limits are shared by
 every endpoint and read only the request's fields: ``max_tokens`` / ``max_completion_tokens``,
-``n`` and the total length of the text in the request; the body size is limited before the body
+``n``, ``temperature``, ``top_p``, ``seed`` and the total length of the text in the request; the body size is limited before the body
 is parsed (:class:`BodyLimit`, an ASGI middleware: 413).
 """
 
@@ -62,6 +62,21 @@ def _int_field(fields: dict[str, Any], key: str) -> int | None:
         raise ApiError(400, f"`{key}` must be an integer, not {value!r}", code="invalid_value") from None
 
 
+def _number_field(fields: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = fields.get(key)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"`{key}` must be a number, not {value!r}", code="invalid_value") from None
+    if not low <= number <= high:
+        raise ApiError(400, f"`{key}` {value} is outside {low:g}..{high:g}", code="invalid_value")
+    return number
+
+
 def _text_length(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
@@ -73,11 +88,21 @@ def _text_length(value: Any) -> int:
 
 
 def check_limits(fields: dict[str, Any], limits: ServeLimits) -> None:
-    """400 when a request asks for more tokens, more outputs or more text than the server allows."""
+    """400 when a request asks for more tokens, more outputs or more text than the server allows, or
+    for sampling settings outside OpenAI's ranges (``temperature`` 0..2, ``top_p`` 0..1, an integer
+    ``seed``). The values read are written back as numbers (a form's text fields arrive as strings)."""
     for key in ("max_tokens", "max_completion_tokens"):
         value = _int_field(fields, key)
         if value is not None and not 1 <= value <= limits.max_tokens:
-            raise ApiError(400, f"`{key}` {value} is outside 1..{limits.max_tokens}", code="limit_exceeded")
+            raise ApiError(400, f"`{key}` {value} is outside 1..{limits.max_tokens} (the server's --max-tokens)",
+                           code="limit_exceeded")
+        if value is not None:
+            fields[key] = value
+    for key, high in (("temperature", 2.0), ("top_p", 1.0)):
+        if (number := _number_field(fields, key, 0.0, high)) is not None:
+            fields[key] = number
+    if (seed := _int_field(fields, "seed")) is not None:
+        fields["seed"] = seed
     n = _int_field(fields, "n")
     if n is not None:
         if not 1 <= n <= limits.max_n:

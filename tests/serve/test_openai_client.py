@@ -104,7 +104,8 @@ def test_chat_streams_the_same_answer(served, client):
     stream = client.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": QUESTION}], stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == _predict(served, "tiny-text", [QUESTION])[0].output
-    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[0].model == "tiny-text@v0001"
+    # the tiny random model does not say its end-of-turn token within max_new_tokens: OpenAI's "length"
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[0].model == "tiny-text@v0001"
 
 
 def test_a_conversation_reaches_the_chat_template_whole(served, client, monkeypatch):
@@ -221,3 +222,38 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(served):
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in err, err[-2000:]
     assert "serving tiny-text@v0001 on http://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_chat_honours_max_tokens_temperature_and_seed(served, client):
+    from mmadapt.modalities.text.chat import TextRequest
+
+    ask = {"model": "tiny-text", "messages": [{"role": "user", "content": QUESTION}]}
+    full = client.chat.completions.create(**ask)  # the recipe's inference.max_new_tokens (8), greedy
+    assert full.usage.completion_tokens > 2 and full.choices[0].message.content == _predict(served, "tiny-text", [QUESTION])[0].output
+    short = client.chat.completions.create(**ask, max_tokens=2)
+    assert short.usage.completion_tokens <= 2 and short.choices[0].finish_reason == "length"
+    assert short.choices[0].message.content == _predict(served, "tiny-text", [TextRequest(QUESTION, max_new_tokens=2)])[0].output
+    greedy = [client.chat.completions.create(**ask, temperature=0).choices[0].message.content for _ in range(2)]
+    assert greedy == [full.choices[0].message.content] * 2  # temperature 0: greedy, the offline answer
+    sampled = client.chat.completions.create(**ask, temperature=1.5, seed=3, n=2)
+    again = client.chat.completions.create(**ask, temperature=1.5, seed=3, n=2)
+    answers = [c.message.content for c in sampled.choices]
+    assert answers == [c.message.content for c in again.choices]  # a seed makes sampling reproducible, choice by choice
+    assert answers[0] != answers[1] and full.choices[0].message.content not in answers
+    offline = _predict(served, "tiny-text", [TextRequest(QUESTION, temperature=1.5, seed=3, choice=k) for k in (1, 0)])
+    assert [p.output for p in offline] == answers[::-1]  # its own generator per answer: the batch does not matter
+    for bad, message in (({"temperature": 2.5}, "`temperature` 2.5 is outside 0..2"), ({"max_tokens": 5000}, "`max_tokens` 5000"),
+                         ({"top_p": -0.1}, "`top_p`"), ({"seed": "x"}, "`seed` must be an integer")):
+        with pytest.raises(openai.BadRequestError, match=message) as info:
+            client.chat.completions.create(**ask, extra_body=bad)
+        assert info.value.status_code == 400
+
+
+def test_images_honour_size(served, client):
+    from PIL import Image
+
+    result = client.images.generate(model="tiny-image", prompt="a star", size="32x64", response_format="b64_json")
+    assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (32, 64)
+    for size in ("30x30", "big", "4096x8"):
+        with pytest.raises(openai.BadRequestError, match="`size`"):
+            client.images.generate(model="tiny-image", prompt="a star", size=size, response_format="b64_json")

@@ -22,7 +22,7 @@ from mmadapt.modalities.image.adapter import DiffusersLoras, ImageAdapterStrateg
 from mmadapt.modalities.image.config import ImageData, ImageEvaluator, ImageInference
 from mmadapt.modalities.image.full import ImageFullStrategy
 from mmadapt.modalities.image.model import DENOISERS, ImageStack, cast_frozen_parts, load_pipeline, torch_dtype
-from mmadapt.modalities.image.predict import ImagePredictor, resolution
+from mmadapt.modalities.image.predict import ImagePredictor, ImageRequest, parse_size, prompt_of, resolution
 from mmadapt.modalities.image.prompt import ImagePromptStrategy
 from mmadapt.modalities.image.retrieval import ImageRetrievalStrategy, load_clip
 from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
@@ -168,7 +168,11 @@ class ImageModality(Modality):
 
     def drift_texts(self, examples: Sequence[Example]) -> list[str]:
         """An image request stands for its prompt text (a reference: its caption)."""
-        return [str(e.input or "") for e in examples]
+        return [str(prompt_of(e.input) or "") for e in examples]
+
+    def guard_words(self, input: Any) -> list[str]:
+        """The prompt, whether it comes alone or with a request's own size."""
+        return [prompt_of(input)] if isinstance(prompt_of(input), str) else []
 
     def drift_terms(self, data: DataBundle) -> list[str]:
         return []
@@ -184,20 +188,24 @@ class ImageModality(Modality):
         return str(target)
 
     def show(self, input: Any, prediction: Prediction) -> str:
-        lines = [f"prompt: {input}", f"image: {prediction.output.width}x{prediction.output.height} px"]
+        lines = [f"prompt: {prompt_of(input)}", f"image: {prediction.output.width}x{prediction.output.height} px"]
         if prediction.sources:
             lines.append(f"   references: {', '.join(prediction.sources)}")
         return "\n".join(lines)
 
-    def serve_inputs(self, request: ServeRequest) -> list[str]:
+    def serve_inputs(self, request: ServeRequest) -> list:
         """The prompt once per image asked for (``n``). Images are seeded by ``inference.seed`` and the
-        prompt, so ``n`` copies of one prompt are the same image; ``size`` is the recipe's resolution."""
+        prompt, so ``n`` copies of one prompt are the same image; ``size`` ("WIDTHxHEIGHT", each side a
+        multiple of 8 up to ``MAX_SIDE``) generates at that size instead of the recipe's resolution."""
         prompt = request.fields.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise RequestError("`prompt` must be a non-empty string")
         if request.fields.get("response_format") not in (None, "b64_json"):
             raise RequestError(f"response_format {request.fields['response_format']!r} is not served", fix="ask for b64_json")
-        return [prompt] * int(request.fields.get("n") or 1)
+        n = int(request.fields.get("n") or 1)
+        if request.fields.get("size") is None:
+            return [prompt] * n
+        return [ImageRequest(prompt, *parse_size(request.fields["size"]))] * n
 
     def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
         import base64

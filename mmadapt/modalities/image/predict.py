@@ -12,6 +12,7 @@ import contextlib
 import warnings
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,36 @@ def resolution(stack) -> tuple[int, int]:
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     default = int(sample or 64) * int(getattr(stack.pipe, "vae_scale_factor", 8))
     return int(cfg.width or default), int(cfg.height or default)
+
+
+MAX_SIDE = 2048  # the largest width or height a serve request's `size` may ask for
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A prompt with its own ``width`` x ``height`` (serve's ``size``), instead of the recipe's."""
+
+    prompt: str
+    width: int
+    height: int
+
+
+def prompt_of(item) -> str:
+    return item.prompt if isinstance(item, ImageRequest) else item
+
+
+def parse_size(size) -> tuple[int, int]:
+    """OpenAI's ``size`` ("256x256") as (width, height): each side a multiple of 8 up to :data:`MAX_SIDE`."""
+    from mmadapt.errors import RequestError
+
+    parts = size.lower().split("x") if isinstance(size, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise RequestError(f"`size` {size!r} is not WIDTHxHEIGHT", fix='e.g. "512x512"')
+    width, height = (int(p) for p in parts)
+    if not all(8 <= side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+        raise RequestError(f"`size` {size} is not served: each side must be a multiple of 8 from 8 to {MAX_SIDE}",
+                           fix='e.g. "512x512"')
+    return width, height
 
 
 class ImagePredictor:
@@ -70,6 +101,8 @@ class ImagePredictor:
         retriever = self.stack.retriever
         if retriever.config.mode == "img2img":
             refs = [retriever.image(h[0].id) for h in hits]
+            if (width, height) != resolution(self.stack):  # a request's own size: the references at it
+                refs = [r.resize((width, height)) for r in refs]
             return self.img2img()(image=refs, strength=retriever.config.strength, **kwargs).images
         # diffusers repeats one IP-Adapter image over the whole batch of a call: one call per reference,
         # with the prompts that retrieved it (each keeps its own generator, so the batch does not matter)
@@ -98,7 +131,7 @@ class ImagePredictor:
             kwargs["negative_prompt"] = [negative] * len(prompts)
         return kwargs
 
-    def predict(self, inputs: Sequence[str], *, progress: bool = False) -> list[Prediction]:
+    def predict(self, inputs: Sequence, *, progress: bool = False) -> list[Prediction]:
         # a full fine-tune scored while it trains (train.eval_every) has a float32 denoiser beside
         # model.dtype frozen parts: autocast joins them; a composed stack is one dtype and runs as is
         mixed = self.stack.unet.dtype != self.stack.dtype
@@ -107,9 +140,19 @@ class ImagePredictor:
         with shared, torch.inference_mode(), torch.autocast("cpu", dtype=self.stack.dtype, enabled=mixed):
             return self._predict(inputs, progress=progress)
 
-    def _predict(self, inputs: Sequence[str], *, progress: bool) -> list[Prediction]:
+    def _predict(self, inputs: Sequence, *, progress: bool) -> list[Prediction]:
+        """Prompts at the recipe's resolution; an :class:`ImageRequest` at its own (one group per size)."""
+        default = resolution(self.stack)
+        sizes = [(x.width, x.height) if isinstance(x, ImageRequest) else default for x in inputs]
+        out: list[Prediction | None] = [None] * len(inputs)
+        for size in dict.fromkeys(sizes):
+            rows = [i for i, s in enumerate(sizes) if s == size]
+            for i, prediction in zip(rows, self._generate([prompt_of(inputs[i]) for i in rows], *size, progress=progress)):
+                out[i] = prediction
+        return out  # type: ignore[return-value]
+
+    def _generate(self, inputs: Sequence[str], width: int, height: int, *, progress: bool) -> list[Prediction]:
         stack, cfg = self.stack, self.stack.recipe.inference
-        width, height = resolution(stack)
         out: list[Prediction] = []
         batches = [list(inputs[i : i + cfg.batch_size]) for i in range(0, len(inputs), cfg.batch_size)]
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):

@@ -8,7 +8,7 @@ from typing import Any
 
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
-from mmadapt.modalities.text.chat import history_of, last_user, request_conversation, template_text
+from mmadapt.modalities.text.chat import TextRequest, history_of, last_user, request_conversation, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
@@ -121,14 +121,27 @@ class TextModality(Modality):
         """The whole conversation (:func:`~mmadapt.modalities.text.chat.request_conversation`): a lone
         user message is the question; a system turn and earlier turns go with it through the chat
         template (the request's system turn stands in for the recipe's ``prompt.system``, as a
-        conversation's own does in data); ``n`` answers ask it ``n`` times."""
-        item = request_conversation(request.fields.get("messages"))
-        return [item] * int(request.fields.get("n") or 1)
+        conversation's own does in data); ``n`` answers ask it ``n`` times. ``max_tokens`` (or
+        ``max_completion_tokens``), ``temperature``, ``top_p`` and ``seed`` (checked by the server:
+        serve/wire.py) make each a :class:`~mmadapt.modalities.text.chat.TextRequest`; none: the
+        recipe's ``inference`` decides, as offline."""
+        fields = request.fields
+        item = request_conversation(fields.get("messages"))
+        n = int(fields.get("n") or 1)
+        tokens = fields.get("max_completion_tokens", fields.get("max_tokens"))
+        asked = {"max_new_tokens": tokens, **{k: fields.get(k) for k in ("temperature", "top_p", "seed")}}
+        if all(value is None for value in asked.values()):
+            return [item] * n
+        return [TextRequest(item, **asked, choice=k) for k in range(n)]
 
     def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": p.output}, "finish_reason": "stop"}
+            {"index": i, "message": {"role": "assistant", "content": p.output}, "finish_reason": p.info.get("finish_reason", "stop")}
             for i, p in enumerate(predictions)
         ]
-        return {"object": "chat.completion", "choices": choices, "mmadapt": {"sources": [p.sources for p in predictions]}}
+        body = {"object": "chat.completion", "choices": choices, "mmadapt": {"sources": [p.sources for p in predictions]}}
+        if predictions and all("completion_tokens" in p.info for p in predictions):  # a guard's refusal has no counts
+            prompt, completion = predictions[0].info["prompt_tokens"], sum(p.info["completion_tokens"] for p in predictions)
+            body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return body
 

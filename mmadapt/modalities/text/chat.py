@@ -13,6 +13,7 @@ transformers' ``return_assistant_tokens_mask`` would do this only for templates 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +64,25 @@ def check_template(recipe: Recipe) -> list[v.Problem]:
     return problems
 
 
+@dataclass(frozen=True)
+class TextRequest:
+    """A question or conversation with its own generation settings (serve's ``max_tokens``,
+    ``temperature``, ``top_p``, ``seed``; None: the recipe's ``inference``). ``choice`` is its index
+    among a request's ``n`` answers, so seeded answers differ from each other and each is
+    reproducible whatever batch it is generated in (:class:`~mmadapt.modalities.text.predict.RowSampler`)."""
+
+    item: str | list[dict[str, str]]
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    choice: int = 0
+
+
 def history_of(item: Any) -> list[dict[str, str]]:
     """An input as chat turns: a question is one user turn; a conversation is itself."""
+    if isinstance(item, TextRequest):
+        item = item.item
     return [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
 
 
