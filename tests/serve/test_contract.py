@@ -49,6 +49,12 @@ def test_text_takes_the_whole_conversation():
                 [{"role": "user", "content": "x"}, {"role": "assistant", "content": None}, {"role": "user", "content": "y"}]):
         with pytest.raises(RequestError):
             text.serve_inputs(ServeRequest({"messages": bad}))
+    from mmadapt.modalities.text.chat import TextRequest
+
+    asked = text.serve_inputs(ServeRequest({"messages": messages, "n": 2, "max_tokens": 5, "temperature": 0.7, "seed": 1}))
+    assert asked == [TextRequest(conversation, 5, 0.7, None, 1, choice=k) for k in (0, 1)]
+    assert text.guard_words(asked[0]) == ["be brief\n\nno jokes", "first", "Which port?"]
+    assert text.serve_inputs(ServeRequest({"messages": messages[-1:], "max_completion_tokens": 3, "max_tokens": 9}))[0].max_new_tokens == 3
     body = text.serve_payload([Prediction("7443", sources=["ports.md"])], ServeRequest({}))
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "7443"} and body["mmadapt"]["sources"] == [["ports.md"]]
 
@@ -64,6 +70,13 @@ def test_speech_needs_a_file_and_image_a_prompt(tmp_path):
     assert speech.serve_inputs(ServeRequest({}, tmp_path / "a.wav")) == [str(tmp_path / "a.wav")]
     assert speech.serve_payload([Prediction("hello")], ServeRequest({}))["text"] == "hello"
     assert image.serve_inputs(ServeRequest({"prompt": "a star", "n": 3})) == ["a star"] * 3
+    from mmadapt.modalities.image.predict import ImageRequest
+
+    (sized,) = image.serve_inputs(ServeRequest({"prompt": "a star", "size": "256x128"}))
+    assert sized == ImageRequest("a star", 256, 128) and image.guard_words(sized) == ["a star"]
+    for size in ("256", "250x256", "0x8", "8x4096", 256):
+        with pytest.raises(RequestError, match="`size`"):
+            image.serve_inputs(ServeRequest({"prompt": "a star", "size": size}))
     for fields in ({"prompt": ""}, {"prompt": "a star", "response_format": "url"}, {}):
         with pytest.raises(RequestError):
             image.serve_inputs(ServeRequest(fields))

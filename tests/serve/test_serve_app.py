@@ -57,7 +57,10 @@ def test_the_wrong_endpoint_for_the_modality_is_400(client):
     assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_endpoint"
 
 
-@pytest.mark.parametrize(("extra", "words"), [({"max_tokens": 10**6}, "max_tokens"), ({"n": 99}, "`n`"), ({"n": "two"}, "integer")])
+@pytest.mark.parametrize(("extra", "words"), [({"max_tokens": 10**6}, "max_tokens"), ({"n": 99}, "`n`"), ({"n": "two"}, "integer"),
+                                              ({"max_tokens": 0}, "outside 1..4096"), ({"temperature": 2.01}, "`temperature`"),
+                                              ({"temperature": "hot"}, "must be a number"), ({"top_p": 1.5}, "`top_p`"),
+                                              ({"seed": 1.5}, "`seed` must be an integer"), ({"temperature": True}, "number")])
 def test_limits_on_tokens_and_n_are_400(client, extra, words):
     r = client.post("/v1/chat/completions", json=chat("zeta", **extra))
     assert r.status_code == 400 and words in r.json()["error"]["message"]
