@@ -232,7 +232,8 @@ def test_chat_honours_max_tokens_temperature_and_seed(served, client):
     assert full.usage.completion_tokens > 2 and full.choices[0].message.content == _predict(served, "tiny-text", [QUESTION])[0].output
     short = client.chat.completions.create(**ask, max_tokens=2)
     assert short.usage.completion_tokens <= 2 and short.choices[0].finish_reason == "length"
-    assert short.choices[0].message.content == _predict(served, "tiny-text", [TextRequest(QUESTION, max_new_tokens=2)])[0].output
+    offline = _predict(served, "tiny-text", [TextRequest(QUESTION, max_new_tokens=2)])[0]
+    assert (short.choices[0].message.content, short.usage.completion_tokens) == (offline.output, offline.info["completion_tokens"])
     greedy = [client.chat.completions.create(**ask, temperature=0).choices[0].message.content for _ in range(2)]
     assert greedy == [full.choices[0].message.content] * 2  # temperature 0: greedy, the offline answer
     sampled = client.chat.completions.create(**ask, temperature=1.5, seed=3, n=2)
@@ -257,3 +258,27 @@ def test_images_honour_size(served, client):
     for size in ("30x30", "big", "4096x8"):
         with pytest.raises(openai.BadRequestError, match="`size`"):
             client.images.generate(model="tiny-image", prompt="a star", size=size, response_format="b64_json")
+
+
+def test_requests_batched_together_keep_their_own_settings(served, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmadapt.modalities.text.chat import TextRequest
+
+    rows = [TextRequest(QUESTION, max_new_tokens=2), QUESTION, TextRequest(QUESTION, temperature=1.5, seed=3),
+            TextRequest(QUESTION, temperature=0.8, top_p=0.5, seed=4)]
+    def key(p):  # the tiny random model's greedy tokens decode to little text: the token counts tell answers apart
+        return p.output, p.info["completion_tokens"], p.info["mean_logprob"]
+
+    alone = [key(_predict(served, "tiny-text", [row])[0]) for row in rows]
+    together = _predict(served, "tiny-text", rows)  # one predictor call, as the serve worker makes for waiting requests
+    assert [key(p) for p in together] == alone and len(set(alone)) == 4
+    asks = [{"max_tokens": 2}, {}, {"temperature": 1.5, "seed": 3}, {"temperature": 0.8, "top_p": 0.5, "seed": 4}] * 2
+
+    def ask(extra):
+        answer = client.chat.completions.create(model="tiny-text", messages=[{"role": "user", "content": QUESTION}], **extra)
+        return answer.choices[0].message.content, answer.usage.completion_tokens
+
+    with ThreadPoolExecutor(8) as pool:  # at once: the version's worker batches whatever waits
+        answers = list(pool.map(ask, asks))
+    assert answers == [a[:2] for a in alone] * 2
