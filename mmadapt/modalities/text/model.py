@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from mmadapt.errors import ModelError, RecipeError
+from mmadapt.models.narrow import narrowed
 from mmadapt.models.quiet import quiet_libraries
 from mmadapt.models.resolve import check_safetensors_only, load_error, pickle_trusted, resolve_model
 from mmadapt.protocols import Stack
@@ -83,7 +84,7 @@ def load_causal_lm(
         with quiet_libraries():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
-                location,
+                narrowed(location, dtype) if quantize == "none" else location,  # a converted fp32 folder: its 16-bit copy
                 dtype=torch_dtype(dtype),
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True,
