@@ -130,14 +130,32 @@ def test_gradient_checkpointing_gives_the_same_gradients(talkative_lm):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies(talkative_lm):
+def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies(talkative_lm, monkeypatch):
     """A bf16 base: the loss the trainer uses runs the LoRA layers in bf16 on the base's own activations
     (peft's upcast copies gone), gives the fp32 loss to bf16 accuracy, and fp32 adapter gradients."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from mmadapt.engine.trainer import enable_gradient_checkpointing
+    from mmadapt.modalities.text import tuning
     from mmadapt.modalities.text.tuning import adapter_autocast_loss
+
+    # The autocast loss installs its own saved-tensor hooks (tuning.saved_float32_narrowed), which
+    # shadow any outer hooks: record what they really keep by wrapping their pack step.
+    real_narrowed = tuning.saved_float32_narrowed
+    recorder = {"saved": []}
+
+    def observed(dtype, *args, **kwargs):
+        hooks = real_narrowed(dtype, *args, **kwargs)
+
+        def pack(tensor):
+            packed = hooks.pack_hook(tensor)
+            recorder["saved"].append(packed[0] if isinstance(packed, tuple) else packed)
+            return packed
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, hooks.unpack_hook)
+
+    monkeypatch.setattr(tuning, "saved_float32_narrowed", observed)
 
     batch = make_collate(ENCODED, 0, CPU)([0, 1, 2])[0]
     results = {}
@@ -150,20 +168,26 @@ def test_bf16_base_trains_its_fp32_lora_under_autocast_without_fp32_input_copies
         if case.endswith("checkpointing"):  # the recompute runs outside the loss function (and its peft setting)
             enable_gradient_checkpointing(model)
         loss_fn = adapter_autocast_loss(model, dtype) if how == "autocast" else summed_lm_loss
-        saved = []
+        saved = recorder["saved"] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
             loss = loss_fn(model, batch)
+        assert saved, "no saved tensors were recorded"
         loss.backward()
-        fp32_bytes = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in saved if t.dtype == torch.float32}.values())
+        kept = {t.untyped_storage().data_ptr(): t for t in saved if isinstance(t, torch.Tensor)}.values()
+        fp32_bytes = sum(t.untyped_storage().nbytes() for t in kept if t.dtype == torch.float32)
+        all_bytes = sum(t.untyped_storage().nbytes() for t in kept)
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
         grads_of.setdefault(how, []).append(torch.cat([g.flatten() for g in grads]))
-        results[(dtype, case)] = (float(loss), fp32_bytes)
+        results[(dtype, case)] = (float(loss), fp32_bytes, all_bytes)
     torch.testing.assert_close(grads_of["autocast"][0], grads_of["autocast"][1], atol=1e-3, rtol=2e-2)
     assert adapter_autocast_loss(model, "fp32") is summed_lm_loss
     assert results[("bf16", "autocast")][0] == pytest.approx(results[("fp32", "plain")][0], rel=2e-2)
     # peft's fp32 copies of each LoRA input are what the plain bf16 path keeps beyond the norms' fp32 inputs
     assert results[("bf16", "autocast")][1] < results[("bf16", "plain")][1] / 2
+    # and they are gone, not merely narrowed: with peft's casting left on, the narrowing hooks keep them as
+    # bf16 copies and the autocast run keeps 0.83x the plain run's bytes on this model (0.77x without)
+    assert results[("bf16", "autocast")][2] < 0.8 * results[("bf16", "plain")][2]
 
 
 def test_quantize_without_bitsandbytes_is_one_line_and_exit_2(make_recipe, write_recipe, tiny_lm, tmp_path):
