@@ -12,7 +12,8 @@ the stack as their ``compose`` does) and is scored by the speech modality's metr
 
 ``+rescore`` in a name turns on the rescoring pass (rescore.py) with the decode-time boost at weight 0
 unless the JSON sets one (``prompt+rescore*4:{"rescore_bonus": 2}``; ``prompt+boost+rescore`` keeps weight 4).
-A ``*N`` after a configuration's name decodes with beam search, N beams (``prompt+boost*4:{"weight": 4}``).
+Each configuration after the first gets its B-WER cut against the first with a paired 95% bootstrap CI
+over clips (``b_wer_cut_vs_first``). A ``*N`` after a configuration's name decodes with beam search, N beams (``prompt+boost*4:{"weight": 4}``).
 
     HF_HUB_OFFLINE=1 python bench/speech_boost.py --split eval --configs base prompt prompt+boost:4 ...
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mmadapt  # noqa: E402
@@ -122,6 +124,18 @@ def configure(stack, config: str, vocabulary: list[str], vocab300: list[str], te
         raise SystemExit(f"unknown configuration {config!r}")
 
 
+def cut_ci(base: list[dict], rows: list[dict], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """B-WER cut of ``rows`` against ``base`` (1 - B-WER / base B-WER), with its paired 95% bootstrap CI
+    over clips (both corpora resampled with the same clips): [cut, low, high]."""
+    errors = np.array([[r["b_errors"] for r in base], [r["b_errors"] for r in rows]], dtype=np.float64)
+    words = np.array([r["b_words"] for r in base], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(base), size=(resamples, len(base)))
+    keep = words[idx].sum(1) > 0
+    cuts = 1.0 - errors[1][idx].sum(1)[keep] / errors[0][idx].sum(1)[keep].clip(min=1e-9)
+    point = 1.0 - errors[1].sum() / max(errors[0].sum(), 1e-9)
+    return [round(float(point), 3), round(float(np.quantile(cuts, 0.025)), 3), round(float(np.quantile(cuts, 0.975)), 3)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", default="eval", choices=["eval", "plain", "train"])
@@ -144,6 +158,7 @@ def main() -> None:
     cache_encoder()
     cache_decodes()
     rows = []
+    first = None  # the first configuration's per-clip scores (the base of the B-WER cut)
     for config in args.configs:
         configure(stack, config, vocabulary, vocab300, template)
         start = time.perf_counter()
@@ -154,6 +169,10 @@ def main() -> None:
                "false_term_names": sorted(t for r in scored for t in r["false_term_names"]),
                "substituted": [f"{s['from']}->{s['to']}" for p in preds for s in p.info.get("substituted", [])],
                "fallbacks": sum(p.info.get("temperature", 0) > 0 for p in preds), "seconds": round(time.perf_counter() - start, 1)}
+        if first is None:
+            first = scored
+        elif any(r["b_words"] for r in scored):
+            row["b_wer_cut_vs_first"] = cut_ci(first, scored)  # [cut, 95% CI low, high] against the first configuration
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
