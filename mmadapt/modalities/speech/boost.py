@@ -54,7 +54,7 @@ class BoostConfig(StrictModel):
     )
     rescore_max_words: int = Field(3, ge=1, le=6, description="rescore: a span of up to this many words may become one term")
     rescore_max_candidates: int = Field(
-        32, ge=1, le=256, description="rescore: candidate transcripts scored per window, nearest first"
+        16, ge=1, le=256, description="rescore: candidate transcripts scored per window, nearest first"
     )
 
 

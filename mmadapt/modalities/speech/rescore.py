@@ -87,28 +87,38 @@ def combine(words: Sequence[str], chosen: Sequence[Candidate]) -> str:
 
 @torch.inference_mode()
 def sequence_scores(base, states: torch.Tensor, prefix: Sequence[int], rows: Sequence[Sequence[int]]) -> list[float]:
-    """Sum of log-probs of each token row (then end-of-text) after ``prefix``, teacher-forced in one batch
-    on one window's encoder ``states`` (1 x frames x dim); tokens ``generate`` suppresses are masked out."""
+    """Sum of log-probs of each token row (then end-of-text) after ``prefix``, teacher-forced on one
+    window's encoder ``states`` (1 x frames x dim): the prefix (prompt + task tokens) and the cross-attention
+    keys go through the decoder once, then every row in one batch from that cache; tokens ``generate``
+    suppresses are masked out as in decoding."""
     gen = base.generation_config
-    eot, device = gen.eos_token_id, states.device
-    seqs = [[*prefix, *row, eot] for row in rows]
+    decoder, eot, device = base.model.decoder, gen.eos_token_id, states.device
+    n, lead = len(rows), len(prefix)
+    head = decoder(input_ids=torch.tensor([list(prefix)], device=device), encoder_hidden_states=states, use_cache=True)
+    cache = head.cache
+    cache.batch_repeat_interleave(n)
+    seqs = [[*row, eot] for row in rows]
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), eot, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
+    ids = torch.full((n, width), eot, dtype=torch.long, device=device)
+    mask = torch.zeros((n, lead + width), dtype=torch.long, device=device)
+    mask[:, :lead] = 1
     for r, seq in enumerate(seqs):
         ids[r, : len(seq)] = torch.tensor(seq, device=device)
-        mask[r, : len(seq)] = 1
-    hidden = base.model.decoder(
-        input_ids=ids, attention_mask=mask, encoder_hidden_states=states.expand(len(seqs), -1, -1), use_cache=False
+        mask[r, lead : lead + len(seq)] = 1
+    positions = torch.arange(lead, lead + width, device=device)[None].expand(n, -1)
+    body = decoder(
+        input_ids=ids, attention_mask=mask, encoder_hidden_states=states.expand(n, -1, -1), cache=cache,
+        position_ids=positions, use_cache=True,
     ).last_hidden_state
-    logits = base.proj_out(hidden[:, len(prefix) - 1 : -1]).float()
+    hidden = torch.cat([head.last_hidden_state[:, -1:].expand(n, -1, -1), body[:, :-1]], 1)  # each predicts ids[:, t]
+    logits = base.proj_out(hidden).float()
     suppress, begin = list(gen.suppress_tokens or []), list(gen.begin_suppress_tokens or [])
     if suppress:
         logits[..., suppress] = float("-inf")
     if begin:
         logits[:, 0, begin] = float("-inf")  # as greedy_decode and generate do at the first step
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, len(prefix) :, None])[..., 0]
-    keep = mask[:, len(prefix) :].bool()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+    keep = mask[:, lead:].bool()
     return torch.where(keep, logp, torch.zeros_like(logp)).sum(-1).tolist()
 
 
