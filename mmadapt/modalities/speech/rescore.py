@@ -107,8 +107,12 @@ def sequence_scores(base, states: torch.Tensor, prefix: Sequence[int], rows: Seq
         mask[r, lead : lead + len(seq)] = 1
     positions = torch.arange(lead, lead + width, device=device)[None].expand(n, -1)
     body = decoder(
-        input_ids=ids, attention_mask=mask, encoder_hidden_states=states.expand(n, -1, -1), cache=cache,
-        position_ids=positions, use_cache=True,
+        input_ids=ids,
+        attention_mask=mask,
+        encoder_hidden_states=states.expand(n, -1, -1),
+        cache=cache,
+        position_ids=positions,
+        use_cache=True,
     ).last_hidden_state
     hidden = torch.cat([head.last_hidden_state[:, -1:].expand(n, -1, -1), body[:, :-1]], 1)  # each predicts ids[:, t]
     logits = base.proj_out(hidden).float()
