@@ -118,6 +118,8 @@ class SpeechModality(Modality):
             row = speech_metrics.score_utterance(ex.reference, pred.output, terms, id=ex.id)
             row["prompt_terms"] = pred.sources
             row["temperature"] = pred.info.get("temperature", 0.0)
+            if "substituted" in pred.info:  # the rescoring pass's span -> term swaps (rescore.py)
+                row["substituted"] = pred.info["substituted"]
             rows.append(row)
         return rows
 

@@ -45,6 +45,17 @@ class BoostConfig(StrictModel):
     min_prefix_chars: int = Field(
         3, ge=0, le=20, description="push a term on only once this many of its characters are decoded (one letter is not a start)"
     )
+    rescore: bool = Field(
+        False, description="after decoding, swap near-miss spans for terms where the model's own score agrees (rescore.py)"
+    )
+    rescore_bonus: float = Field(2.0, ge=0.0, le=50.0, description="rescore: log-prob credited per substituted term")
+    rescore_max_distance: float = Field(
+        0.5, ge=0.0, le=1.0, description="rescore: largest normalised edit distance (lowercase letters) from a span to a term"
+    )
+    rescore_max_words: int = Field(3, ge=1, le=6, description="rescore: a span of up to this many words may become one term")
+    rescore_max_candidates: int = Field(
+        16, ge=1, le=256, description="rescore: candidate transcripts scored per window, nearest first"
+    )
 
 
 class TermTrie:

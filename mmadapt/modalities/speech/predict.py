@@ -24,6 +24,7 @@ from mmadapt.modalities.speech.audio import SAMPLE_RATE, iter_chunks, load_audio
 from mmadapt.modalities.speech.boost import boost_processor
 from mmadapt.modalities.speech.fallback import decode_with_fallback
 from mmadapt.modalities.speech.language import TaskPrefix
+from mmadapt.modalities.speech.rescore import rescore
 from mmadapt.protocols import Prediction
 
 
@@ -188,6 +189,7 @@ class Windows:
         order = sorted(range(len(self.items)), key=lambda n: len(self.items[n][1]))  # similar lengths share a batch
         self.batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         self.temperatures: dict[int, float] = {}  # window -> the temperature its kept decode used
+        self.substituted: dict[int, list[dict]] = {}  # window -> its rescoring substitutions (rescore.py)
 
     def limit(self, n: int) -> int:
         cfg = self.stack.recipe.inference
@@ -242,9 +244,15 @@ class Windows:
                 run, list(range(len(batch))), lambda t: tok.decode(t, skip_special_tokens=True), stack.recipe.inference.fallback
             )
             ids = [found[r] for r in range(len(batch))]
+        texts = [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
         for r, n in enumerate(batch):
             self.temperatures[n] = temps[r]
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
+            if self.ct2 is None and stack.boost is not None and stack.boost.rescore and boosts[r]:
+                terms = list(boosts[r])[: stack.boost.max_terms]
+                texts[r], self.substituted[n] = rescore(
+                    _base(stack.model), tok, states[r : r + 1], prefixes[r], texts[r], terms, stack.boost
+                )
+        return texts
 
     def join(self, texts: dict[int, str], n_files: int) -> list[str]:
         per_file: list[list[str]] = [[] for _ in range(n_files)]
@@ -379,12 +387,16 @@ class SpeechPredictor:
         texts, firsts = windows.join(second, len(inputs)), windows.join(first, len(inputs))
         sources: list[list[str]] = [[] for _ in inputs]
         temperature = [0.0 for _ in inputs]
+        substituted: list[list[dict]] = [[] for _ in inputs]
         for n, (fi, _s) in enumerate(windows.items):
             sources[fi] = list(dict.fromkeys([*sources[fi], *used.get(n, [])]))
             temperature[fi] = max(temperature[fi], windows.temperatures.get(n, 0.0))
+            substituted[fi].extend(windows.substituted.get(n, []))
         out = []
         for fi, text in enumerate(texts):
             info = {"temperature": temperature[fi]}
+            if stack.boost is not None and stack.boost.rescore:
+                info["substituted"] = substituted[fi]  # rescore.py: span -> term, per window in time order
             if plans[fi][1] is not None:
                 info["first_pass"] = firsts[fi]
             out.append(Prediction(text, sources=sources[fi] if plans[fi][1] is not None else statics[fi], info=info))
