@@ -67,9 +67,14 @@ def _per_example_logits(model, encoded):
         return [model(input_ids=torch.tensor([x]), use_cache=False).logits[0] for x, _ in encoded]
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
-def test_packed_row_equals_its_examples_one_by_one(kind):
+@pytest.mark.parametrize(("kind", "checkpointing"), [("llama", False), ("qwen2", False), ("gemma3", False), ("gemma3", True)])
+def test_packed_row_equals_its_examples_one_by_one(kind, checkpointing):
+    """With checkpointing the backward pass recomputes each layer: on the same varlen attention."""
     model = _lora_model(kind)
+    if checkpointing:
+        from mmadapt.engine.trainer import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     padded = make_collate(ENCODED, 0, CPU)
     alone_logits = _per_example_logits(model, ENCODED)
     alone_loss = sum(summed_lm_loss(model, padded([i])[0]) for i in range(len(ENCODED)))
