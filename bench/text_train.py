@@ -16,7 +16,7 @@ weights stay fp32, peft's default), the plain loop under ``torch.autocast(bfloat
 ``bf16=True``, mmadapt through the recipe's ``model.dtype: bf16``.
 
 Tokens/s counts real (non-pad) tokens on every side. Prints the three figures and both ratios, by wall
-time and by the process's CPU time (with one thread the latter holds on a machine other jobs load).
+time and by the process's CPU time (with one thread the latter is less sensitive to other jobs on the cores, not immune).
 Threads: ``OMP_NUM_THREADS`` when set, else every core.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/text_train.py [--steps 20] [--batch-size 8] [--dtype fp32|bf16]
