@@ -6,13 +6,17 @@ fitted so far, so a model trained under a prompt and retrieved passages learns t
 exactly what it will be served with.
 
 ``train.packing``: a micro-batch is one row of its examples end to end (transformers'
-``DataCollatorWithFlattening``): no padding, position ids restart at 0 for each example, and no
-attention mask, from which transformers' masking (``masking_utils.find_packed_sequence_indices``,
-used by the sdpa, eager and flash attention paths) builds a block-diagonal causal mask, so no
-example attends to another. :func:`check_packing` proves that on the model itself before training.
+``DataCollatorWithFlattening``): no padding, position ids restart at 0 for each example, no
+attention mask, and the examples' boundaries (``cu_seq_lens_q``/``_k``, FlashAttentionKwargs) go to
+the model's forward. Training runs on :mod:`~mmadapt.modalities.text.varlen` attention (each example
+attended on its own, sum of l_i^2 instead of the whole row's square through a block-diagonal mask;
+flash attention reads the same boundaries itself), and the model's own attention is restored after.
+:func:`check_packing` proves on the model itself, before training, that no example attends to another.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -22,6 +26,7 @@ from mmadapt.modalities.text.chat import IGNORE, build_chat, encode_conversation
 from mmadapt.modalities.text.model import load_options, torch_dtype
 from mmadapt.modalities.text.predict import chat_texts
 from mmadapt.modalities.text.retrieval import passage_text
+from mmadapt.modalities.text.varlen import PACKED_KEYS, packed_attention
 from mmadapt.protocols import DataBundle, FitContext, FitReport
 
 
@@ -63,12 +68,12 @@ def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device
     if packing:
         from transformers import DataCollatorWithFlattening
 
-        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE, return_flash_attn_kwargs=True)
 
         def collate_packed(indices: list[int]):
             batch = flatten([{"input_ids": encoded[i][0], "labels": encoded[i][1]} for i in indices])
             count = int((batch["labels"][:, 1:] != IGNORE).sum())
-            return {k: batch[k].to(device) for k in ("input_ids", "position_ids", "labels")}, count
+            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, count
 
         return collate_packed
 
@@ -96,10 +101,13 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     first answer token on; a packed row keeps exactly the positions that precede an answer token.
     """
     labels = batch["labels"]
-    if "position_ids" in batch:  # packed: one row, no attention mask (see the module docstring)
+    if "position_ids" in batch:  # packed: one row, no attention mask, the boundaries (see the module docstring)
         before = (labels[0, 1:] != IGNORE).nonzero().squeeze(1)
-        # use_cache=False: with a cache transformers does not read packed boundaries from position ids
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=before, use_cache=False)
+        bounds = {k: batch[k] for k in PACKED_KEYS if k in batch}
+        # use_cache=False: with a cache transformers does not read packed boundaries
+        out = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=before, use_cache=False, **bounds
+        )
         logits = out.logits[0].float()
         return torch.nn.functional.cross_entropy(logits, labels[0, before + 1], reduction="sum")
     width = labels.shape[1]
@@ -188,7 +196,8 @@ def uses_dora(recipe) -> bool:
 
 def check_packing(model, path) -> None:
     """Refuse ``train.packing`` on a model whose attention would cross examples: the logits of a
-    second example packed behind a first must equal its logits alone."""
+    second example packed behind a first, run as training runs it (:func:`packed_attention`, the
+    collator's boundaries), must equal its logits alone on the model's own attention."""
     peft_config = getattr(model, "active_peft_config", None)  # a peft model (text-only code: not the shared rule)
     if peft_config is not None and peft_config.is_prompt_learning:
         raise RecipeError(
@@ -202,8 +211,12 @@ def check_packing(model, path) -> None:
     model.eval()
     with torch.no_grad():
         alone = model(input_ids=second.to(device), use_cache=False).logits[0].float()
-        positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]], device=device)
-        packed = model(input_ids=torch.cat([first, second], 1).to(device), position_ids=positions, use_cache=False).logits[0, 4:]
+        rows = [(first[0].tolist(),) * 2, (second[0].tolist(),) * 2]
+        batch, _ = make_collate(rows, 0, device, packing=True)([0, 1])
+        with packed_attention(model):
+            bounds = {k: batch[k] for k in PACKED_KEYS}
+            packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **bounds)
+        packed = packed.logits[0, 4:]
     model.train(was_training)
     packed = packed.float()
     tolerance = (1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2) * max(1.0, float(alone.abs().max()))
@@ -223,12 +236,13 @@ def train_text_model(model, stack, data: DataBundle, ctx: FitContext, name: str,
     device = next(model.parameters()).device
     if config.packing:
         check_packing(model, stack.recipe.source)
-    return trainer.train_strategy(
-        model,
-        ctx,
-        name,
-        lengths=[len(x) for x, _ in encoded],
-        collate=make_collate(encoded, stack.tokenizer.pad_token_id, device, packing=config.packing),
-        loss_fn=adapter_autocast_loss(model, **load_options(stack.recipe), dora=uses_dora(stack.recipe)),
-        config=config,
-    )
+    with packed_attention(model) if config.packing else contextlib.nullcontext():
+        return trainer.train_strategy(
+            model,
+            ctx,
+            name,
+            lengths=[len(x) for x, _ in encoded],
+            collate=make_collate(encoded, stack.tokenizer.pad_token_id, device, packing=config.packing),
+            loss_fn=adapter_autocast_loss(model, **load_options(stack.recipe), dora=uses_dora(stack.recipe)),
+            config=config,
+        )
