@@ -48,7 +48,9 @@ gradients (written while the backward pass still holds activations: measured clo
 and S = G + moments (AdamW makes its moments at the first step, after the activations are freed).
 peak = runtime + max(load, training) on a CPU; runtime + training on a GPU. Measured on this
 machine's CPU against SmolLM2-135M (README, Memory and speed: LoRA fp32 / bf16 / checkpointing,
-full, 8-bit QLoRA) within 20%.
+full, 8-bit QLoRA) within 20% at 1024 tokens (in-sample: CPU_RUNTIME_MIB and the activation counts
+were set on those runs) and at 512; fp32 LoRA at 2048 tokens measured 25% under the prediction (not
+explained; the suspect is the mapped fp32 weights' pages evicted from RSS on a loaded machine).
 
 **Step time (an order, not a promise).** FLOPs per step = tokens·(2P forward + 2P input gradients
 + 2P weight gradients for full only + 2P again with checkpointing) + attention 6·L·s·q per token;
