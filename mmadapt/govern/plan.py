@@ -49,8 +49,9 @@ and S = G + moments (AdamW makes its moments at the first step, after the activa
 peak = runtime + max(load, training) on a CPU; runtime + training on a GPU. Measured on this
 machine's CPU against SmolLM2-135M (README, Memory and speed: LoRA fp32 / bf16 / checkpointing,
 full, 8-bit QLoRA) within 20% at 1024 tokens (in-sample: CPU_RUNTIME_MIB and the activation counts
-were set on those runs) and at 512; fp32 LoRA at 2048 tokens measured 25% under the prediction (not
-explained; the suspect is the mapped fp32 weights' pages evicted from RSS on a loaded machine).
+were set on those runs), and out of sample at 512 and 2048 tokens, 4-bit QLoRA and gemma3-270m (−12%
+at worst); one fp32 run at 2048 measured 3,030 MiB and its rerun 3,741 (+8%): an fp32 base's weights are
+pages of the mapped file, which a loaded machine evicts from RSS.
 
 **Step time (an order, not a promise).** FLOPs per step = tokens·(2P forward + 2P input gradients
 + 2P weight gradients for full only + 2P again with checkpointing) + attention 6·L·s·q per token;
