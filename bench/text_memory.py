@@ -60,13 +60,15 @@ def training_lengths(recipe) -> list[int]:
 TRAIN_ONLY = {
     "fp32": {}, "bf16": {"dtype": "bf16"}, "checkpointing": {"checkpointing": True},
     "bf16+checkpointing": {"dtype": "bf16", "checkpointing": True}, "full": {"full": True}, "qlora-8bit": {"quantize": "8bit"},
+    "qlora-4bit": {"quantize": "4bit"},
 }
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # never used: training rows are token ids
 
 
-def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> dict:
+def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str, r: int = 16) -> dict:
     """One configuration's training alone in this (fresh) process: load SmolLM2, LoRA r16 all-linear (or
     every weight), ``steps`` optimizer steps of ``micro`` sequences of ``seq_len`` tokens (the last 32 the
-    answer); peak RSS of load + training, and of training alone over the RSS after loading."""
+    answer); ``r`` the LoRA rank; peak RSS of load + training, and of training alone over the RSS after loading."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -79,7 +81,8 @@ def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> 
     torch.manual_seed(0)
     before = PeakMemory()._proc.memory_info().rss / 2**20  # the process (torch, transformers, peft imported)
     with PeakMemory() as whole:
-        model, tokenizer, _ = load_causal_lm(ref, dtype=config.get("dtype", "fp32"), quantize=config.get("quantize", "none"))
+        model, tokenizer, _ = load_causal_lm(ref, dtype=config.get("dtype", "fp32"), quantize=config.get("quantize", "none"),
+                                             fallback_chat_template=PLAIN_TEMPLATE)  # a base model (gemma3-270m) has none
         if config.get("quantize"):
             from peft import prepare_model_for_kbit_training
 
@@ -88,7 +91,7 @@ def train_only(config: dict, seq_len: int, steps: int, micro: int, ref: str) -> 
             for param in model.parameters():
                 param.requires_grad_(True)
         else:
-            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+            model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear"))
         ids = torch.randint(100, tokenizer.vocab_size, (micro, seq_len)).tolist()
         encoded = [(x, [IGNORE] * (seq_len - 32) + x[-32:]) for x in ids]
         loaded = whole._proc.memory_info().rss / 2**20
@@ -111,14 +114,14 @@ def main_train_only(args) -> None:
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     shape = load_shape(args.model)
-    print(f"training alone, {args.model}: {args.micro_batch_size} sequence(s) of {args.seq_len} tokens, {args.steps} steps, fresh process each")
+    print(f"training alone, {args.model}: LoRA r{args.lora_r}, {args.micro_batch_size} sequence(s) of {args.seq_len} tokens, {args.steps} steps, fresh process each")
     rows = {}
     for name in names:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows[name] = pool.submit(train_only, TRAIN_ONLY[name], args.seq_len, args.steps, args.micro_batch_size, args.model).result()
+            rows[name] = pool.submit(train_only, TRAIN_ONLY[name], args.seq_len, args.steps, args.micro_batch_size, args.model, args.lora_r).result()
         conf = TRAIN_ONLY[name]
         method = "full" if conf.get("full") else (f"qlora-{conf['quantize']}" if conf.get("quantize") else "lora")
-        setup = Setup(device="cpu", seq_len=args.seq_len, batch=args.micro_batch_size, micro_batch=args.micro_batch_size, r=16)
+        setup = Setup(device="cpu", seq_len=args.seq_len, batch=args.micro_batch_size, micro_batch=args.micro_batch_size, r=args.lora_r)
         setup = replace(setup, dtype=conf.get("dtype", "fp32"), checkpointing=bool(conf.get("checkpointing")), method=method)
         predicted = predict(shape, setup).peak_mib
         r = rows[name]
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="measure training alone on synthetic token rows (no retrieval, no eval)")
     parser.add_argument("--seq-len", type=int, default=1024, help="--train-only: tokens per sequence")
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="--train-only: the model")
+    parser.add_argument("--lora-r", type=int, default=16, help="--train-only: the LoRA rank (alpha = 2r)")
     args = parser.parse_args()
     if args.train_only:
         main_train_only(args)

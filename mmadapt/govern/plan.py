@@ -11,10 +11,19 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
 
 **Memory per device** (bytes; b = bytes of the base dtype: 4 fp32, 2 bf16/fp16):
 
-* weights W: LoRA and full P·b; QLoRA P_lin·(0.52 for 4-bit NF4 with double quantisation, 1.0 for
-  8-bit) + (P − P_lin)·4 (peft's ``prepare_model_for_kbit_training`` keeps the rest in fp32);
+* weights W: LoRA and full P·b; QLoRA the linear layers as bitsandbytes holds them
+  (:meth:`Shape.quantized_bytes`: ≈0.516 bytes a weight for 4-bit NF4 with double quantisation, 1 byte
+  + an fp32 scale a row for 8-bit) + (P − P_lin)·4 (peft's ``prepare_model_for_kbit_training`` keeps the
+  rest in fp32). On a CPU bitsandbytes quantises while loading (``Int8Params._quantize`` /
+  ``Params4bit``): no fp16 or fp32 copy of a quantised weight stays in the model, and mmadapt copies the
+  unquantised weights out of the mapped file so that it is unmapped (``release_weights_file`` in
+  modalities/text/model.py; before, those views kept the file's fp32 linear weights resident: +405 MiB
+  on SmolLM2 8-bit after loading, the "not identified" gap);
 * trainable state S: LoRA/QLoRA T·(4 weight + 4 gradient + 8 AdamW moments) (adapters stay fp32);
-  full P·(b gradient + 2b AdamW moments) beside W; DDP keeps a gradient bucket copy (+T·b_t);
+  full P·(b gradient + 2b AdamW moments) beside W; DDP keeps a gradient bucket copy (+T·b_t); on a
+  CPU the trainer's AdamW is torch's foreach implementation, whose step makes sqrt(v) of every
+  trainable tensor at once (one more T·4, or P·b for full: the full runs' peak, measured at 512 and
+  1024 tokens alike); on a GPU it is fused, with no such copy;
   FSDP divides W and S by the N devices and holds one gathered block (W·P_lin/(P·L)) besides;
 * activations A of one micro-batch of n = b_mb·s tokens (b_mb the micro-batch per device, s the
   sequence length), the distinct tensors autograd keeps (counted by storage with saved-tensor hooks
@@ -39,7 +48,10 @@ gradients (written while the backward pass still holds activations: measured clo
 and S = G + moments (AdamW makes its moments at the first step, after the activations are freed).
 peak = runtime + max(load, training) on a CPU; runtime + training on a GPU. Measured on this
 machine's CPU against SmolLM2-135M (README, Memory and speed: LoRA fp32 / bf16 / checkpointing,
-full, 8-bit QLoRA) within 20%.
+full, 8-bit QLoRA) within 20% at 1024 tokens (in-sample: CPU_RUNTIME_MIB and the activation counts
+were set on those runs), and out of sample at 512 and 2048 tokens, 4-bit QLoRA and gemma3-270m (−12%
+at worst); one fp32 run at 2048 measured 3,030 MiB and its rerun 3,741 (+8%): an fp32 base's weights are
+pages of the mapped file, which a loaded machine evicts from RSS.
 
 **Step time (an order, not a promise).** FLOPs per step = tokens·(2P forward + 2P input gradients
 + 2P weight gradients for full only + 2P again with checkpointing) + attention 6·L·s·q per token;
@@ -61,7 +73,6 @@ GIB = 2**30
 MIB = 2**20
 CPU_RUNTIME_MIB = 760  # RSS after `import torch, transformers, peft, mmadapt.modalities.text` (torch 2.11, 2-core CPU)
 GPU_RUNTIME_MIB = 1024
-QUANT_BYTES = {"4bit": 0.52, "8bit": 1.0}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
@@ -102,6 +113,20 @@ class Shape:
     def params(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
         return embeddings + self.linear_params + self.layers * 2 * self.hidden + self.hidden
+
+    @property
+    def linear_rows(self) -> int:
+        """The output rows of the blocks' linear layers (q, k, v, o, gate, up, down)."""
+        return self.layers * (self.q_width + 2 * self.kv_width + self.hidden + 2 * self.intermediate + self.hidden)
+
+    def quantized_bytes(self, bits: str) -> float:
+        """Bytes of the blocks' linear layers as bitsandbytes holds them (counted from its tensors on a
+        loaded model, tests/core/test_plan.py): 8-bit (LLM.int8) one int8 a weight and one fp32 scale a
+        row (``Int8Params.SCB``); 4-bit NF4 with double quantisation two weights a byte, a uint8 absmax a
+        block of 64, an fp32 absmax a block of 256 of those, and a 256-entry fp32 code table a layer."""
+        if bits == "8bit":
+            return self.linear_params + 4 * self.linear_rows
+        return self.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256)) + 7 * self.layers * 256 * 4
 
     def lora_params(self, r: int, dora: bool = False) -> int:
         h, q, k, i = self.hidden, self.q_width, self.kv_width, self.intermediate
@@ -176,18 +201,21 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
     full = setup.method == "full"
     shard = setup.devices if (setup.devices > 1 and setup.parallel == "fsdp") else 1
     if setup.method.startswith("qlora"):
-        weights = shape.linear_params * QUANT_BYTES[setup.method.split("-")[1]] + (shape.params - shape.linear_params) * 4
+        weights = shape.quantized_bytes(setup.method.split("-")[1]) + (shape.params - shape.linear_params) * 4
     else:
         weights = shape.params * b
     if shard > 1:  # FSDP shards every weight, frozen or not, and gathers one block at a time
         weights = weights / shard + weights * shape.linear_params / shape.params / shape.layers
+    # the trainer's AdamW is fused on a GPU; on a CPU it is foreach, whose step holds sqrt(v) of every
+    # trainable tensor at once (torch.optim.adam._multi_tensor_adam: exp_avg_sq_sqrt) beside the moments
+    step_temp = 1 if setup.device == "cpu" else 0
     if full:
         trainable, grad_bytes = shape.params, b
         gradients = trainable * b / shard
-        state = gradients * 3  # gradient + two AdamW moments, in the weights' dtype
+        state = gradients * (3 + step_temp)  # gradient + two AdamW moments, in the weights' dtype
     else:
         trainable, grad_bytes = shape.lora_params(setup.r, setup.dora), 4
-        state, gradients = trainable * 16 / shard, 0.0
+        state, gradients = trainable * (16 + 4 * step_temp) / shard, 0.0
     if setup.devices > 1 and setup.parallel == "ddp":
         state += trainable * grad_bytes  # DDP's gradient buckets
         gradients += trainable * grad_bytes if full else 0.0

@@ -66,3 +66,62 @@ def test_plan_command_prints_what_fits_and_refuses_a_bad_size(make_recipe, write
     assert " yes" in out.output and " no" in out.output
     bad = CliRunner().invoke(main, ["plan", str(recipe), "--gpu-memory", "lots"])
     assert bad.exit_code == 2 and "--gpu-memory 'lots' is not a size" in bad.output
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_weights_are_what_bitsandbytes_holds_and_the_file_is_unmapped(tiny_lm, bits):
+    """plan's QLoRA weights equal the bytes of the tensors a bitsandbytes load leaves in the model (int8 +
+    SCB scales, or packed NF4 + its quantisation state; the rest fp32), and no weight still views the file."""
+    pytest.importorskip("bitsandbytes")
+    from mmadapt.modalities.text.model import load_causal_lm
+
+    model, _, _ = load_causal_lm(str(tiny_lm), quantize=bits)
+    storages: dict[int, int] = {}
+
+    def count(tensor):
+        if tensor is not None:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        count(tensor)
+    for module in model.modules():
+        weight = module.weight if hasattr(module, "weight") else None
+        if bits == "8bit" and weight is not None and type(weight).__name__ == "Int8Params":
+            count(weight.SCB)
+        state = getattr(weight, "quant_state", None)
+        if state is not None:
+            for tensor in (state.absmax, state.code, state.state2.absmax, state.state2.code):
+                count(tensor)
+    shape = load_shape(str(tiny_lm))
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    predicted = predict(shape, Setup(method=f"qlora-{bits}", device="cpu")).weights
+    assert sum(storages.values()) - buffers == pytest.approx(predicted, rel=0.02)
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        mapped = [line.split()[0].split("-") for line in maps if line.rstrip().endswith(".safetensors")]
+    inside = [t for t in model.parameters() if any(int(a, 16) <= t.data_ptr() < int(b, 16) for a, b in mapped)]
+    assert not inside, "weights still view the mapped safetensors file"
+
+
+def test_cpu_adamw_step_holds_one_more_copy_of_the_trainable_weights():
+    """The trainer's foreach AdamW on CPU makes sqrt(v) of every trainable tensor at once: plan's state on a
+    CPU is 20 bytes a LoRA weight (16 on a GPU, fused) and 4·P·b for full."""
+    import torch
+
+    from mmadapt.engine.cpu_memory import return_freed_memory_to_os
+    from mmadapt.engine.meters import PeakMemory
+    from mmadapt.engine.trainer import make_optimizer
+
+    return_freed_memory_to_os()
+    params = [torch.nn.Parameter(torch.zeros(2**23)) for _ in range(4)]  # 4 x 32 MiB
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer = make_optimizer(params, 1e-3, 0.0)
+    optimizer.step()  # the moments are made here
+    with PeakMemory() as meter:
+        start = meter._proc.memory_info().rss / 2**20
+        optimizer.step()
+    assert 0.8 * 128 < meter.peak_mib - start < 1.3 * 128
+    shape = load_shape("llama-3-8b")
+    cpu, gpu = (predict(shape, Setup(method="full", device=d)) for d in ("cpu", "gpu"))
+    assert cpu.state == pytest.approx(gpu.state * 4 / 3)
+    assert predict(shape, Setup(device="cpu")).state == pytest.approx(predict(shape, Setup()).state * 20 / 16)
