@@ -88,6 +88,7 @@ class Shape:
     kv_width: int
     tied: bool
     file_bytes_per_param: int = 4  # the dtype of the weights on disk (the load peak on a CPU)
+    narrowed_16bit: bool = False  # a float32 folder in mmadapt's cache: a 16-bit base loads its 16-bit copy (models/narrow.py)
 
     @classmethod
     def from_config(cls, config: dict) -> Shape:
@@ -226,8 +227,9 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
     activations = tokens * per_token
     logits = micro * min(setup.answer_tokens, setup.seq_len) * shape.vocab * (act + 8)
     runtime = (CPU_RUNTIME_MIB if setup.device == "cpu" else GPU_RUNTIME_MIB) * MIB
-    file = shape.params * shape.file_bytes_per_param
-    load = file + (weights if b != shape.file_bytes_per_param or setup.method.startswith("qlora") else 0)
+    on_disk = b if shape.narrowed_16bit and b == 2 and not setup.method.startswith("qlora") else shape.file_bytes_per_param
+    file = shape.params * on_disk
+    load = file + (weights if b != on_disk or setup.method.startswith("qlora") else 0)
     step_tokens = setup.batch * setup.seq_len
     passes = 2 + 2 + (2 if full else 0) + (2 if setup.checkpointing else 0)
     flops = step_tokens * (passes * shape.params + 6 * shape.layers * setup.seq_len * shape.q_width)
@@ -258,7 +260,10 @@ def load_shape(ref: str) -> Shape:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MmadaptError(f"cannot read the model config: {exc}", path=path, fix="pass a config.json or a model folder") from None
-    return Shape.from_config(config.get("text_config", config))
+    shape = Shape.from_config(config.get("text_config", config))
+    from mmadapt.models.narrow import narrowable
+
+    return replace(shape, narrowed_16bit=narrowable(str(path.parent)))
 
 
 def recipe_setups(recipe, *, devices: int = 1, device: str = "gpu", seq_len: float | None = None) -> list[Setup]:

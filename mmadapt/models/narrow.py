@@ -36,12 +36,19 @@ def _float32_weights(folder: Path) -> list[Path]:
     return files
 
 
+def narrowable(location: str) -> bool:
+    """Whether a 16-bit ``model.dtype`` loads ``location`` from a 16-bit copy: a float32 folder mmadapt built
+    in its own cache (also what ``mmadapt plan`` asks to size the load)."""
+    folder = Path(location)
+    if not folder.is_dir() or not (folder / HASHES_FILE).is_file():
+        return False
+    return cache_dir().resolve() in folder.resolve().parents and bool(_float32_weights(folder))
+
+
 def narrowed(location: str, dtype: str) -> str:
     """``location``, or (a float32 folder in mmadapt's cache, ``dtype`` bf16/fp16) its cached 16-bit copy."""
     folder = Path(location)
-    if dtype not in NARROW or not folder.is_dir() or not (folder / HASHES_FILE).is_file():
-        return location
-    if cache_dir().resolve() not in folder.resolve().parents or not _float32_weights(folder):
+    if dtype not in NARROW or not narrowable(location):
         return location
     import torch
     from safetensors import safe_open

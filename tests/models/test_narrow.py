@@ -40,3 +40,17 @@ def test_a_folder_outside_the_cache_is_loaded_as_it_is(tiny_lm, tmp_path, monkey
     monkeypatch.setenv("MMADAPT_CACHE", str(tmp_path / "cache"))
     assert narrowed(str(tiny_lm), "bf16") == str(tiny_lm)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing written
+
+
+def test_plan_sizes_the_load_of_a_narrowed_folder_from_its_16bit_copy(cached_fp32_lm, tiny_lm):
+    """`mmadapt plan` knows a bf16 base of a cached float32 folder maps the 16-bit copy, not the float32 file
+    (a user's own float32 folder still maps its float32 file while the bf16 copy is made)."""
+    from dataclasses import replace
+
+    from mmadapt.govern.plan import Setup, load_shape, predict
+
+    setup = replace(Setup(device="cpu", seq_len=64, batch=1, micro_batch=1), dtype="bf16", method="lora")
+    ours, users = load_shape(cached_fp32_lm), load_shape(str(tiny_lm))
+    assert ours.narrowed_16bit and not users.narrowed_16bit
+    assert predict(ours, setup).load == pytest.approx(ours.params * 2)
+    assert predict(users, setup).load == pytest.approx(users.params * 4 + predict(users, setup).weights)
