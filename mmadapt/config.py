@@ -79,7 +79,7 @@ class ModelConfig(StrictModel):
     """How the base model is loaded (every modality that loads weights reads it)."""
 
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="dtype of the frozen base weights; trainable adapter weights stay fp32 (full fine-tuning trains in this dtype)"
+        "fp32", description="dtype of the frozen base weights; trainable weights stay fp32 (adapters; full fine-tuning trains fp32 weights and runs them in this dtype)"
     )
 
 

@@ -209,3 +209,31 @@ def test_quantize_is_lora_only(make_recipe, write_recipe, tiny_lm):
     raw = make_recipe(base_model=str(tiny_lm), strategies={"adapter": {"method": "prompt_tuning", "quantize": "8bit"}})
     with pytest.raises(RecipeError, match="apply to method: lora"):
         mmadapt.load_recipe(write_recipe(raw))
+
+
+def test_bf16_full_fine_tuning_keeps_fp32_master_weights(make_recipe, write_recipe, talkative_lm, tmp_path):
+    """Full fine-tuning under model.dtype bf16 trains fp32 master weights under autocast (AdamW on bf16
+    weights rounds away updates below half a bf16 step: at this lr nearly all of them), saves them in
+    fp32 and runs the composed model in bf16."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    raw = make_recipe(
+        base_model=str(talkative_lm),
+        output_dir=str(tmp_path / "runs"),
+        strategies={"full": {}},
+        train={"steps": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-5},
+        eval={"metrics": ["token_f1"], "bootstrap": 10, "latency_samples": 0, "limit": 1},
+        inference={"max_new_tokens": 2, "batch_size": 2},
+        model={"dtype": "bf16"},
+    )
+    result = mmadapt.run(mmadapt.load_recipe(write_recipe(raw)), progress=False)
+    saved = load_file(result.version_dir / "full" / "model" / "model.safetensors")
+    base = AutoModelForCausalLM.from_pretrained(talkative_lm, dtype=torch.bfloat16).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert saved[name].dtype == torch.float32
+    start = base[name].float()  # what training started from: the bf16 base
+    assert (saved[name] != start).float().mean() > 0.9  # lr 1e-5 moved the fp32 weights...
+    assert (saved[name].to(torch.bfloat16).float() != start).float().mean() < 0.2  # ...by less than bf16 resolves
+    loaded = mmadapt.load_artifact(result.version_dir)
+    assert loaded.stack.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16

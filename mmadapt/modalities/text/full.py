@@ -1,9 +1,17 @@
-"""The full fine-tuning strategy for text: every weight, the same loop and data path as the adapter."""
+"""The full fine-tuning strategy for text: every weight, the same loop and data path as the adapter.
+
+Under a 16-bit ``model.dtype`` it trains in mixed precision, as torch AMP does: the weights (and so
+their gradients and AdamW state) are fp32 master copies, the forward and backward passes run under
+``torch.autocast`` to ``model.dtype`` (:func:`~mmadapt.modalities.text.tuning.adapter_autocast_loss`).
+AdamW on bf16 weights loses the updates smaller than half a bf16 step (8 bits of mantissa): at lr
+2e-4 most of them. The fp32 weights are saved; ``compose`` loads them in ``model.dtype``, as the
+image modality's full denoiser does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from mmadapt.config import StrictModel, TrainOverrides
@@ -27,6 +35,8 @@ class TextFullStrategy(Strategy):
 
     def fit(self, stack, data: DataBundle, part_dir: Path, ctx: FitContext) -> FitReport:
         model = stack.model
+        if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+            model.float()  # fp32 master weights; the loss runs under autocast to model.dtype
         for param in model.parameters():
             param.requires_grad_(True)
         if self.config.freeze_embeddings:
