@@ -11,7 +11,8 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
 
 **Memory per device** (bytes; b = bytes of the base dtype: 4 fp32, 2 bf16/fp16):
 
-* weights W: LoRA and full P·b; QLoRA the linear layers as bitsandbytes holds them
+* weights W: LoRA and full P·b (full under a 16-bit base: P·(4 + b), fp32 masters and autocast's
+  16-bit copies, as text full fine-tuning trains mixed precision); QLoRA the linear layers as bitsandbytes holds them
   (:meth:`Shape.quantized_bytes`: ≈0.516 bytes a weight for 4-bit NF4 with double quantisation, 1 byte
   + an fp32 scale a row for 8-bit) + (P − P_lin)·4 (peft's ``prepare_model_for_kbit_training`` keeps the
   rest in fp32). On a CPU bitsandbytes quantises while loading (``Int8Params._quantize`` /
@@ -20,7 +21,7 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
   modalities/text/model.py; before, those views kept the file's fp32 linear weights resident: +405 MiB
   on SmolLM2 8-bit after loading, the "not identified" gap);
 * trainable state S: LoRA/QLoRA T·(4 weight + 4 gradient + 8 AdamW moments) (adapters stay fp32);
-  full P·(b gradient + 2b AdamW moments) beside W; DDP keeps a gradient bucket copy (+T·b_t); on a
+  full P·(m gradient + 2m AdamW moments) beside W, m the master weights' bytes (4 under a 16-bit base); DDP keeps a gradient bucket copy (+T·b_t); on a
   CPU the trainer's AdamW is torch's foreach implementation, whose step makes sqrt(v) of every
   trainable tensor at once (one more T·4, or P·b for full: the full runs' peak, measured at 512 and
   1024 tokens alike); on a GPU it is fused, with no such copy;
@@ -205,15 +206,21 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
         weights = shape.quantized_bytes(setup.method.split("-")[1]) + (shape.params - shape.linear_params) * 4
     else:
         weights = shape.params * b
+    loaded = weights  # what the load builds beside the mapped file (below)
+    # text full fine-tuning under a 16-bit base trains fp32 master weights under autocast
+    # (modalities/text/full.py): the masters plus autocast's 16-bit copies of them during a step
+    master = 4 if full and b == 2 else b
+    if full and b == 2:
+        weights = shape.params * (master + b)
     if shard > 1:  # FSDP shards every weight, frozen or not, and gathers one block at a time
         weights = weights / shard + weights * shape.linear_params / shape.params / shape.layers
     # the trainer's AdamW is fused on a GPU; on a CPU it is foreach, whose step holds sqrt(v) of every
     # trainable tensor at once (torch.optim.adam._multi_tensor_adam: exp_avg_sq_sqrt) beside the moments
     step_temp = 1 if setup.device == "cpu" else 0
     if full:
-        trainable, grad_bytes = shape.params, b
-        gradients = trainable * b / shard
-        state = gradients * (3 + step_temp)  # gradient + two AdamW moments, in the weights' dtype
+        trainable, grad_bytes = shape.params, master
+        gradients = trainable * master / shard
+        state = gradients * (3 + step_temp)  # gradient + two AdamW moments, in the master weights' dtype
     else:
         trainable, grad_bytes = shape.lora_params(setup.r, setup.dora), 4
         state, gradients = trainable * (16 + 4 * step_temp) / shard, 0.0
@@ -229,7 +236,7 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
     runtime = (CPU_RUNTIME_MIB if setup.device == "cpu" else GPU_RUNTIME_MIB) * MIB
     on_disk = b if shape.narrowed_16bit and b == 2 and not setup.method.startswith("qlora") else shape.file_bytes_per_param
     file = shape.params * on_disk
-    load = file + (weights if b != on_disk or setup.method.startswith("qlora") else 0)
+    load = file + (loaded if b != on_disk or setup.method.startswith("qlora") else 0)
     step_tokens = setup.batch * setup.seq_len
     passes = 2 + 2 + (2 if full else 0) + (2 if setup.checkpointing else 0)
     flops = step_tokens * (passes * shape.params + 6 * shape.layers * setup.seq_len * shape.q_width)
