@@ -83,7 +83,7 @@ def configure(stack, config: str, vocabulary: list[str], vocab300: list[str], te
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", default="eval", choices=["eval", "plain"])
+    parser.add_argument("--split", default="eval", choices=["eval", "plain", "train"])
     parser.add_argument("--configs", nargs="+", default=["base", "prompt", "prompt+boost"])
     parser.add_argument("--template", default=None, help="prompt template (default: the prompt strategy's)")
     parser.add_argument("--fallback", action=argparse.BooleanOptionalAction, default=True)
