@@ -155,8 +155,8 @@ def test_alignment_matches_jiwer_and_counts_are_consistent(ref, hyp):
         assert r["word_errors"] == 0 and r["cer"] == 0.0
 
 
-# Transcripts of the shipped eval clips by tiny.en (greedy), without and with the default vocabulary
-# prompt, beside their references: the glossary-style lists the style metric counts ...
+# Transcripts of shipped clips by tiny.en (greedy), without and with the default vocabulary prompt,
+# beside their references: the glossary-style lists the style metric counts ...
 GLOSSARY_LISTS = [
     ("NoBobby, Lotus, not Scaled, Muffa, Road.", "Nobody noticed the skelp buffer grow."),
     ("NoBobby, Lotus, Murf-Schelp, Muffa, Rope.", "Nobody noticed the skelp buffer grow."),
@@ -173,6 +173,9 @@ SENTENCES = [
     ("Before lunch, migrate quorbit, TQPX-9,", "Before lunch, migrate Quorbit to QPX-9."),
     ("Swap the VQ-200 card, Nimbrel, Q.", "Swap the VQ-200 cards, then the grobble queue."),
     ("Zentrix, Kubelyn, Vextora.", "Zentrix, Kubelyn, Vextora."),  # the reference is itself that list
+    ("Roll back, Mintrix, if it's your next 12 fails.", "Roll back Zentrix if HLX-12 fails."),  # train clips
+    ("Roll back jigsaw, I'm P-F-H-A-Lix, 12 fails.", "Roll back Jexaline if HLX-12 fails."),
+    ("I'm your host, I'm your host, I'm your host, I'm your host,", "Roll back Vextora if TQL fails."),  # a loop
 ]
 
 

@@ -247,17 +247,22 @@ def _comma_items(text: str) -> list[str]:
     return [item.strip() for item in text.strip().rstrip(".!?,;: ").split(",") if item.strip()]
 
 
+_NAME_START = re.compile(r"\W*[A-Z0-9]")
+_PRONOUN_I = re.compile(r"\W*I(?:['’](?:m|ll|ve|d))?\b")
+
+
 def is_comma_list(text: str, reference: str | None = None) -> bool:
     """The transcript came out as a list in a glossary's style (``Zentrix, Gate, Way forward, QPX-9.``):
-    three or more comma-separated items, all of at most three words but possibly one, more than half
-    of them beginning with a capital or a digit (names, terms, codes; a sentence cut by pause commas,
-    ``The brindle log, stall, yarrowing, rollout.``, is lowercase), and, given the ``reference``, at
+    three or more comma-separated items, all of at most three words but possibly one; of the items
+    after the first (whose capital any sentence has) more than half begin with a capital or a digit
+    (names, terms, codes; the pronoun I does not count), where a sentence cut by pause commas
+    (``The brindle log, stall, yarrowing, rollout.``) is lowercase; and, given the ``reference``, at
     least two items more than it has (its own commas, ``Before lunch, migrate ...``, make no list)."""
     items = _comma_items(text)
     if len(items) < 3 or sum(len(item.split()) <= 3 for item in items) < len(items) - 1:
         return False
-    initials = [next((c for c in item if c.isalnum()), "") for item in items]
-    if 2 * sum(c.isupper() or c.isdigit() for c in initials) <= len(items):
+    named = [bool(_NAME_START.match(item)) and not _PRONOUN_I.match(item) for item in items[1:]]
+    if 2 * sum(named) <= len(named):
         return False
     return reference is None or len(items) - len(_comma_items(reference)) >= 2
 
