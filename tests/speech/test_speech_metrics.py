@@ -12,6 +12,7 @@ from mmadapt.modalities.speech.metrics import (
     align_words,
     cer,
     char_edit_distance,
+    is_comma_list,
     normalize,
     score_corpus,
     score_utterance,
@@ -152,3 +153,39 @@ def test_alignment_matches_jiwer_and_counts_are_consistent(ref, hyp):
     assert r["term_hits"] <= min(r["terms_ref"], r["terms_hyp"])
     if ref == hyp:
         assert r["word_errors"] == 0 and r["cer"] == 0.0
+
+
+# Transcripts of shipped clips by tiny.en (greedy), without and with the default vocabulary prompt,
+# beside their references: the glossary-style lists the style metric counts ...
+GLOSSARY_LISTS = [
+    ("NoBobby, Lotus, not Scaled, Muffa, Road.", "Nobody noticed the skelp buffer grow."),
+    ("NoBobby, Lotus, Murf-Schelp, Muffa, Rope.", "Nobody noticed the skelp buffer grow."),
+    ("Before lunch, migrate, Draxel, TQL, VN-7,", "Before lunch, migrate Draxel to KVN-7."),
+    ("Kubelyn, Gate, Way forward, Zentrix, Tournan, Kash.", "Restart the Kubelyn gateway."),  # the issue's
+]
+# ... and sentences with pause commas (lowercase), or whose commas are mostly the reference's own, that it does not.
+SENTENCES = [
+    ("Wazzle check, stall, your ring, the 3nd row.", "The wuzzle check stalled during the Frennik rollout."),
+    ("Compare, make, store, win, sing, call, un-the TQ, l-rack.", "Compare Vextora with Synkora on the TQL rack."),
+    ("No body no wisdom at Lord, sink, roll.", "Nobody noticed the plorb sync grow."),
+    ("The rindle log, stall, yarrowing, mmm, rue log.", "The brindle log stalled during the Corvanta rollout."),
+    ("Why, first, Jexaline, ignore the yarrowing setting.", "Why does Jexaline ignore the yarrowing setting?"),
+    ("Before lunch, migrate quorbit, TQPX-9,", "Before lunch, migrate Quorbit to QPX-9."),
+    ("Swap the VQ-200 card, Nimbrel, Q.", "Swap the VQ-200 cards, then the grobble queue."),
+    ("Zentrix, Kubelyn, Vextora.", "Zentrix, Kubelyn, Vextora."),  # the reference is itself that list
+    ("Roll back, Mintrix, if it's your next 12 fails.", "Roll back Zentrix if HLX-12 fails."),  # train clips
+    ("Roll back jigsaw, I'm P-F-H-A-Lix, 12 fails.", "Roll back Jexaline if HLX-12 fails."),
+    ("I'm your host, I'm your host, I'm your host, I'm your host,", "Roll back Vextora if TQL fails."),  # a loop
+]
+
+
+@pytest.mark.parametrize("hypothesis,reference", GLOSSARY_LISTS)
+def test_glossary_style_lists_count_as_comma_lists(hypothesis, reference):
+    assert is_comma_list(hypothesis, reference) and is_comma_list(hypothesis)
+    assert score_utterance(reference, hypothesis)["style"] == 1.0
+
+
+@pytest.mark.parametrize("hypothesis,reference", SENTENCES)
+def test_sentences_with_commas_are_not_comma_lists(hypothesis, reference):
+    assert not is_comma_list(hypothesis, reference)
+    assert score_utterance(reference, hypothesis)["style"] == 0.0

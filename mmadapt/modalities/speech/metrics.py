@@ -39,8 +39,9 @@ False alarms and style (defined on every clip, so paired differences cover every
     ``false_terms``: how many vocabulary terms the hypothesis writes beyond those said (0 where
     none; the terms themselves are in ``false_term_names``); ``false_alarm_rate``: 1.0 when a
     clip has any, else 0.0 (corpus: the share of clips with a false alarm, and ``false_terms``
-    the mean per clip). ``style``: 1.0 when the transcript came out as a comma list of short
-    items (the style of a ``Glossary:`` prompt) rather than a sentence (:func:`is_comma_list`);
+    the mean per clip). ``style``: 1.0 when the transcript came out as a comma list of short,
+    mostly capitalised items (the style of a ``Glossary:`` prompt) where the reference is a
+    sentence (:func:`is_comma_list`);
     the corpus figure is the share of such clips.
 
 Aggregates
@@ -242,10 +243,28 @@ def _utterance_rate(errors: int, n: int) -> float:
     return 0.0 if errors == 0 else 1.0
 
 
-def is_comma_list(text: str) -> bool:
-    """Three or more comma-separated items, all of at most three words but possibly one."""
-    items = [item.strip() for item in text.strip().rstrip(".!?").split(",")]
-    return len(items) >= 3 and sum(len(item.split()) <= 3 for item in items) >= len(items) - 1
+def _comma_items(text: str) -> list[str]:
+    return [item.strip() for item in text.strip().rstrip(".!?,;: ").split(",") if item.strip()]
+
+
+_NAME_START = re.compile(r"\W*[A-Z0-9]")
+_PRONOUN_I = re.compile(r"\W*I(?:['’](?:m|ll|ve|d))?\b")
+
+
+def is_comma_list(text: str, reference: str | None = None) -> bool:
+    """The transcript came out as a list in a glossary's style (``Zentrix, Gate, Way forward, QPX-9.``):
+    three or more comma-separated items, all of at most three words but possibly one; of the items
+    after the first (whose capital any sentence has) more than half begin with a capital or a digit
+    (names, terms, codes; the pronoun I does not count), where a sentence cut by pause commas
+    (``The brindle log, stall, yarrowing, rollout.``) is lowercase; and, given the ``reference``, at
+    least two items more than it has (its own commas, ``Before lunch, migrate ...``, make no list)."""
+    items = _comma_items(text)
+    if len(items) < 3 or sum(len(item.split()) <= 3 for item in items) < len(items) - 1:
+        return False
+    named = [bool(_NAME_START.match(item)) and not _PRONOUN_I.match(item) for item in items[1:]]
+    if 2 * sum(named) <= len(named):
+        return False
+    return reference is None or len(items) - len(_comma_items(reference)) >= 2
 
 
 def score_utterance(reference: str, hypothesis: str, terms: Iterable[str] = (), id: str = "") -> dict[str, Any]:
@@ -307,7 +326,7 @@ def score_utterance(reference: str, hypothesis: str, terms: Iterable[str] = (), 
         "false_term_names": false,
         "false_terms": len(false),
         "false_alarm_rate": 1.0 if false else 0.0,
-        "style": 1.0 if is_comma_list(hypothesis) else 0.0,
+        "style": 1.0 if is_comma_list(hypothesis, reference) else 0.0,
     }
 
 
