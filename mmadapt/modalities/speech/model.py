@@ -74,3 +74,8 @@ class SpeechStack(Stack):
         TaskPrefix(self)  # a language or task the checkpoint cannot do fails here, in one line
         self.boost = None  # BoostConfig (boost.py) of the prompt or retrieval strategy, or None
         self.boost_passes: set[str] = set()  # "static": boost the prompt's terms; "retrieved": the retrieved ones
+
+    @property
+    def rescores(self) -> bool:
+        """Whether decoded transcripts get the rescoring pass (rescore.py): ``boost.rescore`` of a boosting strategy."""
+        return self.boost is not None and self.boost.rescore

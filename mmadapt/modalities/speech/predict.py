@@ -247,7 +247,7 @@ class Windows:
         texts = [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
         for r, n in enumerate(batch):
             self.temperatures[n] = temps[r]
-            if self.ct2 is None and stack.boost is not None and stack.boost.rescore and boosts[r]:
+            if self.ct2 is None and stack.rescores and boosts[r]:
                 terms = list(boosts[r])[: stack.boost.max_terms]
                 texts[r], self.substituted[n] = rescore(
                     _base(stack.model), tok, states[r : r + 1], prefixes[r], texts[r], terms, stack.boost
@@ -395,7 +395,7 @@ class SpeechPredictor:
         out = []
         for fi, text in enumerate(texts):
             info = {"temperature": temperature[fi]}
-            if stack.boost is not None and stack.boost.rescore:
+            if stack.rescores:
                 info["substituted"] = substituted[fi]  # rescore.py: span -> term, per window in time order
             if plans[fi][1] is not None:
                 info["first_pass"] = firsts[fi]
