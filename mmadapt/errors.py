@@ -40,7 +40,15 @@ class ArtifactError(MmadaptError):
 
 
 class RequestError(MmadaptError):
-    """A serve request a modality cannot take (no user message, no prompt, an unsupported option): HTTP 400."""
+    """A serve request a modality cannot take (no user message, no prompt, an unsupported option): HTTP 400.
+
+    ``param`` names the request field at fault and ``code`` is OpenAI's error code (e.g.
+    ``context_length_exceeded``); the server puts both in the error body."""
+
+    def __init__(self, message: str, *, path: str | None = None, fix: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, path=path, fix=fix)
+        self.param, self.code = param, code
 
 
 class SuiteError(MmadaptError):

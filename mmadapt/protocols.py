@@ -195,6 +195,14 @@ class Modality(ABC):
         ``text``; ``data`` of base64 PNGs). The server adds ``id``, ``created``, ``model`` and
         ``mmadapt.version``; anything the modality puts under ``mmadapt`` (e.g. ``sources``) is kept."""
 
+    def serve_check(self, inputs: list[Any], request: ServeRequest, stack: Stack) -> None:
+        """Check one request's predictor inputs (from :meth:`serve_inputs`) against the loaded version's
+        ``stack`` before they wait for the model: what the request's fields alone cannot tell (text: the
+        prompt's tokens plus ``max_tokens`` within the model's context length). Raise
+        :class:`~mmadapt.errors.RequestError` (HTTP 400; its ``param`` and ``code`` go in the body). The
+        default checks nothing."""
+        return None
+
     # ---- guard
     @abstractmethod
     def guard_output(self, message: str, stack: Stack) -> Any:

@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from mmadapt.engine.versions import versions
-from mmadapt.errors import MmadaptError
+from mmadapt.errors import MmadaptError, RequestError
 from mmadapt.protocols import ServeRequest
 from mmadapt.serve.dashboard import render
 from mmadapt.serve.live import Route, Router, UnknownModel
@@ -243,7 +243,8 @@ async def _answer(request: Request, endpoint: str, router: Router, serve_log: Se
                 type="rate_limit_error", code="queue_full"), headers)
         except MmadaptError as exc:  # the modality's RequestError, an undecodable upload ...
             message = str(exc).replace(str(upload), entry["input"].get("file", {}).get("name") or "upload") if upload else str(exc)
-            return _logged_error(serve_log, entry, started, ApiError(400, message, code="invalid_input"), headers)
+            param, code = (exc.param, exc.code) if isinstance(exc, RequestError) else (None, None)
+            return _logged_error(serve_log, entry, started, ApiError(400, message, code=code or "invalid_input", param=param), headers)
         except Exception as exc:  # noqa: BLE001 - any failure is a 500 in OpenAI's shape, and logged
             log.exception("request %s failed", request_id)
             return _logged_error(serve_log, entry, started, ApiError(500, f"the model failed: {type(exc).__name__}: {exc}",
@@ -271,6 +272,7 @@ async def _predict(route: Route, router: Router, serve_request: ServeRequest, en
                        code="wrong_endpoint")
     check_limits(serve_request.fields, limits)
     inputs = modality.serve_inputs(serve_request)
+    await asyncio.to_thread(modality.serve_check, inputs, serve_request, loaded.artifact.stack)  # e.g. the model's context
     for _attempt in range(2):
         try:
             predictions = await loaded.submit(inputs)

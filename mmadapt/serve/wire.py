@@ -1,6 +1,6 @@
 """The OpenAI wire format of ``mmadapt serve`` and the checks made before a model sees a request.
 
-Error bodies are OpenAI's: ``{"error": {"message", "type", "code"}}``. The limits are shared by
+Error bodies are OpenAI's: ``{"error": {"message", "type", "param", "code"}}`` (``param``: the field at fault, or null). The limits are shared by
 every endpoint and read only the request's fields: ``max_tokens`` / ``max_completion_tokens``,
 ``n``, ``temperature``, ``top_p``, ``seed`` and the total length of the text in the request; the body size is limited before the body
 is parsed (:class:`BodyLimit`, an ASGI middleware: 413).
@@ -28,18 +28,19 @@ class ApiError(Exception):
     """An answer other than 200, shaped as OpenAI's error body."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type, code
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = headers or {}
 
     def response(self, extra_headers: dict[str, str] | None = None) -> JSONResponse:
-        return error_response(self.status, self.message, type=self.type, code=self.code, headers={**self.headers, **(extra_headers or {})})
+        return error_response(self.status, self.message, type=self.type, code=self.code, param=self.param,
+                              headers={**self.headers, **(extra_headers or {})})
 
 
 def error_response(status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "code": code}}, status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status, headers=headers)
 
 
 def check_key(authorization: str | None, api_key: str) -> None:
@@ -59,7 +60,7 @@ def _int_field(fields: dict[str, Any], key: str) -> int | None:
             raise ValueError
         return int(float(value))
     except (TypeError, ValueError):
-        raise ApiError(400, f"`{key}` must be an integer, not {value!r}", code="invalid_value") from None
+        raise ApiError(400, f"`{key}` must be an integer, not {value!r}", code="invalid_value", param=key) from None
 
 
 def _number_field(fields: dict[str, Any], key: str, low: float, high: float) -> float | None:
@@ -71,9 +72,9 @@ def _number_field(fields: dict[str, Any], key: str, low: float, high: float) -> 
             raise ValueError
         number = float(value)
     except (TypeError, ValueError):
-        raise ApiError(400, f"`{key}` must be a number, not {value!r}", code="invalid_value") from None
+        raise ApiError(400, f"`{key}` must be a number, not {value!r}", code="invalid_value", param=key) from None
     if not low <= number <= high:
-        raise ApiError(400, f"`{key}` {value} is outside {low:g}..{high:g}", code="invalid_value")
+        raise ApiError(400, f"`{key}` {value} is outside {low:g}..{high:g}", code="invalid_value", param=key)
     return number
 
 
@@ -90,12 +91,14 @@ def _text_length(value: Any) -> int:
 def check_limits(fields: dict[str, Any], limits: ServeLimits) -> None:
     """400 when a request asks for more tokens, more outputs or more text than the server allows, or
     for sampling settings outside OpenAI's ranges (``temperature`` 0..2, ``top_p`` 0..1, an integer
-    ``seed``). The values read are written back as numbers (a form's text fields arrive as strings)."""
+    ``seed``). The values read are written back as numbers (a form's text fields arrive as strings).
+    What depends on the loaded model (a chat model's context length) is the modality's check:
+    :meth:`~mmadapt.protocols.Modality.serve_check`."""
     for key in ("max_tokens", "max_completion_tokens"):
         value = _int_field(fields, key)
         if value is not None and not 1 <= value <= limits.max_tokens:
             raise ApiError(400, f"`{key}` {value} is outside 1..{limits.max_tokens} (the server's --max-tokens)",
-                           code="limit_exceeded")
+                           code="limit_exceeded", param=key)
         if value is not None:
             fields[key] = value
     for key, high in (("temperature", 2.0), ("top_p", 1.0)):
@@ -106,7 +109,7 @@ def check_limits(fields: dict[str, Any], limits: ServeLimits) -> None:
     n = _int_field(fields, "n")
     if n is not None:
         if not 1 <= n <= limits.max_n:
-            raise ApiError(400, f"`n` {n} is outside 1..{limits.max_n}", code="limit_exceeded")
+            raise ApiError(400, f"`n` {n} is outside 1..{limits.max_n}", code="limit_exceeded", param="n")
         fields["n"] = n
     chars = _text_length({k: v for k, v in fields.items() if k not in ("model", "user")})
     if chars > limits.max_prompt_chars:

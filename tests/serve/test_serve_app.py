@@ -47,7 +47,7 @@ def test_models_lists_each_recipe_and_its_versions(client):
 def test_an_unknown_model_is_404_in_openai_shape(client, model):
     r = client.post("/v1/chat/completions", json=chat("zeta", model=model))
     assert r.status_code == 404
-    assert set(r.json()["error"]) == {"message", "type", "code"} and r.json()["error"]["code"] == "model_not_found"
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"} and r.json()["error"]["code"] == "model_not_found"
 
 
 def test_the_wrong_endpoint_for_the_modality_is_400(client):
@@ -176,7 +176,7 @@ def test_a_version_that_does_not_load_leaves_the_old_one_answering(spell_runs):
 def test_a_broken_multipart_body_is_400_in_openai_shape(client):
     r = client.post("/v1/audio/transcriptions", content=b"--xyz\r\nnot a part",
                     headers={"content-type": "multipart/form-data; boundary=xyz"})
-    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "code"}
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_nan_is_not_json(client):

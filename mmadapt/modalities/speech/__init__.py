@@ -153,14 +153,35 @@ class SpeechModality(Modality):
             lines.append(f"   prompt terms: {', '.join(prediction.sources)}")
         return "\n".join(lines)
 
-    def serve_inputs(self, request: ServeRequest) -> list[str]:
-        """The uploaded file. ``prompt`` and ``language`` are accepted and not used yet: the recipe's
-        prompt strategy and vocabulary decide the decoder prompt, its model the language."""
+    def serve_inputs(self, request: ServeRequest) -> list[str | SpeechRequest]:
+        """The uploaded file. ``temperature`` as OpenAI documents it for transcriptions (0..1): 0 (or
+        none) is the version's own decoding (greedy or its beams, with ``inference.fallback``'s
+        temperatures where the recipe enables them); above 0 every window is sampled at it, seeded by
+        the request's ``seed`` (none: at random), as a :class:`SpeechRequest`. ``prompt`` and
+        ``language`` are accepted and not used yet: the recipe's prompt strategy and vocabulary decide
+        the decoder prompt, its model the language."""
         if request.file is None:
             raise RequestError("no audio file", fix="send the audio as the multipart field `file`")
         if request.fields.get("response_format") not in (None, "json"):
             raise RequestError(f"response_format {request.fields['response_format']!r} is not served", fix="ask for json")
+        temperature = request.fields.get("temperature") or 0.0  # a number by now (serve/wire.py: 0..2)
+        if not 0.0 <= temperature <= 1.0:
+            raise RequestError(f"`temperature` {temperature:g} is outside 0..1 for a transcription", param="temperature",
+                               code="invalid_value", fix="send a temperature between 0 and 1 (0: the version's own decoding)")
+        if temperature > 0:
+            return [SpeechRequest(str(request.file), temperature=float(temperature), seed=request.fields.get("seed"))]
         return [str(request.file)]
 
+    def serve_check(self, inputs: list, request: ServeRequest, stack: SpeechStack) -> None:
+        """A sampled transcription needs the transformers decoder (CTranslate2 decodes greedily here)."""
+        sampled = any(isinstance(x, SpeechRequest) and x.temperature > 0 for x in inputs)
+        if sampled and stack.recipe.inference.engine != "transformers":
+            raise RequestError(f"`temperature` > 0 is not served with inference.engine: {stack.recipe.inference.engine}",
+                               param="temperature", code="invalid_value", fix="send temperature 0")
+
     def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
-        return {"text": predictions[0].output, "mmadapt": {"prompt_terms": predictions[0].sources}}
+        """OpenAI's ``text``; under ``mmadapt`` the prompt's terms and the temperature the kept decode
+        used (the request's own, or the fallback's highest over the file's windows)."""
+        info = predictions[0].info
+        return {"text": predictions[0].output,
+                "mmadapt": {"prompt_terms": predictions[0].sources, "temperature": info.get("temperature", 0.0)}}

@@ -8,6 +8,11 @@ openai-whisper does). Sampling is seeded (``inference.seed`` + the temperature's
 repeats exactly. One sample per temperature (openai-whisper draws ``best_of`` 5 and keeps the most
 likely; on a CPU that is five decodes per failed window). The mean log-probability divides the sum
 by the token count + 1, as openai-whisper does (the end-of-text token counts).
+
+A request's own ``temperature`` > 0 (serve's transcription ``temperature``, a ``SpeechRequest``'s) is
+openai-whisper's ``transcribe(temperature=t)`` with one temperature: each window sampled once at it,
+no fallback, with a generator of its own (:func:`window_generator`, :func:`sample_rows`) so a seeded
+request gives the same transcript whatever it is batched with.
 """
 
 from __future__ import annotations
@@ -66,3 +71,26 @@ def decode_with_fallback(decode, rows: list[int], text_of, config: FallbackConfi
                 again.append(row)
         todo = again
     return ids, temps
+
+
+def window_generator(seed: int | None, part: int, device=None):
+    """The generator of one sampled window: seeded by the request's ``seed`` and the window's place in
+    its file (``part``), so each window of a long file draws its own stream; no seed: at random."""
+    import secrets
+
+    import torch
+
+    value = (seed * 1_000_003 + part) % 2**63 if seed is not None else secrets.randbits(63)
+    return torch.Generator(device=device or "cpu").manual_seed(value)
+
+
+def sample_rows(logits, choice, samplers):
+    """``choice`` (the greedy tokens, one per row) with each row that has a ``(temperature, generator)``
+    in ``samplers`` drawn instead from softmax(logits / temperature) with its own generator."""
+    import torch
+
+    for row, sampler in enumerate(samplers):
+        if sampler is not None:
+            temperature, generator = sampler
+            choice[row] = torch.multinomial(torch.softmax(logits[row] / temperature, -1), 1, generator=generator)[0]
+    return choice

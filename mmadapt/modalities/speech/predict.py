@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mmadapt.errors import DataError
+from mmadapt.errors import DataError, RequestError
 from mmadapt.modalities.speech.audio import SAMPLE_RATE, iter_chunks, load_audio
 from mmadapt.modalities.speech.boost import boost_processor
-from mmadapt.modalities.speech.fallback import decode_with_fallback
+from mmadapt.modalities.speech.fallback import decode_with_fallback, sample_rows, window_generator
 from mmadapt.modalities.speech.language import TaskPrefix
 from mmadapt.modalities.speech.rescore import rescore
 from mmadapt.protocols import Prediction
@@ -81,12 +81,14 @@ def greedy_decode(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     logprob_sums: list[float] | None = None,
+    samplers: Sequence[tuple[float, torch.Generator] | None] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (up to ``<|endoftext|>``, which is dropped) of one decoder prefix per row,
     each row bounded by its own limit; suppresses the tokens ``generate`` suppresses.
 
     ``logits_processor(generated ids so far, logits) -> logits`` biases each step (boost.py);
-    ``temperature > 0`` samples instead (with ``generator``); ``logprob_sums`` (a list) receives each
+    ``temperature > 0`` samples instead (with ``generator``); ``samplers``: per row, a (temperature,
+    generator) it samples with, or None (fallback.py: a request's own temperature); ``logprob_sums`` (a list) receives each
     row's summed log-probability of its tokens and end-of-text, as openai-whisper's fallback reads it."""
     gen = _base(model).generation_config
     base = _base(model)
@@ -121,6 +123,8 @@ def greedy_decode(
             choice = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
         else:
             choice = logits.argmax(-1)
+        if samplers is not None:
+            choice = sample_rows(logits, choice, samplers)
         token = torch.where(done, torch.full((n,), eot, device=device), choice)
         totals = totals + torch.where(done, 0.0, torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0])
         steps.append(token)
@@ -177,15 +181,18 @@ def _beam_decode(
 class Windows:
     """The 30 s windows of a list of files, batched by length; encodes each batch once."""
 
-    def __init__(self, stack, paths: Sequence[str], ct2=None):
+    def __init__(self, stack, paths: Sequence[str], ct2=None, sampling: Sequence[tuple[float, int | None] | None] | None = None):
         cfg = stack.recipe.inference
+        self.sampling = list(sampling or [None] * len(paths))  # per file: a request's (temperature > 0, seed), or None
         self.stack = stack
         self.ct2 = ct2  # a CT2Whisper (inference.engine: ctranslate2) or None: transformers
         self.task = TaskPrefix(stack, ct2)  # <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|> per window
         self.items: list[tuple[int, object]] = []  # (file index, samples)
+        self.part: list[int] = []  # each window's place in its file
         for fi, path in enumerate(paths):
-            for chunk in iter_chunks(load_audio(path), SAMPLE_RATE, cfg.chunk_seconds):
+            for k, chunk in enumerate(iter_chunks(load_audio(path), SAMPLE_RATE, cfg.chunk_seconds)):
                 self.items.append((fi, chunk.samples))
+                self.part.append(k)
         order = sorted(range(len(self.items)), key=lambda n: len(self.items[n][1]))  # similar lengths share a batch
         self.batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         self.temperatures: dict[int, float] = {}  # window -> the temperature its kept decode used
@@ -219,16 +226,31 @@ class Windows:
         boosts = list(boosts) if boosts is not None else [None] * len(batch)
         beams = stack.recipe.inference.num_beams
         special = special_ids(tok)
-        if self.ct2 is not None:  # CTranslate2 decodes its own way: no boost, no fallback
-            ids = self.ct2.generate(states, prefixes, limits, beams)
-            temps = dict.fromkeys(range(len(batch)), 0.0)
-        elif beams > 1:
-            ids = _beam_decode(
-                stack.model, states, prefixes, limits, beams, self.task,
-                lambda rows, k: boost_processor(stack, [boosts[r] for r in rows], beams=k, marker=special["notimestamps"]),
+        own = [self.sampling[self.items[n][0]] for n in batch]  # a request's own temperature: sampled, no fallback
+        sampled, plain = [r for r, o in enumerate(own) if o], [r for r, o in enumerate(own) if not o]
+        ids: list[list[int]] = [[] for _ in batch]
+        temps = {r: own[r][0] for r in sampled}
+        if sampled and self.ct2 is not None:
+            raise RequestError("`temperature` > 0 is not served with inference.engine: ctranslate2", param="temperature",
+                               fix="send temperature 0, or serve the transformers engine")
+        if sampled:
+            gens = [(own[r][0], window_generator(own[r][1], self.part[batch[r]], states.device)) for r in sampled]
+            out = greedy_decode(stack.model, states[sampled], [prefixes[r] for r in sampled], [limits[r] for r in sampled],
+                                logits_processor=boost_processor(stack, [boosts[r] for r in sampled]), samplers=gens)
+            for r, row in zip(sampled, out):
+                ids[r] = row
+        rest = states if not sampled else states[plain]  # the rows decoded the version's own way
+        if plain and self.ct2 is not None:  # CTranslate2 decodes its own way: no boost, no fallback
+            for r, row in zip(plain, self.ct2.generate(rest, [prefixes[r] for r in plain], [limits[r] for r in plain], beams)):
+                ids[r], temps[r] = row, 0.0
+        elif plain and beams > 1:
+            beamed = _beam_decode(
+                stack.model, rest, [prefixes[r] for r in plain], [limits[r] for r in plain], beams, self.task,
+                lambda rows, k: boost_processor(stack, [boosts[plain[r]] for r in rows], beams=k, marker=special["notimestamps"]),
             )
-            temps = dict.fromkeys(range(len(batch)), 0.0)
-        else:
+            for r, row in zip(plain, beamed):
+                ids[r], temps[r] = row, 0.0
+        elif plain:
 
             def run(rows: list[int], temperature: float, seed: int):
                 sums: list[float] = []
@@ -240,10 +262,11 @@ class Windows:
                 )
                 return out, sums
 
-            found, temps = decode_with_fallback(
-                run, list(range(len(batch))), lambda t: tok.decode(t, skip_special_tokens=True), stack.recipe.inference.fallback
+            found, kept = decode_with_fallback(
+                run, plain, lambda t: tok.decode(t, skip_special_tokens=True), stack.recipe.inference.fallback
             )
-            ids = [found[r] for r in range(len(batch))]
+            for r in plain:
+                ids[r], temps[r] = found[r], kept[r]
         texts = [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
         for r, n in enumerate(batch):
             self.temperatures[n] = temps[r]
@@ -279,10 +302,14 @@ def transcribe(
 class SpeechRequest:
     """One clip with its own vocabulary (``ask --vocabulary``, a batch line's ``vocabulary``, the
     library's ``SpeechRequest(path, terms)``): it replaces the artifact's vocabulary for this clip —
-    in the static prompt, in what retrieval searches, in what is boosted."""
+    in the static prompt, in what retrieval searches, in what is boosted. ``temperature`` > 0 (serve's
+    transcription ``temperature``) samples each window at it, seeded by ``seed`` (fallback.py); 0: the
+    version's own decoding. Without a vocabulary (``()``) the artifact's is used."""
 
     audio: str
     vocabulary: tuple[str, ...] = ()
+    temperature: float = 0.0
+    seed: int | None = None
 
     def __str__(self) -> str:
         return self.audio
@@ -346,13 +373,14 @@ class SpeechPredictor:
         stack = self.stack
         requests = [x if isinstance(x, SpeechRequest) else None for x in inputs]
         for req in requests:
-            if req is not None:
+            if req is not None and (req.vocabulary or not req.temperature):  # a sampled clip may keep the artifact's
                 check_vocabulary(stack, req.vocabulary, f"vocabulary of {req.audio}")
         plans = [self._plan(req) for req in requests]
         statics = [terms for terms, _r in plans]
         boost_alone = "static" in stack.boost_passes and not stack.boost.with_prompt
         static_ids = [None if boost_alone else prompt_token_ids(stack, terms) for terms in statics]
-        windows = Windows(stack, [str(x) for x in inputs], self.ct2)
+        sampling = [(req.temperature, req.seed) if req is not None and req.temperature > 0 else None for req in requests]
+        windows = Windows(stack, [str(x) for x in inputs], self.ct2, sampling)
         first: dict[int, str] = {}
         second: dict[int, str] = {}
         used: dict[int, list[str]] = {}

@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmadapt.errors import RequestError
 from mmadapt.modalities.text import data as text_data
 from mmadapt.modalities.text.adapter import TextAdapterStrategy
 from mmadapt.modalities.text.chat import TextRequest, history_of, last_user, request_conversation, template_text
 from mmadapt.modalities.text.config import TextData, TextInference
 from mmadapt.modalities.text.full import TextFullStrategy
 from mmadapt.modalities.text.metrics import METRICS, score_text
-from mmadapt.modalities.text.model import TextStack, load_causal_lm, load_options
-from mmadapt.modalities.text.predict import TextPredictor
+from mmadapt.modalities.text.model import TextStack, context_window, load_causal_lm, load_options
+from mmadapt.modalities.text.predict import TextPredictor, prompt_tokens
 from mmadapt.modalities.text.prompt import TextPromptStrategy
 from mmadapt.modalities.text.retrieval import TextRetrievalStrategy
 from mmadapt.protocols import DataBundle, Example, GuardSurface, Modality, Prediction, ServeRequest, Stack
@@ -133,6 +134,29 @@ class TextModality(Modality):
         if all(value is None for value in asked.values()):
             return [item] * n
         return [TextRequest(item, **asked, choice=k) for k in range(n)]
+
+    def serve_check(self, inputs: list, request: ServeRequest, stack: TextStack) -> None:
+        """OpenAI's ``context_length_exceeded`` (400) when the prompt's tokens leave no room in the
+        model's context (``param: messages``), or with the request's ``max_tokens`` /
+        ``max_completion_tokens`` do not fit in it (``param``: that field). Without either field the
+        recipe's ``inference.max_new_tokens`` is cut to what fits, by the predictor (predict.py).
+        The prompt is counted as rendered, without retrieved passages (the predictor cuts for those)."""
+        window = context_window(stack.model, stack.tokenizer)
+        if window is None or not inputs:
+            return
+        item = inputs[0]  # the n answers of one request share their conversation and settings but the seed
+        prompt = prompt_tokens(stack, item)
+        asked = item.max_new_tokens if isinstance(item, TextRequest) else None
+        if prompt >= window:
+            raise RequestError(f"This model's maximum context length is {window} tokens. However, your messages resulted in "
+                               f"{prompt} tokens, which leaves no room for the completion. Please reduce the length of the messages.",
+                               param="messages", code="context_length_exceeded")
+        if asked is not None and prompt + asked > window:
+            field = "max_completion_tokens" if request.fields.get("max_completion_tokens") is not None else "max_tokens"
+            raise RequestError(f"This model's maximum context length is {window} tokens. However, you requested {prompt + asked} "
+                               f"tokens ({prompt} in the messages, {asked} in the completion: `{field}`). Please reduce the "
+                               f"length of the messages or completion (`{field}` <= {window - prompt} here).",
+                               param=field, code="context_length_exceeded")
 
     def serve_payload(self, predictions: list[Prediction], request: ServeRequest) -> dict[str, Any]:
         choices = [

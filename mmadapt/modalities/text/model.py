@@ -166,6 +166,22 @@ def release_weights_file(model) -> int:
     return copied
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")  # what configs call it
+
+
+def context_window(model, tokenizer) -> int | None:
+    """The model's context length in tokens (prompt and answer together): its (text) config's
+    ``max_position_embeddings`` (or an older name of it), else the tokenizer's ``model_max_length``
+    when that is a real bound; None when neither says (nothing is checked then)."""
+    config = model.config.get_text_config()
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = tokenizer.model_max_length
+    return int(limit) if isinstance(limit, int | float) and 0 < limit < 10**7 else None
+
+
 class TextStack(Stack):
     """Live state of a text stack: model, tokenizer, prompt and retriever."""
 

@@ -3,19 +3,25 @@
 Each prediction carries the guard's escalation signals (:class:`mmadapt.protocols.GuardSurface`):
 ``info["mean_logprob"]`` (the mean log-probability of the answer's tokens under the model, from
 ``generate``'s scores via ``compute_transition_scores``), and with retrieval ``info["retrieval_score"]``
-(the best passage's cosine score) and ``info["passages"]`` (the retrieved texts)."""
+(the best passage's cosine score) and ``info["passages"]`` (the retrieved texts).
+
+A row's ``max_new_tokens`` is cut to what its prompt leaves of the model's context length
+(:func:`~mmadapt.modalities.text.model.context_window`), so a long conversation under the recipe's
+default still fits (``finish_reason: "length"`` when the cut is reached); serve refuses a request
+whose own ``max_tokens`` does not fit before it waits (:func:`prompt_tokens`, ``TextModality.serve_check``)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmadapt.modalities.text.chat import TextRequest, build_chat, render, retrieval_query
+from mmadapt.modalities.text.model import context_window
 from mmadapt.modalities.text.retrieval import passage_text
 from mmadapt.models.quiet import quiet_libraries
 from mmadapt.protocols import Prediction
@@ -33,6 +39,14 @@ def chat_texts(stack, inputs: Sequence) -> tuple[list[str], list[list[dict]]]:
         messages = build_chat(stack, item, [passage_text(h) for h in hits])
         texts.append(render(stack.tokenizer, messages, generation=True))
     return texts, retrieved
+
+
+def prompt_tokens(stack, item) -> int:
+    """The tokens of one input's prompt as the predictor renders it (the stack's prompt, the chat
+    template, the generation prompt), without retrieved passages: what serve checks before a
+    request waits; the predictor counts the passages too when it cuts ``max_new_tokens``."""
+    text = render(stack.tokenizer, build_chat(stack, item), generation=True)
+    return len(stack.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def turn_end_ids(tokenizer) -> list[int]:
@@ -70,6 +84,14 @@ def settings_of(item, cfg) -> Settings:
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Settings(pick(item.max_new_tokens, cfg.max_new_tokens), pick(item.temperature, cfg.temperature),
                     pick(item.top_p, cfg.top_p), item.seed, item.choice)
+
+
+def fit_context(s: Settings, prompt: int, window: int | None) -> Settings:
+    """A row's settings with ``max_new_tokens`` cut to what its ``prompt`` tokens leave of the
+    model's context ``window`` (at least 1; None: no known window, unchanged)."""
+    if window is None or prompt + s.max_new_tokens <= window:
+        return s
+    return replace(s, max_new_tokens=max(1, window - prompt))
 
 
 class RowSampler(LogitsProcessor):
@@ -134,7 +156,9 @@ class TextPredictor:
         tok = stack.tokenizer
         model.eval()
         texts, retrieved = chat_texts(stack, inputs)
-        rows = [settings_of(item, cfg) for item in inputs]
+        window = context_window(model, tok)
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        rows = [fit_context(settings_of(item, cfg), n, window) for item, n in zip(inputs, lengths)]
         order = sorted(range(len(texts)), key=lambda i: (rows[i].max_new_tokens, len(texts[i])))  # similar lengths share a batch
         outputs: dict[int, str] = {}
         batches = []  # rows of one max_new_tokens; each row samples (or not) by its own settings
