@@ -30,10 +30,10 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
   sequence length), the distinct tensors autograd keeps (counted by storage with saved-tensor hooks
   on tiny Llamas: a frozen linear keeps no input, a LoRA layer keeps its input, which q, k and v
   share): per layer and token a Llama block keeps the two RMSNorms' inputs in fp32 (2h, 4 bytes:
-  the norm upcasts) and, in the activation dtype (a = 2 under a bf16 base or bf16 autocast, else 4),
+  the norm upcasts; LoRA under a 16-bit base keeps them as 16-bit, exactly: n = 2) and, in the activation dtype (a = 2 under a bf16 base or bf16 autocast, else 4),
   the two norms' outputs (2h), the rotated query, the keys and values repeated to the query heads, the
   attention output and its reshaped copy (5q), the four SwiGLU intermediates (4I); full fine-tuning
-  also keeps the norms' normalised inputs (+2h): B = 8h + a·(2h + 5q + 4I) (+ 2h·a) bytes and
+  also keeps the norms' normalised inputs (+2h): B = 2h·n + a·(2h + 5q + 4I) (+ 2h·a) bytes (n = 4, or 2 as said) and
   A = n·L·B; with gradient checkpointing each block's input is kept, plus one block recomputed:
   A = n·(L·h·a + B);
 * logits: mmadapt computes the LM head only at answer positions (``answer_tokens`` per sequence,
@@ -135,12 +135,12 @@ class Shape:
         per_layer = r * ((h + q) + 2 * (h + k) + (q + h) + 2 * (h + i) + (i + h))
         return self.layers * (per_layer + ((q + 2 * k + h + 2 * i + h) if dora else 0))
 
-    def activation_bytes(self, act: int, full: bool = False) -> int:
+    def activation_bytes(self, act: int, full: bool = False, norm: int = 4) -> int:
         """Bytes one Llama block keeps per token for the backward pass (module docstring: the RMSNorm
-        inputs in fp32, the rest in the activation dtype of ``act`` bytes; full training keeps the
-        norms' normalised inputs too)."""
+        inputs in ``norm`` bytes — their fp32 upcasts, kept as 16-bit under a 16-bit base —, the rest in
+        the activation dtype of ``act`` bytes; full training keeps the norms' normalised inputs too)."""
         h, q, i = self.hidden, self.q_width, self.intermediate
-        return 2 * h * 4 + act * (2 * h + 5 * q + 4 * i + (2 * h if full else 0))
+        return 2 * h * norm + act * (2 * h + 5 * q + 4 * i + (2 * h if full else 0))
 
 
 # Llama-3 8B and 70B (meta-llama/Meta-Llama-3-*/config.json), written out: plan needs no download
@@ -229,7 +229,10 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
         gradients += trainable * grad_bytes if full else 0.0
     micro = min(setup.micro_batch, max(1, setup.batch // setup.devices))
     tokens = micro * setup.seq_len
-    block = shape.activation_bytes(act, full)
+    # LoRA on a 16-bit base: mmadapt keeps the norms' fp32 upcasts of the 16-bit residual stream in 16
+    # bits, exactly (modalities/text/tuning.saved_float32_narrowed); full training's residual is fp32
+    norm = 2 if b == 2 and setup.method == "lora" else 4
+    block = shape.activation_bytes(act, full, norm)
     per_token = shape.layers * shape.hidden * act + block if setup.checkpointing else shape.layers * block
     activations = tokens * per_token
     logits = micro * min(setup.answer_tokens, setup.seq_len) * shape.vocab * (act + 8)
