@@ -4,6 +4,7 @@ speech and image models behind a real uvicorn server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -46,6 +47,27 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+@contextlib.contextmanager
+def served_recipe(raw: dict, root: Path):
+    """Run the recipe ``raw`` (a dict, written to ``root``) once and serve its version on a live server:
+    yields {"app", "version", "client"} (the real ``openai`` client, no retries)."""
+    import openai
+    import yaml
+
+    import mmadapt
+    from mmadapt.serve.app import create_app
+
+    (root / f"{raw['name']}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    version = mmadapt.run(mmadapt.load_recipe(root / f"{raw['name']}.yaml"), progress=False).version_dir
+    app = create_app([version.parent])
+    with LiveServer(app) as server:
+        yield {
+            "app": app,
+            "version": version,
+            "client": openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0),
+        }
 
 
 @pytest.fixture

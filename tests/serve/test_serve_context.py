@@ -6,10 +6,9 @@ is cut to what fits."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.conftest import EVAL, TRAIN, write_jsonl
-from tests.serve.conftest import LiveServer
+from tests.serve.conftest import served_recipe
 
 openai = pytest.importorskip("openai")
 QUESTION = "What port does the gateway listen on?"
@@ -18,8 +17,6 @@ WINDOW = 512  # tests/fixtures/tiny.py: max_position_embeddings of the tiny Llam
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_lm):
-    import mmadapt
-    from mmadapt.serve.app import create_app
 
     root = tmp_path_factory.mktemp("serve-context")
     write_jsonl(root / "train.jsonl", TRAIN)
@@ -34,15 +31,8 @@ def served(tmp_path_factory, tiny_lm):
         "eval": {"bootstrap": 10, "latency_samples": 1},
         "output_dir": str(root / "runs"),
     }
-    (root / "tiny-text.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    version = mmadapt.run(mmadapt.load_recipe(root / "tiny-text.yaml"), progress=False).version_dir
-    app = create_app([version.parent])
-    with LiveServer(app) as server:
-        yield {
-            "app": app,
-            "version": version,
-            "client": openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0),
-        }
+    with served_recipe(raw, root) as served:
+        yield served
 
 
 def _ask(served, content: str = QUESTION, **extra):

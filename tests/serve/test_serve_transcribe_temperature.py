@@ -9,9 +9,8 @@ import json
 import shutil
 
 import pytest
-import yaml
 
-from tests.serve.conftest import ROOT, LiveServer
+from tests.serve.conftest import ROOT, served_recipe
 
 openai = pytest.importorskip("openai")
 SPEECH = ROOT / "datasets" / "speech-domain"
@@ -23,8 +22,6 @@ def served(tmp_path_factory):
     import soundfile as sf
     import torch
 
-    import mmadapt
-    from mmadapt.serve.app import create_app
     from tests.fixtures.tiny import tiny_whisper
 
     torch.set_num_threads(1)
@@ -52,16 +49,8 @@ def served(tmp_path_factory):
         "eval": {"bootstrap": 10, "latency_samples": 1},
         "output_dir": str(root / "runs"),
     }
-    (root / "tiny-speech.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    version = mmadapt.run(mmadapt.load_recipe(root / "tiny-speech.yaml"), progress=False).version_dir
-    app = create_app([version.parent])
-    with LiveServer(app) as server:
-        yield {
-            "app": app,
-            "version": version,
-            "clips": [tone, *(clips / r["file_name"] for r in rows)],
-            "client": openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0),
-        }
+    with served_recipe(raw, root) as served:
+        yield {**served, "clips": [tone, *(clips / r["file_name"] for r in rows)]}
 
 
 def _transcribe(served, clip, **extra):
