@@ -27,6 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from mmadapt.models.quiet import drop_import_notices  # noqa: E402
+
+drop_import_notices()  # as the CLI does: bitsandbytes' import-time kernel notice (models/quiet.py), here and in each spawned row
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
