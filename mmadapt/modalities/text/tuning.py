@@ -93,12 +93,18 @@ def make_collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device
     return collate
 
 
+LOSS_CHUNK = 256  # logit rows per cross-entropy chunk: 256 x a 49k vocabulary is 48 MiB in fp32
+
+
 def summed_lm_loss(model, batch) -> torch.Tensor:
     """Next-token cross-entropy summed over the answer tokens.
 
-    Logits are computed only where they carry loss (``logits_to_keep``): the LM head over a 49k
-    vocabulary is a large share of a small model's step. Padded rows keep the positions from the
-    first answer token on; a packed row keeps exactly the positions that precede an answer token.
+    Logits are computed only where they carry loss: the LM head over a 49k vocabulary is a large
+    share of a small model's step, and its logits (with their fp32 copy and log-softmax) were the
+    largest tensors of a padded chat batch. A packed row keeps exactly the positions that precede an
+    answer token (``logits_to_keep``); a padded batch keeps the positions from the first answer token
+    on and its LM head computes only the rows that precede an answer token (:func:`head_rows`).
+    The cross-entropy runs in fp32 a chunk at a time (:func:`chunked_cross_entropy`).
     """
     labels = batch["labels"]
     if "position_ids" in batch:  # packed: one row, no attention mask, the boundaries (see the module docstring)
@@ -108,17 +114,58 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
         out = model(
             input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=before, use_cache=False, **bounds
         )
-        logits = out.logits[0].float()
-        return torch.nn.functional.cross_entropy(logits, labels[0, before + 1], reduction="sum")
+        return chunked_cross_entropy(out.logits[0], labels[0, before + 1])
     width = labels.shape[1]
     has_label = (labels != IGNORE).any(dim=0).nonzero()
     start = max(int(has_label[0]) - 1, 0) if len(has_label) else 0
     keep = width - start
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
-    logits = out.logits[:, -keep:]  # positions start .. width-1 (prompt tuning prepends virtual tokens)
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, start + 1 :].reshape(-1)
-    return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+    targets = labels[:, start + 1 :]  # position start + j predicts token start + j + 1
+    rows = torch.cat([targets != IGNORE, targets.new_zeros((len(labels), 1), dtype=torch.bool)], dim=1)
+    with head_rows(model, rows):  # the last `keep` positions (prompt tuning prepends virtual tokens)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    if out.logits.shape[:-1] != (int(rows.sum()),):
+        raise RuntimeError(f"the model's LM head returned logits of shape {tuple(out.logits.shape)} for {int(rows.sum())} answer "
+                           "positions: it reshapes its head's output, which summed_lm_loss cannot train through")
+    return chunked_cross_entropy(out.logits, targets[targets != IGNORE])
+
+
+@contextlib.contextmanager
+def head_rows(model, rows: torch.Tensor):
+    """Inside, the model's LM head is applied only to the positions ``rows`` marks (a bool mask of the
+    shape of its input's leading dimensions): its input (batch, positions, hidden) becomes (n, hidden),
+    and the model's logits (n, vocabulary). What the model does after its head (Gemma's logit
+    soft-capping) is elementwise and applies unchanged."""
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: (args[0][rows], *args[1:]), prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """Summed cross-entropy of (n, vocabulary) ``logits`` against ``targets``, in fp32.
+
+    Computed ``chunk`` rows at a time under activation checkpointing, so the fp32 upcast of 16-bit
+    logits and the log-softmax autograd would keep (two more tensors of n x vocabulary, each twice
+    the size of bf16 logits) exist for one chunk at a time and are recomputed in the backward pass;
+    only the logits themselves are kept (torchtune's chunked output loss and Liger's fused linear
+    cross-entropy go further and never hold all logits: they need the head's weight, which mmadapt
+    leaves to each model's forward). The value equals one ``cross_entropy(logits.float(), targets,
+    reduction="sum")`` up to the order of the sum.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    if len(targets) == 0:
+        return logits.sum() * 0.0  # no answer token: a zero that still reaches the graph
+    parts = [
+        checkpoint(_summed_fp32_cross_entropy, logits[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, len(targets), chunk)
+    ]
+    return torch.stack(parts).sum()
+
+
+def _summed_fp32_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def adapter_autocast_loss(model, dtype: str = "fp32", quantize: str = "none", dora: bool = False):
