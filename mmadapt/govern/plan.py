@@ -37,7 +37,9 @@ T = L·r·((h+q) + 2·(h+k) + (q+h) + 2·(h+I) + (I+h)) weights (DoRA adds L·(q
   A = n·L·B; with gradient checkpointing each block's input is kept, plus one block recomputed:
   A = n·(L·h·a + B);
 * logits: mmadapt computes the LM head only at answer positions (``answer_tokens`` per sequence,
-  default 32): b_mb·answer_tokens·V·(a + 8) (the logits, their fp32 copy and its log-softmax);
+  default 32; n_a = b_mb·answer_tokens rows) and its fp32 cross-entropy a chunk of c = 256 rows at a
+  time, recomputed in the backward pass (modalities/text/tuning.chunked_cross_entropy):
+  n_a·V·a + min(n_a, c)·V·8 (the logits, and one chunk's fp32 copy and log-softmax);
 * runtime: on a GPU the CUDA context and kernels' workspace (1 GiB); on a CPU the process itself
   (:data:`CPU_RUNTIME_MIB`, the resident size after importing torch, transformers, peft and mmadapt,
   measured here) — and on a CPU the load is a peak of its own: the safetensors file is mapped (its
@@ -74,6 +76,7 @@ GIB = 2**30
 MIB = 2**20
 CPU_RUNTIME_MIB = 760  # RSS after `import torch, transformers, peft, mmadapt.modalities.text` (torch 2.11, 2-core CPU)
 GPU_RUNTIME_MIB = 1024
+LOSS_CHUNK_ROWS = 256  # rows of one fp32 cross-entropy chunk: modalities/text/tuning.LOSS_CHUNK (tests/core/test_plan.py)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
@@ -235,7 +238,8 @@ def predict(shape: Shape, setup: Setup, *, tflops: float = 989.0, mfu: float = 0
     block = shape.activation_bytes(act, full, norm)
     per_token = shape.layers * shape.hidden * act + block if setup.checkpointing else shape.layers * block
     activations = tokens * per_token
-    logits = micro * min(setup.answer_tokens, setup.seq_len) * shape.vocab * (act + 8)
+    answer_rows = micro * min(setup.answer_tokens, setup.seq_len)
+    logits = answer_rows * shape.vocab * act + min(answer_rows, LOSS_CHUNK_ROWS) * shape.vocab * 8
     runtime = (CPU_RUNTIME_MIB if setup.device == "cpu" else GPU_RUNTIME_MIB) * MIB
     on_disk = b if shape.narrowed_16bit and b == 2 and not setup.method.startswith("qlora") else shape.file_bytes_per_param
     file = shape.params * on_disk

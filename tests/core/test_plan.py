@@ -126,3 +126,10 @@ def test_cpu_adamw_step_holds_one_more_copy_of_the_trainable_weights():
     cpu, gpu = (predict(shape, Setup(method="full", device=d)) for d in ("cpu", "gpu"))
     assert cpu.state == pytest.approx(gpu.state * 4 / 3)
     assert predict(shape, Setup(device="cpu")).state == pytest.approx(predict(shape, Setup()).state * 20 / 16)
+
+
+def test_plan_prices_the_loss_chunk_training_uses():
+    from mmadapt.govern.plan import LOSS_CHUNK_ROWS
+    from mmadapt.modalities.text.tuning import LOSS_CHUNK
+
+    assert LOSS_CHUNK_ROWS == LOSS_CHUNK
