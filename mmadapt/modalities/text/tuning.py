@@ -99,6 +99,10 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     Logits are computed only where they carry loss (``logits_to_keep``): the LM head over a 49k
     vocabulary is a large share of a small model's step. Padded rows keep the positions from the
     first answer token on; a packed row keeps exactly the positions that precede an answer token.
+    Both are given as index tensors, not as a count: transformers slices a count (``hidden[:, -keep:]``), a
+    strided view of a batch that requires grad, which ``matmul`` does not fold into one ``mm`` with the LM head
+    but runs as a ``bmm`` over the weight expanded to every row (a copy of the 49k x hidden matrix per row,
+    forward and backward); an index gathers the kept positions into one contiguous tensor. Same products.
     """
     labels = batch["labels"]
     if "position_ids" in batch:  # packed: one row, no attention mask, the boundaries (see the module docstring)
@@ -114,8 +118,10 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     has_label = (labels != IGNORE).any(dim=0).nonzero()
     start = max(int(has_label[0]) - 1, 0) if len(has_label) else 0
     keep = width - start
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
-    logits = out.logits[:, -keep:]  # positions start .. width-1 (prompt tuning prepends virtual tokens)
+    # positions start .. width-1, counted from the end (prompt tuning prepends virtual tokens)
+    last = torch.arange(-keep, 0, device=labels.device)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=last)
+    logits = out.logits[:, -keep:]
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     shift_labels = labels[:, start + 1 :].reshape(-1)
     return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
