@@ -237,3 +237,26 @@ def test_bf16_full_fine_tuning_keeps_fp32_master_weights(make_recipe, write_reci
     assert (saved[name].to(torch.bfloat16).float() != start).float().mean() < 0.2  # ...by less than bf16 resolves
     loaded = mmadapt.load_artifact(result.version_dir)
     assert loaded.stack.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+
+
+def test_padded_loss_runs_the_lm_head_as_one_matmul(talkative_lm):
+    """The padded loss keeps the logits from the first answer on as an index, not a count: a count's strided slice of
+    hidden states that require grad made matmul expand the LM head's weight to every row (a bmm, a copy of the weight per
+    row). Same loss as cross-entropy over all the logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(talkative_lm)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).train()
+    batch = make_collate(ENCODED, 0, CPU)([0, 2])[0]  # both prompts are longer than one token: a strict subset kept
+    with torch.profiler.profile() as profile:
+        loss = summed_lm_loss(model, batch)
+        loss.backward()
+    assert "aten::bmm" not in {event.key for event in profile.key_averages()}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    torch.testing.assert_close(loss.detach(), full)

@@ -10,16 +10,23 @@ from mmadapt.modalities.text.tuning import IGNORE, adapter_autocast_loss, make_c
 ENCODED = [([5, 6, 7, 8, 9, 10] * 12, [IGNORE] * 66 + [8, 9, 10, 5, 6, 7]), ([11, 12, 13] * 20, [IGNORE] * 57 + [11, 12, 13])]
 
 
-def test_pack_narrows_exact_float32_once_and_keeps_the_rest():
+def test_pack_narrows_casts_up_from_bf16_once_and_keeps_the_rest():
     hooks = saved_float32_narrowed(torch.bfloat16, min_numel=4)
-    upcast = torch.randn(64).to(torch.bfloat16).to(torch.float32).requires_grad_(False)
-    packed = hooks.pack_hook(upcast)
-    assert isinstance(packed, tuple) and packed[0].dtype == torch.bfloat16
-    assert hooks.pack_hook(upcast) is packed  # saved by two ops (pow, mul): one bf16 copy
-    assert torch.equal(hooks.unpack_hook(packed), upcast)
-    inexact = torch.randn(64) / 3
-    assert hooks.pack_hook(inexact) is inexact  # bf16 would round it: kept as float32
-    parameter = torch.nn.Parameter(upcast.clone())
+    source = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
+    for upcast in (source.to(torch.float32), (source * 2).float()):  # from a leaf, from an op
+        packed = hooks.pack_hook(upcast)
+        assert isinstance(packed, tuple) and packed[0].dtype == torch.bfloat16
+        assert hooks.pack_hook(upcast) is packed  # saved by two ops (pow, mul): one bf16 copy
+        assert torch.equal(hooks.unpack_hook(packed), upcast)
+    inexact = torch.randn(64, requires_grad=True) / 3
+    assert hooks.pack_hook(inexact) is inexact  # computed in float32: kept as float32
+    same_values = source.detach().float().requires_grad_() * 1  # bf16 would hold these, but nothing says so
+    assert hooks.pack_hook(same_values) is same_values
+    from_half = torch.randn(64, dtype=torch.float16, requires_grad=True).float()  # bf16 does not hold every fp16
+    assert hooks.pack_hook(from_half) is from_half
+    untracked = torch.randn(64).to(torch.bfloat16).to(torch.float32)  # no autograd record
+    assert hooks.pack_hook(untracked) is untracked
+    parameter = torch.nn.Parameter(untracked.clone())
     assert hooks.pack_hook(parameter) is parameter
 
 

@@ -122,3 +122,57 @@ def test_without_boundaries_it_is_sdpa_and_a_padded_batch_is_unchanged():
             during = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(during[mask], before[mask])
+
+
+def _left_padded(encoded, pad_id=0):
+    width = max(len(x) for x, _ in encoded)
+    ids = torch.tensor([[pad_id] * (width - len(x)) + x for x, _ in encoded])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x, _ in encoded])
+    return ids, mask
+
+
+@pytest.fixture
+def sdpa_mask_calls(monkeypatch):
+    """Counts transformers' sdpa_mask calls (the real function runs)."""
+    from transformers import masking_utils
+
+    calls, real = [], masking_utils.sdpa_mask
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("q_length"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masking_utils, "sdpa_mask", counted)
+    return calls
+
+
+def test_a_packed_forward_builds_no_mask_and_a_padded_one_does(sdpa_mask_calls):
+    """The rows x rows block-diagonal mask transformers would build for a packed row is never read by the varlen
+    attention: none is built; a padded call on the switched model still gets sdpa's mask."""
+    model = _lora_model("gemma3")
+    batch, _ = make_collate(ENCODED, 0, CPU, packing=True)(list(range(len(ENCODED))))
+    ids, mask = _left_padded(ENCODED)
+    with varlen.packed_attention(model):
+        summed_lm_loss(model, batch).backward()
+        assert sdpa_mask_calls == []
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        assert len(sdpa_mask_calls) > 0
+    assert varlen._packed_call == [False]
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
+def test_a_left_padded_batch_on_varlen_keeps_its_padding_mask(kind):
+    """Left padding (generation at eval_every): the real tokens would see the pads if the mask were dropped
+    (checked: logits without it differ), so equal logits mean the varlen model kept sdpa's padding mask; Gemma3's
+    9-token example is also longer than its local layers' window."""
+    model = _lora_model(kind).eval()
+    ids, mask = _left_padded(ENCODED)
+    real = mask.bool()
+    with torch.no_grad():
+        own = model(input_ids=ids, attention_mask=mask).logits
+        maskless = model(input_ids=ids, attention_mask=torch.ones_like(mask)).logits
+        with varlen.packed_attention(model):
+            switched = model(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(maskless[real], own[real], atol=1e-3)
+    torch.testing.assert_close(switched[real], own[real])

@@ -103,8 +103,10 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     share of a small model's step, and its logits (with their fp32 copy and log-softmax) were the
     largest tensors of a padded chat batch. A packed row keeps exactly the positions that precede an
     answer token (``logits_to_keep``); a padded batch keeps the positions from the first answer token
-    on and its LM head computes only the rows that precede an answer token (:func:`head_rows`).
-    The cross-entropy runs in fp32 a chunk at a time (:func:`chunked_cross_entropy`).
+    on and its LM head computes only the rows that precede an answer token (:func:`head_rows`; the
+    selection also hands the head one contiguous tensor: transformers' strided ``hidden[:, -keep:]``
+    made ``matmul`` run a ``bmm`` over the 49k x hidden weight expanded to every row, forward and
+    backward). The cross-entropy runs in fp32 a chunk at a time (:func:`chunked_cross_entropy`).
     """
     labels = batch["labels"]
     if "position_ids" in batch:  # packed: one row, no attention mask, the boundaries (see the module docstring)
@@ -209,24 +211,24 @@ def saved_float32_narrowed(dtype: torch.dtype, min_numel: int = 4096):
     and autograd keeps that float32 upcast of the 16-bit residual stream for the backward pass: one
     float32 copy of the hidden states per norm (SmolLM2 at 1024 tokens: 61 norms, 135 MiB). Such a
     tensor came from ``dtype``, so ``dtype`` holds it exactly: it is kept as ``dtype`` and upcast when
-    the backward pass reads it, the same values bit for bit. A float32 tensor that ``dtype`` does not
-    hold exactly (logits, statistics), a small one, or a parameter is kept as it is. Tensors saved by
-    several ops (``pow`` and ``mul`` both save the upcast) are narrowed once per forward pass.
+    the backward pass reads it, the same values bit for bit. What qualifies is read from autograd's record, not
+    from the values (a cast down and back and a comparison per tensor per forward): a float32 tensor whose
+    ``grad_fn`` is the cast (``ToCopyBackward0``) of a ``dtype`` tensor (:func:`cast_up_from`). Any other float32
+    tensor (logits, statistics, one computed in float32 that ``dtype`` might happen to hold), a small one, or a
+    parameter is kept as it is. Tensors saved by several ops (``pow`` and ``mul`` both save the upcast) are
+    narrowed once per forward pass.
     """
     import weakref
 
     narrowed: dict[int, tuple] = {}
 
     def pack(tensor):
-        if tensor.dtype != torch.float32 or tensor.numel() < min_numel or (tensor.is_leaf and tensor.requires_grad):
+        if tensor.dtype != torch.float32 or tensor.numel() < min_numel or not cast_up_from(tensor, dtype):
             return tensor
         seen = narrowed.get(id(tensor))
         if seen is not None and seen[0]() is tensor:
             return seen[1]
-        small = tensor.to(dtype)
-        if not torch.equal(small.to(torch.float32), tensor):
-            return tensor
-        packed = (small,)
+        packed = (tensor.to(dtype),)
         narrowed[id(tensor)] = (weakref.ref(tensor), packed)
         return packed
 
@@ -234,6 +236,18 @@ def saved_float32_narrowed(dtype: torch.dtype, min_numel: int = 4096):
         return packed[0].to(torch.float32) if isinstance(packed, tuple) else packed
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+def cast_up_from(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether autograd records ``tensor`` as a cast (``.to``, ``.float()``, autocast's) of a ``dtype`` tensor: its node
+    is ``ToCopyBackward0`` and the node it reads from produced ``dtype`` (``_input_metadata``, torch's per-node record
+    of its gradient's dtype, which is its forward output's). Such a tensor holds ``dtype``'s values exactly when it is
+    the wider type. A leaf (no ``grad_fn``: a parameter, a tensor outside autograd) is never one."""
+    node = tensor.grad_fn
+    if node is None or node.name() != "ToCopyBackward0":
+        return False
+    source, index = node.next_functions[0]
+    return source is not None and source._input_metadata[index].dtype == dtype
 
 
 def uses_dora(recipe) -> bool:

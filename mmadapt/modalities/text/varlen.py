@@ -15,9 +15,14 @@ group is one causal SDPA call (sum of l_i^2), with:
   ``q - window < k <= q`` (``masking_utils.sliding_window_causal_mask_function``);
 * the layer's dropout and scaling as it passes them.
 
-It is registered with ``AttentionInterface`` under :data:`NAME` (with sdpa's mask function in
-``AttentionMaskInterface``), and a call without ``cu_seq_lens_q`` — generation at ``eval_every``,
-an unpacked row — is transformers' sdpa attention unchanged, on the mask transformers built.
+It is registered with ``AttentionInterface`` under :data:`NAME`, and a call without ``cu_seq_lens_q`` —
+generation at ``eval_every``, an unpacked row — is transformers' sdpa attention unchanged, on the mask
+transformers built. Its mask function (``AttentionMaskInterface``) is sdpa's, except on a packed call: a
+transformers mask function is given only sizes, the 2D padding mask and the mask predicate, not the
+boundaries, so :func:`packed_attention` marks the model's forward calls that carry ``cu_seq_lens_q``
+(forward hooks) and on those no mask is built (sdpa's would be the row's rows x rows block-diagonal
+mask, built every forward and never read here). Without any mask function transformers would build
+no mask at all, and a padded call would lose its padding mask.
 :func:`packed_attention` switches a model to it for training and restores its own implementation.
 """
 
@@ -31,6 +36,7 @@ NAME = "mmadapt_varlen"
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _SWITCHED_FROM = ("sdpa", "eager")  # flash / flex attention read packed rows natively: left as they are
 _last_split: list = [None, None]  # (cu_seq_lens tensor, its lengths): one host read per forward, not per layer
+_packed_call = [False]  # True inside a forward that was given cu_seq_lens_q (set by packed_attention's hooks)
 
 
 def _lengths(cu_seq_lens: torch.Tensor) -> list[int]:
@@ -65,7 +71,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     if query.shape[0] != 1 or query.shape[2] != key.shape[2] or sum(lengths) != query.shape[2]:
         raise ValueError(f"{NAME} attention takes one packed row without a cache whose cu_seq_lens_q add up to its length")
     groups = module.num_key_value_groups if hasattr(module, "num_key_value_groups") else 1
-    q, k, v = query[0].split(lengths, dim=1), key[0].split(lengths, dim=1), value[0].split(lengths, dim=1)
+    # squeeze/unbind, not [0]: a select's backward allocates and zero-fills its whole input for every piece
+    q, k, v = (t.squeeze(0).split(lengths, dim=1) for t in (query, key, value))
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
@@ -82,18 +89,34 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         o = torch.nn.functional.scaled_dot_product_attention(
             qs, ks, vs, attn_mask=band, dropout_p=dropout, is_causal=band is None, scale=scaling, **extra
         )
-        for j, i in enumerate(members):
-            out[i] = o[j]
+        for i, piece in zip(members, o.unbind(0)):
+            out[i] = piece
     return torch.cat(out, dim=1).transpose(0, 1).unsqueeze(0).contiguous(), None
+
+
+def varlen_mask(*args, **kwargs):
+    """transformers' mask-function signature: None in a packed forward (the attention reads the boundaries), else
+    ``sdpa_mask``'s mask (padding, sliding window) for transformers' sdpa attention."""
+    from transformers import masking_utils
+
+    return None if _packed_call[0] else masking_utils.sdpa_mask(*args, **kwargs)
 
 
 def register() -> None:
     """Make :data:`NAME` a transformers attention implementation (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, varlen_attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, varlen_mask)
+
+
+def _mark_packed(_module, _args, kwargs) -> None:
+    _packed_call[0] = kwargs.get("cu_seq_lens_q") is not None
+
+
+def _unmark(*_) -> None:
+    _packed_call[0] = False
 
 
 def _pretrained(model):
@@ -114,8 +137,15 @@ def packed_attention(model):
         return
     register()
     base.set_attn_implementation(NAME)
+    hooks = (
+        base.register_forward_pre_hook(_mark_packed, with_kwargs=True),
+        base.register_forward_hook(_unmark, always_call=True),
+    )
     try:
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         base.set_attn_implementation(before)
         _last_split[:] = [None, None]
+        _packed_call[0] = False
