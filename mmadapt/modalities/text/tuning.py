@@ -136,8 +136,12 @@ def head_rows(model, rows: torch.Tensor):
     """Inside, the model's LM head is applied only to the positions ``rows`` marks (a bool mask of the
     shape of its input's leading dimensions): its input (batch, positions, hidden) becomes (n, hidden),
     and the model's logits (n, vocabulary). What the model does after its head (Gemma's logit
-    soft-capping) is elementwise and applies unchanged."""
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: (args[0][rows], *args[1:]), prepend=True)
+    soft-capping) is elementwise and applies unchanged. ``model`` may be the trainer's DDP wrapper
+    (FSDP2 shards the model in place: it keeps its class)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = model.module if isinstance(model, DistributedDataParallel) else model  # the trainer's DDP wrapper
+    handle = inner.get_output_embeddings().register_forward_pre_hook(lambda _m, args: (args[0][rows], *args[1:]), prepend=True)
     try:
         yield
     finally:
