@@ -157,8 +157,8 @@ class TextPredictor:
         model.eval()
         texts, retrieved = chat_texts(stack, inputs)
         window = context_window(model, tok)
-        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
-        rows = [fit_context(settings_of(item, cfg), n, window) for item, n in zip(inputs, lengths)]
+        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []  # once: counted here, padded per batch
+        rows = [fit_context(settings_of(item, cfg), len(ids), window) for item, ids in zip(inputs, prompt_ids)]
         order = sorted(range(len(texts)), key=lambda i: (rows[i].max_new_tokens, len(texts[i])))  # similar lengths share a batch
         outputs: dict[int, str] = {}
         batches = []  # rows of one max_new_tokens; each row samples (or not) by its own settings
@@ -181,7 +181,7 @@ class TextPredictor:
         if cfg.repetition_penalty != 1.0:
             gen_kwargs["repetition_penalty"] = cfg.repetition_penalty
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
-            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tok.pad({"input_ids": [prompt_ids[i] for i in batch]}, return_tensors="pt").to(device)
             sampler = RowSampler([rows[i] for i in batch])
             limit = rows[batch[0]].max_new_tokens
             with quiet_libraries(logs_errors_only=True):
