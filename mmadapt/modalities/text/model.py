@@ -115,9 +115,9 @@ def load_causal_lm(
 def dense_head_input(model) -> None:
     """Hand the LM head a densely laid out input: a copy where the hidden states reach it strided.
 
-    transformers slices the last hidden states before the head (``logits_to_keep``: the answer
-    positions in training, the last position in ``generate``'s prefill), and a slice of a batch of
-    several rows keeps the full sequence's row stride. On CPU, torch 2.11's bf16 linear then takes a
+    transformers slices the last hidden states before the head (``logits_to_keep``: the last position
+    in ``generate``'s prefill; mmadapt's training loss selects its rows itself, ``tuning.head_rows``),
+    and a slice of a batch of several rows keeps the full sequence's row stride. On CPU, torch 2.11's bf16 linear then takes a
     slow path that copies the whole weight once per row: for SmolLM2's tied 49k x 576 head, a
     (4, 33, 576) slice of 1024-token rows took 0.50 s and a 229 MiB transient against 0.03 s and
     13 MiB for the same values laid out densely (fp32: 0.18 s against 0.13 s); a batch-of-8 prefill,

@@ -123,10 +123,11 @@ def summed_lm_loss(model, batch) -> torch.Tensor:
     keep = width - start
     targets = labels[:, start + 1 :]  # position start + j predicts token start + j + 1
     rows = torch.cat([targets != IGNORE, targets.new_zeros((len(labels), 1), dtype=torch.bool)], dim=1)
+    answers = int(rows.sum())
     with head_rows(model, rows):  # the last `keep` positions (prompt tuning prepends virtual tokens)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
-    if out.logits.shape[:-1] != (int(rows.sum()),):
-        raise RuntimeError(f"the model's LM head returned logits of shape {tuple(out.logits.shape)} for {int(rows.sum())} answer "
+    if out.logits.shape[:-1] != (answers,):
+        raise RuntimeError(f"the model's LM head returned logits of shape {tuple(out.logits.shape)} for {answers} answer "
                            "positions: it reshapes its head's output, which summed_lm_loss cannot train through")
     return chunked_cross_entropy(out.logits, targets[targets != IGNORE])
 
